@@ -1,0 +1,144 @@
+"""The workers' side of the allocator socket.
+
+Requests are multiplexed over one connection by request id: each call registers a future
+under a fresh id, writes its frame, and one reader task resolves futures as responses arrive,
+in whatever order. If the connection drops, every pending call fails at once with
+AllocatorUnavailable and the next call connects again, so a restarted allocator is picked up
+without anyone noticing but the calls that were in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+from collections.abc import AsyncIterator
+
+from allocator import protocol
+from allocator.protocol import (
+    AllocatorUnavailable,
+    Granted,
+    Hello,
+    KeyMismatch,
+    Lease,
+    LeaseRefused,
+    ProtocolError,
+    Refused,
+    Welcome,
+)
+
+
+class AllocatorClient:
+    def __init__(self, path: str, timeout: float) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.key: bytes | None = None
+        self._ids = itertools.count()
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._pending: dict[int, asyncio.Future[protocol.Response]] = {}
+        self._connecting = asyncio.Lock()
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None and not self._writer.is_closing()
+
+    async def lease(self, count: int) -> tuple[int, int]:
+        """A block ``(start, stop)`` of at most ``count`` values, durably reserved for us."""
+        async with self._deadline():
+            await self._ensure_connected()
+            response = await self._call(Lease(id=next(self._ids), count=count))
+        match response:
+            case Granted(start=start, stop=stop) if start < stop <= start + count:
+                return start, stop
+            case Refused(reason=reason):
+                raise LeaseRefused(reason)
+        raise ProtocolError(f"unexpected answer to a lease: {response!r}")
+
+    async def connect(self) -> bytes:
+        """Connect (if needed) within the timeout and return the permutation key."""
+        async with self._deadline():
+            await self._ensure_connected()
+        assert self.key is not None
+        return self.key
+
+    async def close(self) -> None:
+        self._disconnect(AllocatorUnavailable("client closed"))
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader_task
+            self._reader_task = None
+
+    @contextlib.asynccontextmanager
+    async def _deadline(self) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self.timeout):
+                yield
+        except TimeoutError:
+            raise AllocatorUnavailable(
+                f"the allocator did not answer within {self.timeout} s"
+            ) from None
+
+    async def _ensure_connected(self) -> None:
+        if self.connected:
+            return
+        async with self._connecting:
+            if self.connected:
+                return
+            try:
+                reader, writer = await asyncio.open_unix_connection(self.path)
+            except OSError as exc:
+                raise AllocatorUnavailable(f"cannot connect to {self.path}: {exc}") from exc
+            self._writer = writer
+            self._reader_task = asyncio.create_task(self._read_responses(reader, writer))
+            welcome = await self._call(Hello(id=next(self._ids), pid=os.getpid()))
+            if not isinstance(welcome, Welcome):
+                self._disconnect(ProtocolError("the allocator did not welcome us"))
+                raise ProtocolError(f"unexpected answer to Hello: {welcome!r}")
+            if self.key is not None and welcome.key != self.key:
+                # The counter's store was swapped under us: numbers from the new key could
+                # collide with numbers we issued under the old one. Refuse to go on.
+                self._disconnect(KeyMismatch("the permutation key changed"))
+                raise KeyMismatch("the allocator's permutation key changed; restart the worker")
+            self.key = welcome.key
+
+    async def _call(self, request: Lease | Hello) -> protocol.Response:
+        writer = self._writer
+        if writer is None or writer.is_closing():
+            raise AllocatorUnavailable("not connected to the allocator")
+        future: asyncio.Future[protocol.Response] = asyncio.get_running_loop().create_future()
+        self._pending[request.id] = future
+        try:
+            writer.write(protocol.encode(request))
+            return await future
+        finally:
+            self._pending.pop(request.id, None)
+
+    async def _read_responses(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        error: Exception = AllocatorUnavailable("the allocator closed the connection")
+        try:
+            while (payload := await protocol.read_frame(reader)) is not None:
+                response = protocol.decode_response(payload)
+                future = self._pending.get(response.id)
+                if future is not None and not future.done():
+                    future.set_result(response)
+        except ProtocolError as exc:
+            error = exc
+        except (ConnectionError, OSError) as exc:
+            error = AllocatorUnavailable(f"connection to the allocator lost: {exc}")
+        finally:
+            if self._writer is writer:
+                self._disconnect(error)
+
+    def _disconnect(self, error: Exception) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(error)

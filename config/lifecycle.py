@@ -1,0 +1,27 @@
+"""What every child process of the supervisor shares: how it learns that it should stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+
+log = logging.getLogger("lifecycle")
+
+
+async def until_stop_requested(parent_pid: int | None) -> None:
+    """Return on SIGTERM, or as soon as the supervisor that started us is gone."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    try:
+        while not stopping.is_set():
+            if parent_pid is not None and os.getppid() != parent_pid:
+                log.warning("the supervisor is gone; stopping")
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), 1.0)
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)

@@ -1,0 +1,184 @@
+"""The typed configuration and how it is loaded.
+
+Precedence, lowest first: built-in defaults < TOML file (``--config``, default
+``config/tracking.toml``) < ``TRACKING_*`` environment variables < command-line flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any
+
+import msgspec
+
+DEFAULT_CONFIG_FILE = "config/tracking.toml"
+DEFAULT_STATE_DIR = "state"
+ENV_PREFIX = "TRACKING_"
+# sockaddr_un.sun_path is 108 bytes on Linux, including the terminating NUL.
+MAX_SOCKET_PATH = 107
+
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+Positive = Annotated[int, msgspec.Meta(gt=0)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says why and where."""
+
+
+class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Every setting of the service, resolved: no field is left to be derived later."""
+
+    host: str = "127.0.0.1"
+    port: Port = 8000
+    workers: Positive = os.cpu_count() or 1
+    state_dir: str = DEFAULT_STATE_DIR
+    runtime_dir: str = ""
+    store: str = ""
+    reserve_step: Annotated[int, msgspec.Meta(ge=0)] = 0
+    key_file: str = ""
+    log_level: str = "INFO"
+    access_log: bool = True
+    cors_origins: tuple[str, ...] = ()
+    admin_token: str = ""
+    lease_timeout: Seconds = 2.0
+    shutdown_timeout: Seconds = 10.0
+
+    @property
+    def allocator_socket(self) -> str:
+        return os.path.join(self.runtime_dir, "allocator.sock")
+
+
+# One line per setting: the --help text, the README's table and the TOML file's comments say
+# the same thing.
+HELP: dict[str, str] = {
+    "host": "address to listen on",
+    "port": "TCP port to listen on",
+    "workers": "number of HTTP worker processes (default: the CPU count)",
+    "state_dir": "directory for durable state ($STATE_DIRECTORY when set)",
+    "runtime_dir": "directory for the allocator socket ($RUNTIME_DIRECTORY when set, "
+    "else STATE_DIR/run)",
+    "store": "where the counter lives: sqlite:///PATH (default STATE_DIR/tracking.sqlite3)",
+    "reserve_step": "numbers reserved per store write; 0 sizes it from the issue rate",
+    "key_file": "file holding the permutation key as 64 hex digits; by default the key is "
+    "generated at the store's first use and kept in the store",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "access_log": "one log line per request",
+    "cors_origins": "origins allowed by CORS, comma-separated (none by default)",
+    "admin_token": "bearer token that opens the operator endpoints to non-loopback clients",
+    "lease_timeout": "seconds a request may wait for the allocator when a worker has no numbers",
+    "shutdown_timeout": "seconds workers get to drain before they are killed",
+}
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _field_names() -> tuple[str, ...]:
+    return tuple(field.name for field in msgspec.structs.fields(Config))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run.py",
+        description="Serve unique parcel tracking numbers over HTTP.",
+        epilog=f"Every option can also be set in the TOML file or as {ENV_PREFIX}<OPTION> in "
+        "the environment (for example TRACKING_PORT). Flags win over the environment, which "
+        "wins over the file.",
+    )
+    parser.add_argument(
+        "--config",
+        help=f"TOML configuration file (default: {DEFAULT_CONFIG_FILE} when it exists)",
+    )
+    for name in _field_names():
+        flag = "--" + name.replace("_", "-")
+        if name == "access_log":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=HELP[name])
+        else:
+            parser.add_argument(flag, dest=name, metavar=name.upper(), help=HELP[name])
+    return parser
+
+
+def _read_toml(path: str, explicit: bool) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"config file {path!r} does not exist") from None
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path!r}: {exc}") from None
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    found = {}
+    for name in _field_names():
+        value = env.get(ENV_PREFIX + name.upper())
+        if value is not None:
+            found[name] = value
+    return found
+
+
+def _resolve_paths(values: dict[str, Any], env: Mapping[str, str]) -> None:
+    """Fill in the settings whose defaults depend on others or on systemd's environment."""
+    if "state_dir" not in values and env.get("STATE_DIRECTORY"):
+        # systemd may pass several colon-separated directories; the first is ours.
+        values["state_dir"] = env["STATE_DIRECTORY"].split(":")[0]
+    state_dir = os.path.abspath(values.get("state_dir", DEFAULT_STATE_DIR))
+    values["state_dir"] = state_dir
+    if not values.get("runtime_dir"):
+        runtime = env.get("RUNTIME_DIRECTORY", "").split(":")[0]
+        values["runtime_dir"] = runtime or os.path.join(state_dir, "run")
+    values["runtime_dir"] = os.path.abspath(values["runtime_dir"])
+    if not values.get("store"):
+        values["store"] = "sqlite:///" + os.path.join(state_dir, "tracking.sqlite3")
+
+
+def _coerce(values: dict[str, Any]) -> dict[str, Any]:
+    """Turn the strings of flags and environment variables into the types TOML gives."""
+    origins = values.get("cors_origins")
+    if isinstance(origins, str):
+        values["cors_origins"] = [o.strip() for o in origins.split(",") if o.strip()]
+    if isinstance(values.get("access_log"), str):
+        text = values["access_log"].strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            values["access_log"] = True
+        elif text in ("0", "false", "no", "off"):
+            values["access_log"] = False
+    if isinstance(values.get("log_level"), str):
+        values["log_level"] = values["log_level"].upper()
+    return values
+
+
+def _check(config: Config) -> Config:
+    if config.log_level not in LOG_LEVELS:
+        raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+    if not config.store.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        raise ConfigError("store must be sqlite:///PATH or postgresql://…")
+    if config.store.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("the PostgreSQL store is not available in this version")
+    if len(os.fsencode(config.allocator_socket)) > MAX_SOCKET_PATH:
+        raise ConfigError(
+            f"the allocator socket path {config.allocator_socket!r} is longer than "
+            f"{MAX_SOCKET_PATH} bytes; set runtime_dir to a shorter directory"
+        )
+    return config
+
+
+def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Build the Config from defaults, the TOML file, the environment and argv, in that order."""
+    env = os.environ if env is None else env
+    args = vars(build_parser().parse_args(argv))
+    config_file = args.pop("config") or env.get(ENV_PREFIX + "CONFIG")
+    values = _read_toml(config_file or DEFAULT_CONFIG_FILE, explicit=bool(config_file))
+    values.update(_from_env(env))
+    values.update({k: v for k, v in args.items() if v is not None})
+    _resolve_paths(values, env)
+    try:
+        config = msgspec.convert(_coerce(values), Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None
+    return _check(config)

@@ -1,0 +1,109 @@
+"""Everything a client sees when something is wrong: one JSON shape, for every status.
+
+This is the one place where failures become HTTP statuses: validation → 400, unknown path →
+404, wrong method → 405, anything from the allocator → 503 with ``Retry-After``, a bug → 500
+(the stack trace goes to the log, never to the client). aiohttp's own errors (malformed
+requests, oversized headers) are answered in the same shape by ``JsonErrorRequestHandler``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from http import HTTPStatus
+from typing import Any
+
+import msgspec
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+from service.correlation import from_headers
+
+RETRY_AFTER_SECONDS = 1
+INVALID_PARAMETERS = "Invalid request parameters"
+
+
+class ErrorBody(msgspec.Struct, omit_defaults=True):
+    error: str
+    details: dict[str, list[str]] | None = None
+    correlation_id: str = ""
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def json_error(
+    status: int,
+    message: str,
+    correlation_id: str,
+    *,
+    details: dict[str, list[str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    body = _encoder.encode(ErrorBody(message, details, correlation_id))
+    response = web.Response(
+        status=status, body=body, content_type="application/json", headers=headers
+    )
+    response.headers["X-Request-ID"] = correlation_id
+    return response
+
+
+def invalid_parameters(details: dict[str, list[str]], correlation_id: str) -> web.Response:
+    return json_error(400, INVALID_PARAMETERS, correlation_id, details=details)
+
+
+def unavailable(correlation_id: str) -> web.Response:
+    """Any AllocatorError: no number can be issued right now; retry shortly."""
+    return json_error(
+        503,
+        "No tracking number can be issued right now; retry shortly",
+        correlation_id,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+def not_found(correlation_id: str) -> web.Response:
+    return json_error(404, "Not found", correlation_id)
+
+
+def method_not_allowed(allowed: str, correlation_id: str) -> web.Response:
+    return json_error(405, "Method not allowed", correlation_id, headers={"Allow": allowed})
+
+
+class JsonErrorRequestHandler(RequestHandler):
+    """aiohttp's connection handler, with its plain-text and HTML error pages made JSON."""
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        # aiohttp logs the error and refuses if part of a response was already sent.
+        super().handle_error(request, status, exc, message)
+        phrase = "Internal server error" if status >= 500 else HTTPStatus(status).phrase
+        correlation_id = from_headers(request.headers) or str(uuid.uuid4())
+        response = json_error(status, phrase, correlation_id)
+        response.force_close()
+        return response
+
+
+class JsonErrorServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class AppRunner(web.AppRunner):
+    """``web.AppRunner`` whose connections answer aiohttp's own errors in JSON."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        kwargs: dict[str, Any] = server._kwargs
+        return JsonErrorServer(
+            server.request_handler,
+            request_factory=server.request_factory,
+            handler_cancellation=server.handler_cancellation,
+            loop=server._loop,
+            **kwargs,
+        )

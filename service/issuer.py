@@ -1,0 +1,133 @@
+"""A worker's supply of counter values, turned into tracking numbers.
+
+The worker holds a current block and a spare one (double buffering). When half of the current
+block is used it asks the allocator for the spare in the background, so a request never waits
+on the allocator while the worker holds unused values. Block sizes follow the observed issue
+rate, aiming at about one lease per second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from allocator.client import AllocatorClient
+from allocator.protocol import AllocatorError, AllocatorUnavailable
+from service.numbers import NumberFormatter
+
+log = logging.getLogger("service.issuer")
+
+MIN_BLOCK = 16
+MAX_BLOCK = 100_000
+LEASE_INTERVAL = 1.0  # seconds one block should last at the current rate
+
+
+class Issuer:
+    def __init__(self, client: AllocatorClient, timeout: float) -> None:
+        self._client = client
+        self._timeout = timeout
+        self._formatter: NumberFormatter | None = None
+        self._next = self._stop = 0  # the current block [_next, _stop)
+        self._refill_at = 0  # when _next reaches this, fetch the spare
+        self._spare: tuple[int, int] | None = None
+        self._refill: asyncio.Task[None] | None = None
+        self._taken = 0  # values taken since the last lease request
+        self._last_lease_at = time.monotonic()
+        self.last_error: AllocatorError | None = None
+
+    @property
+    def buffered(self) -> int:
+        spare = self._spare[1] - self._spare[0] if self._spare else 0
+        return self._stop - self._next + spare
+
+    @property
+    def connected(self) -> bool:
+        return self._client.connected
+
+    @property
+    def can_issue(self) -> bool:
+        """True while a request would get a number: values in hand, or a working allocator."""
+        return self.buffered > 0 or (self.connected and self.last_error is None)
+
+    def issue_nowait(self, origin: str, destination: str) -> str | None:
+        """A number from the blocks in hand, or None when they are empty (see ``issue``)."""
+        counter = self._take()
+        if counter is None:
+            return None
+        assert self._formatter is not None  # set with the first block
+        return self._formatter.format(origin, destination, counter)
+
+    async def issue(self, origin: str, destination: str) -> str:
+        """Wait, at most the lease timeout, for a block; raises AllocatorError when none comes."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                while (number := self.issue_nowait(origin, destination)) is None:
+                    refill = self._refill
+                    if refill is None:  # the last refill failed and none is running
+                        raise self.last_error or AllocatorUnavailable("no block available")
+                    await asyncio.shield(refill)
+                    if self.last_error is not None and self.buffered == 0:
+                        raise self.last_error  # fail fast: the allocator just said no
+        except TimeoutError:
+            raise AllocatorUnavailable("no block from the allocator in time") from None
+        return number
+
+    def prefetch(self) -> None:
+        """Ask for a block now if none is in hand or on its way."""
+        if self.buffered == 0:
+            self._start_refill()
+
+    async def close(self) -> None:
+        if self._refill is not None:
+            self._refill.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refill
+        await self._client.close()
+
+    def _take(self) -> int | None:
+        counter = self._next
+        if counter >= self._stop:
+            if self._spare is None:
+                self._start_refill()
+                return None
+            counter, self._stop = self._spare
+            self._spare = None
+            self._refill_at = counter + (self._stop - counter) // 2
+        self._next = counter + 1
+        self._taken += 1
+        if counter >= self._refill_at:
+            self._start_refill()
+        return counter
+
+    def _start_refill(self) -> None:
+        if self._refill is None and self._spare is None:
+            self._refill_at = self._stop  # no second trigger while this one runs
+            self._refill = asyncio.create_task(self._fetch(self._block_size()))
+
+    def _block_size(self) -> int:
+        now = time.monotonic()
+        rate = self._taken / max(now - self._last_lease_at, 1e-3)
+        self._taken, self._last_lease_at = 0, now
+        return int(min(max(rate * LEASE_INTERVAL, MIN_BLOCK), MAX_BLOCK))
+
+    async def _fetch(self, size: int) -> None:
+        try:
+            start, stop = await self._client.lease(size)
+        except AllocatorError as exc:
+            if self.last_error is None or str(exc) != str(self.last_error):
+                log.warning("lease failed", extra={"error.message": str(exc)})
+            self.last_error = exc
+            return
+        finally:
+            self._refill = None
+        self.last_error = None
+        if self._formatter is None:
+            assert self._client.key is not None  # the key comes with the connection
+            self._formatter = NumberFormatter(self._client.key)
+        if self._next >= self._stop:
+            self._next, self._stop = start, stop
+            self._refill_at = start + (stop - start) // 2
+        else:
+            self._spare = (start, stop)

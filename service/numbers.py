@@ -1,0 +1,130 @@
+"""Tracking numbers: ``OO DD SSSSSSSSSSS C``.
+
+``OO`` and ``DD`` are the origin and destination countries, ``S…`` is ``permute(counter)`` in
+base 36 over 11 characters, and ``C`` is the ISO/IEC 7064 MOD 37,36 check character over the 15
+characters before it. A number is a pure function of (key, counter, origin, destination).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+SERIAL_LENGTH = 11
+NUMBER_LENGTH = 2 + 2 + SERIAL_LENGTH + 1
+COUNTER_BITS = 56
+ROUNDS = 4
+
+_VALUE = {char: value for value, char in enumerate(ALPHABET)}
+_CHUNK = 36**3
+
+
+# ISO/IEC 7064 MOD 37,36 (a hybrid system, M = 36): the state after each character is
+# ((state or M) * 2 mod (M + 1) + value) mod M, starting from M / 2.
+def _step(state: int, value: int) -> int:
+    return ((state or 36) * 2 % 37 + value) % 36
+
+
+_INITIAL_STATE = 18
+
+
+def _final(state: int) -> str:
+    return ALPHABET[(1 - (state or 36) * 2 % 37) % 36]
+
+
+def _state_after(text: str) -> int:
+    state = _INITIAL_STATE
+    for char in text:
+        state = _step(state, _VALUE[char])
+    return state
+
+
+def check_character(text: str) -> str:
+    """The MOD 37,36 check character of ``text`` (upper-case ``[0-9A-Z]``)."""
+    return _final(_state_after(text))
+
+
+def _chunk_tables() -> tuple[list[str], bytes, bytes]:
+    """Three-character base-36 digits, and the check state after two or three characters.
+
+    Formatting then costs four table look-ups instead of eleven divisions and fifteen check
+    steps: 1.7 MB per process, built once.
+    """
+    digits = [
+        ALPHABET[i // 1296] + ALPHABET[i // 36 % 36] + ALPHABET[i % 36] for i in range(_CHUNK)
+    ]
+    # rows[state][value] is the state after one more character; longer tables are rows joined.
+    rows = [bytes(_step(state, value) for value in range(36)) for state in range(36)]
+    after_two = b"".join(rows[rows[state][a]] for state in range(36) for a in range(36))
+    after_three = b"".join(
+        rows[after_two[state * 1296 + ab]] for state in range(36) for ab in range(1296)
+    )
+    return digits, after_two, after_three
+
+
+_DIGITS, _AFTER_TWO, _AFTER_THREE = _chunk_tables()
+_FINAL = [_final(state) for state in range(36)]
+
+
+class Permutation:
+    """A keyed bijection on ``[0, 2**(2 * half_bits))``: a balanced Feistel network.
+
+    The round function is keyed BLAKE2b, one personalisation per round. Production uses
+    ``half_bits=28`` (the 56-bit counter space); tests use a small domain to check, exhaustively
+    and through this same code, that it is a bijection.
+    """
+
+    def __init__(self, key: bytes, half_bits: int = COUNTER_BITS // 2) -> None:
+        if not 1 <= half_bits <= 32:
+            raise ValueError("half_bits must be between 1 and 32")
+        self.domain = 1 << (2 * half_bits)
+        self._half_bits = half_bits
+        self._mask = (1 << half_bits) - 1
+        # Keying BLAKE2b costs more than hashing four bytes, so key once and copy per round.
+        self._rounds = tuple(
+            hashlib.blake2b(key=key, digest_size=4, person=b"tracking-round%d" % r)
+            for r in range(ROUNDS)
+        )
+
+    def __call__(self, counter: int) -> int:
+        bits, mask = self._half_bits, self._mask
+        left, right = counter >> bits, counter & mask
+        for keyed in self._rounds:
+            h = keyed.copy()
+            h.update(right.to_bytes(4, "little"))
+            left, right = right, left ^ (int.from_bytes(h.digest(), "little") & mask)
+        return (left << bits) | right
+
+    def invert(self, value: int) -> int:
+        bits, mask = self._half_bits, self._mask
+        left, right = value >> bits, value & mask
+        for keyed in reversed(self._rounds):
+            h = keyed.copy()
+            h.update(left.to_bytes(4, "little"))
+            left, right = right ^ (int.from_bytes(h.digest(), "little") & mask), left
+        return (left << bits) | right
+
+
+class NumberFormatter:
+    """Turns counters into tracking numbers for one key."""
+
+    def __init__(self, key: bytes) -> None:
+        self.permute = Permutation(key)
+        self._route_states: dict[str, int] = {}
+
+    def format(self, origin: str, destination: str, counter: int) -> str:
+        """The 16-character number; origin and destination are upper-case alpha-2 codes."""
+        route = origin + destination
+        state = self._route_states.get(route)
+        if state is None:
+            state = self._route_states[route] = _state_after(route)
+        # 11 base-36 digits = 2 + 3 + 3 + 3, most significant first.
+        rest, d = divmod(self.permute(counter), _CHUNK)
+        rest, c = divmod(rest, _CHUNK)
+        a, b = divmod(rest, _CHUNK)
+        state = _AFTER_TWO[state * 1296 + a]
+        state = _AFTER_THREE[state * _CHUNK + b]
+        state = _AFTER_THREE[state * _CHUNK + c]
+        state = _AFTER_THREE[state * _CHUNK + d]
+        digits = _DIGITS
+        return route + digits[a][1:] + digits[b] + digits[c] + digits[d] + _FINAL[state]

@@ -1,0 +1,146 @@
+"""The OpenAPI 3.1 document, generated from the same msgspec types that validate and encode.
+
+Built once at import; the handler serves the pre-encoded bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from service.errors import ErrorBody
+from service.params import COUNTRY_CODES, EXAMPLE, FIELDS, RULES, TrackingRequest
+from service.views import JSON, Health, IssuedNumber
+
+VERSION = "0.1.0"
+REF = "#/components/schemas/{name}"
+
+
+def _ecma(schema: Any) -> Any:
+    """Python's end-of-string anchor \\Z reads as ECMA-262's $ in JSON Schema."""
+    if isinstance(schema, dict):
+        return {key: _ecma(value) for key, value in schema.items()}
+    if isinstance(schema, list):
+        return [_ecma(value) for value in schema]
+    if isinstance(schema, str):
+        return schema.replace("\\Z", "$")
+    return schema
+
+
+def _parameters(request_schema: dict[str, Any]) -> list[dict[str, Any]]:
+    parameters = []
+    for name in FIELDS:
+        schema = dict(request_schema["properties"][name])
+        if name.endswith("_country_id"):
+            # Lower case is accepted too, and upper-cased.
+            schema["enum"] = COUNTRY_CODES + [code.lower() for code in COUNTRY_CODES]
+        description = RULES[name][0].upper() + RULES[name][1:] + "."
+        if name == "customer_name":
+            description += " Leading and trailing spaces are trimmed first. Never logged."
+        parameters.append(
+            {
+                "name": name,
+                "in": "query",
+                "required": True,
+                "description": description,
+                "schema": schema,
+                "example": EXAMPLE[name],
+            }
+        )
+    return parameters
+
+
+def _json(ref: dict[str, Any], description: str, **extra: Any) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": ref}}, **extra}
+
+
+def build() -> dict[str, Any]:
+    (_, issued, error, health), components = msgspec.json.schema_components(
+        [TrackingRequest, IssuedNumber, ErrorBody, Health], ref_template=REF
+    )
+    request_schema = components.pop("TrackingRequest")
+    request_id = {
+        "X-Request-ID": {"description": "The correlation id", "schema": {"type": "string"}}
+    }
+    retry = {
+        **request_id,
+        "Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}},
+    }
+    correlation = {
+        "name": "X-Request-ID",
+        "in": "header",
+        "required": False,
+        "description": "Correlation id to use when it is 1-128 characters of [A-Za-z0-9._:-] "
+        "(X-Correlation-ID is read too); otherwise a new UUID is made. Echoed in the body, "
+        "the X-Request-ID response header and the logs.",
+        "schema": {"type": "string"},
+    }
+    not_allowed = {"405": _json(error, "Only GET and HEAD are allowed")}
+    document = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Tracking numbers",
+            "version": VERSION,
+            "description": "Unique parcel tracking numbers: never issued twice.",
+        },
+        "paths": {
+            "/next-tracking-number": {
+                "get": {
+                    "operationId": "nextTrackingNumber",
+                    "summary": "Issue a new, unique tracking number",
+                    "description": "Every parameter is required and given once; unknown "
+                    "parameters are ignored. The number is 16 characters: origin, destination, "
+                    "11 base-36 characters, and an ISO/IEC 7064 MOD 37,36 check character.",
+                    "parameters": [correlation, *_parameters(request_schema)],
+                    "responses": {
+                        "200": _json(issued, "A number, issued once", headers=request_id),
+                        "400": _json(
+                            error,
+                            "Invalid or missing parameters, every one listed in details",
+                            headers=request_id,
+                        ),
+                        **not_allowed,
+                        "503": _json(
+                            error, "No number can be issued right now; retry", headers=retry
+                        ),
+                    },
+                }
+            },
+            "/health": {
+                "get": {
+                    "operationId": "health",
+                    "summary": "Whether this worker can issue numbers",
+                    "parameters": [correlation],
+                    "responses": {
+                        "200": _json(health, "The worker can issue numbers", headers=request_id),
+                        **not_allowed,
+                        "503": _json(health, "The worker cannot issue numbers", headers=retry),
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document",
+                    "responses": {
+                        "200": {
+                            "description": "The OpenAPI document",
+                            "content": {JSON: {"schema": {"type": "object"}}},
+                        },
+                        **not_allowed,
+                    },
+                }
+            },
+        },
+        "components": {"schemas": components},
+    }
+    return _ecma(document)
+
+
+DOCUMENT = msgspec.json.encode(build())
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=DOCUMENT, content_type=JSON)

@@ -1,0 +1,187 @@
+"""The query of ``GET /next-tracking-number``: parsing and validation.
+
+The rules live in one place, the annotated fields of ``TrackingRequest``. A valid query is
+checked by one ``msgspec.convert`` call. When that fails, each field is checked again on its own
+(beside known-good values for the others) so that every bad field is reported, not just the
+first.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from typing import Annotated, Literal
+from urllib.parse import unquote_to_bytes
+
+import msgspec
+
+# ISO 3166-1 alpha-2: the 249 officially assigned codes. User-assigned codes (AA, QM to QZ,
+# XA to XZ, ZZ) and reserved ones are not countries and are rejected. All lower case ("my") is
+# accepted and upper-cased; mixed case is not.
+# fmt: off
+COUNTRY_CODES = [
+    "AD", "AE", "AF", "AG", "AI", "AL", "AM", "AO", "AQ", "AR", "AS", "AT", "AU", "AW", "AX", "AZ",
+    "BA", "BB", "BD", "BE", "BF", "BG", "BH", "BI", "BJ", "BL", "BM", "BN", "BO", "BQ", "BR", "BS",
+    "BT", "BV", "BW", "BY", "BZ", "CA", "CC", "CD", "CF", "CG", "CH", "CI", "CK", "CL", "CM", "CN",
+    "CO", "CR", "CU", "CV", "CW", "CX", "CY", "CZ", "DE", "DJ", "DK", "DM", "DO", "DZ", "EC", "EE",
+    "EG", "EH", "ER", "ES", "ET", "FI", "FJ", "FK", "FM", "FO", "FR", "GA", "GB", "GD", "GE", "GF",
+    "GG", "GH", "GI", "GL", "GM", "GN", "GP", "GQ", "GR", "GS", "GT", "GU", "GW", "GY", "HK", "HM",
+    "HN", "HR", "HT", "HU", "ID", "IE", "IL", "IM", "IN", "IO", "IQ", "IR", "IS", "IT", "JE", "JM",
+    "JO", "JP", "KE", "KG", "KH", "KI", "KM", "KN", "KP", "KR", "KW", "KY", "KZ", "LA", "LB", "LC",
+    "LI", "LK", "LR", "LS", "LT", "LU", "LV", "LY", "MA", "MC", "MD", "ME", "MF", "MG", "MH", "MK",
+    "ML", "MM", "MN", "MO", "MP", "MQ", "MR", "MS", "MT", "MU", "MV", "MW", "MX", "MY", "MZ", "NA",
+    "NC", "NE", "NF", "NG", "NI", "NL", "NO", "NP", "NR", "NU", "NZ", "OM", "PA", "PE", "PF", "PG",
+    "PH", "PK", "PL", "PM", "PN", "PR", "PS", "PT", "PW", "PY", "QA", "RE", "RO", "RS", "RU", "RW",
+    "SA", "SB", "SC", "SD", "SE", "SG", "SH", "SI", "SJ", "SK", "SL", "SM", "SN", "SO", "SR", "SS",
+    "ST", "SV", "SX", "SY", "SZ", "TC", "TD", "TF", "TG", "TH", "TJ", "TK", "TL", "TM", "TN", "TO",
+    "TR", "TT", "TV", "TW", "TZ", "UA", "UG", "UM", "US", "UY", "UZ", "VA", "VC", "VE", "VG", "VI",
+    "VN", "VU", "WF", "WS", "YE", "YT", "ZA", "ZM", "ZW",
+]
+# fmt: on
+
+# msgspec patterns are searched, not matched: every one is anchored with ^ and \Z (not $, which
+# would also match before a trailing newline). Character classes are spelled out because \d
+# matches every Unicode digit.
+Country = Literal[tuple(COUNTRY_CODES)]  # type: ignore[valid-type]
+Weight = Annotated[
+    str,
+    # A non-zero digit somewhere, 1-6 integer digits, optionally 1-3 decimals.
+    msgspec.Meta(pattern=r"^(?=[0-9.]*[1-9])[0-9]{1,6}(?:\.[0-9]{1,3})?\Z"),
+]
+Timestamp = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])[Tt]"
+        r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:(?:[0-5][0-9]|60)(?:\.[0-9]{1,9})?"
+        r"(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])\Z"
+    ),
+]
+Uuid = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}\Z"
+    ),
+]
+CustomerName = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f-\x9f]*\Z")
+]
+Slug = Annotated[str, msgspec.Meta(max_length=255, pattern=r"^[a-z0-9]+(?:-[a-z0-9]+)*\Z")]
+
+
+class TrackingRequest(msgspec.Struct, frozen=True):
+    origin_country_id: Country
+    destination_country_id: Country
+    weight: Weight
+    created_at: Timestamp
+    customer_id: Uuid
+    customer_name: CustomerName
+    customer_slug: Slug
+
+    def __post_init__(self) -> None:
+        # The pattern admits 2018-02-30; only the calendar knows. Days up to 28 always exist.
+        if self.created_at[8:10] > "28":
+            datetime.date(
+                int(self.created_at[:4]), int(self.created_at[5:7]), int(self.created_at[8:10])
+            )
+
+
+FIELDS = tuple(field.name for field in msgspec.structs.fields(TrackingRequest))
+
+# What a client is told about a field that breaks its rule.
+RULES = {
+    "origin_country_id": "must be an assigned ISO 3166-1 alpha-2 country code, such as MY",
+    "destination_country_id": "must be an assigned ISO 3166-1 alpha-2 country code, such as ID",
+    "weight": "must be a weight in kilograms greater than 0 in decimal notation, with at most "
+    "6 integer digits and 3 decimal places, such as 1.234",
+    "created_at": "must be an RFC 3339 date-time with a UTC offset (Z or ±hh:mm), such as "
+    "2018-11-20T19:29:32+08:00",
+    "customer_id": "must be a UUID, such as de619854-b59b-425e-9db4-943979e1bd49",
+    "customer_name": "must be 1 to 255 characters after trimming, without control characters",
+    "customer_slug": "must be kebab case (a-z and 0-9 in words joined by single hyphens), "
+    "at most 255 characters, such as redbox-logistics",
+}
+MISSING = "is required"
+REPEATED = "must be given only once"
+BAD_ENCODING = "is not valid percent-encoded UTF-8"
+
+# The canonical request. Every field is checked on its own beside these values.
+EXAMPLE = {
+    "origin_country_id": "MY",
+    "destination_country_id": "ID",
+    "weight": "1.234",
+    "created_at": "2018-11-20T19:29:32+08:00",
+    "customer_id": "de619854-b59b-425e-9db4-943979e1bd49",
+    "customer_name": "RedBox Logistics",
+    "customer_slug": "redbox-logistics",
+}
+
+Errors = dict[str, list[str]]
+
+_FIELD_SET = frozenset(FIELDS)
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def _unquote(text: str) -> str:
+    """Strict form decoding: raises ValueError on a stray % or bytes that are not UTF-8."""
+    if _BAD_PERCENT.search(text):
+        raise ValueError("invalid percent-encoding")
+    return unquote_to_bytes(text.replace("+", " ")).decode()
+
+
+def split_query(raw: str) -> tuple[dict[str, str], Errors]:
+    """Decode our fields from a raw query string; unknown parameters are ignored."""
+    values: dict[str, str] = {}
+    errors: Errors = {}
+    for pair in raw.split("&"):
+        name, _, value = pair.partition("=")
+        if "%" in name or "+" in name:
+            try:
+                name = _unquote(name)
+            except ValueError:
+                continue  # not one of our names, whatever it is
+        if name not in _FIELD_SET:
+            continue
+        if name in values or name in errors:
+            errors[name] = [REPEATED]
+            continue
+        if "%" in value or "+" in value:
+            try:
+                value = _unquote(value)
+            except ValueError:
+                errors[name] = [BAD_ENCODING]
+                continue
+        values[name] = value
+    return values, errors
+
+
+def _normalise(values: dict[str, str]) -> None:
+    for name in ("origin_country_id", "destination_country_id"):
+        code = values.get(name)
+        # ASCII only: "\u0131".upper() (dotless i) is "I", and must not make a country.
+        if code is not None and code.isascii() and code.islower():
+            values[name] = code.upper()
+    name = values.get("customer_name")
+    if name is not None:
+        values["customer_name"] = name.strip()
+
+
+def validate(raw_query: str) -> TrackingRequest | Errors:
+    """The validated request, or every bad or missing field with what is wrong with it."""
+    values, errors = split_query(raw_query)
+    _normalise(values)
+    if not errors and len(values) == len(FIELDS):
+        try:
+            return msgspec.convert(values, TrackingRequest)
+        except msgspec.ValidationError:
+            pass
+    for name in FIELDS:
+        if name in errors:
+            continue
+        if name not in values:
+            errors[name] = [MISSING]
+            continue
+        try:
+            msgspec.convert({**EXAMPLE, name: values[name]}, TrackingRequest)
+        except msgspec.ValidationError:
+            errors[name] = [RULES[name]]
+    return errors

@@ -1,0 +1,35 @@
+"""A worker process: serves the app on the listening socket the supervisor bound."""
+
+from __future__ import annotations
+
+import socket
+
+import uvloop
+from aiohttp import web
+
+from config import logs
+from config.lifecycle import until_stop_requested
+from config.settings import Config
+from service.app import create_app
+from service.errors import AppRunner
+
+
+async def serve(config: Config, sock: socket.socket, parent_pid: int | None = None) -> None:
+    """Serve until SIGTERM (or the supervisor's death), then drain in-flight requests."""
+    runner = AppRunner(
+        create_app(config),
+        access_log=None,
+        shutdown_timeout=config.shutdown_timeout,
+    )
+    await runner.setup()
+    try:
+        await web.SockSite(runner, sock, shutdown_timeout=config.shutdown_timeout).start()
+        await until_stop_requested(parent_pid)
+    finally:
+        await runner.cleanup()
+
+
+def main(config: Config, sock: socket.socket, parent_pid: int | None = None) -> None:
+    """The worker process: the supervisor's child target."""
+    logs.configure(config.log_level)
+    uvloop.run(serve(config, sock, parent_pid))

@@ -1,0 +1,92 @@
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from allocator.client import AllocatorClient
+from allocator.protocol import AllocatorUnavailable, KeyMismatch
+from allocator.server import Allocator, AllocatorServer, bind_unix_socket
+from allocator.store import open_store
+from config.settings import Config
+
+
+async def test_concurrent_leases_share_one_connection(allocator: Allocator, config: Config) -> None:
+    client = AllocatorClient(config.allocator_socket, timeout=5)
+    grants = await asyncio.gather(*(client.lease(n) for n in range(1, 101)))
+    assert [stop - start for start, stop in grants] == list(range(1, 101))
+    values = [v for start, stop in grants for v in range(start, stop)]
+    assert len(values) == len(set(values))
+    await client.close()
+
+
+async def test_connect_returns_the_allocators_key(allocator: Allocator, config: Config) -> None:
+    client = AllocatorClient(config.allocator_socket, timeout=5)
+    assert await client.connect() == allocator.key
+    await client.close()
+
+
+async def test_no_allocator_means_unavailable(short_tmp: Path) -> None:
+    client = AllocatorClient(str(short_tmp / "nobody.sock"), timeout=1)
+    with pytest.raises(AllocatorUnavailable):
+        await client.lease(1)
+
+
+async def test_an_allocator_that_never_answers_times_out(short_tmp: Path) -> None:
+    path = str(short_tmp / "mute.sock")
+    accepted: list[asyncio.StreamWriter] = []
+    mute = await asyncio.start_unix_server(
+        lambda _, writer: accepted.append(writer), sock=bind_unix_socket(path)
+    )
+    client = AllocatorClient(path, timeout=0.3)
+    began = time.monotonic()
+    with pytest.raises(AllocatorUnavailable, match="did not answer"):
+        await client.lease(1)
+    assert time.monotonic() - began < 2
+    await client.close()
+    for writer in accepted:
+        writer.close()
+    mute.close()
+    await mute.wait_closed()
+
+
+async def start_allocator(store: str, path: str) -> tuple[Allocator, AllocatorServer]:
+    allocator = Allocator(open_store(store))
+    await allocator.start()
+    server = AllocatorServer(allocator, path)
+    await server.start()
+    return allocator, server
+
+
+async def stop_allocator(allocator: Allocator, server: AllocatorServer) -> None:
+    await server.close()
+    await allocator.stop()
+
+
+async def test_the_client_reconnects_after_the_allocator_restarts(config: Config) -> None:
+    running = await start_allocator(config.store, config.allocator_socket)
+    client = AllocatorClient(config.allocator_socket, timeout=5)
+    _, first_stop = await client.lease(100)
+    await stop_allocator(*running)
+    with pytest.raises(AllocatorUnavailable):
+        await client.lease(1)
+
+    running = await start_allocator(config.store, config.allocator_socket)
+    start, _ = await client.lease(100)
+    assert start >= first_stop
+    await client.close()
+    await stop_allocator(*running)
+
+
+async def test_a_changed_key_stops_the_client(config: Config, short_tmp: Path) -> None:
+    running = await start_allocator(config.store, config.allocator_socket)
+    client = AllocatorClient(config.allocator_socket, timeout=5)
+    await client.lease(1)
+    await stop_allocator(*running)
+
+    # Same socket, a different store: a different key.
+    running = await start_allocator(f"sqlite:///{short_tmp}/other.sqlite3", config.allocator_socket)
+    with pytest.raises(KeyMismatch):
+        await client.lease(1)
+    await client.close()
+    await stop_allocator(*running)

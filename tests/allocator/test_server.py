@@ -1,0 +1,215 @@
+import asyncio
+import itertools
+import os
+import socket
+import sqlite3
+import stat
+import struct
+
+import msgspec
+import pytest
+
+from allocator import protocol
+from allocator.client import AllocatorClient
+from allocator.protocol import Granted, Hello, Lease, LeaseRefused, StoreError
+from allocator.server import Allocator, bind_unix_socket
+from allocator.store import SQLiteStore, open_store
+from config.settings import Config
+
+
+def sqlite_path(config: Config) -> str:
+    store = open_store(config.store)
+    assert isinstance(store, SQLiteStore)
+    return store.path
+
+
+def durable_mark(config: Config) -> int:
+    """The mark as stored on disk, read through a connection of our own."""
+    with sqlite3.connect(sqlite_path(config)) as db:
+        return db.execute("SELECT reserved FROM counter").fetchone()[0]
+
+
+async def raw_exchange(path: str, data: bytes) -> bytes:
+    """Send raw bytes to the allocator and return whatever it says before hanging up."""
+    reader, writer = await asyncio.open_unix_connection(path)
+    writer.write(data)
+    writer.write_eof()  # so that a truncated frame is seen to be truncated
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    return answer
+
+
+async def test_concurrent_leases_are_disjoint_and_within_the_durable_mark(
+    allocator: Allocator, config: Config
+) -> None:
+    clients = [AllocatorClient(config.allocator_socket, timeout=5) for _ in range(4)]
+    grants: list[tuple[int, int]] = []
+
+    async def lease_many(client: AllocatorClient) -> None:
+        for count in (1, 7, 1000, 50_000, 3):
+            start, stop = await client.lease(count)
+            assert 0 < stop - start <= count  # short only at the end of a reservation
+            assert stop <= durable_mark(config)  # granted only after it was durable
+            grants.append((start, stop))
+
+    await asyncio.gather(*(lease_many(c) for c in clients))
+    grants.sort()
+    assert len(grants) == 20
+    assert all(a_stop <= b_start for (_, a_stop), (b_start, _) in itertools.pairwise(grants))
+    for client in clients:
+        await client.close()
+
+
+async def test_a_lease_never_spans_past_the_current_reservation(config: Config) -> None:
+    allocator = Allocator(open_store(config.store), reserve_step=100)
+    await allocator.start()
+    assert await allocator.lease(60) == (0, 60)
+    assert await allocator.lease(60) in ((60, 100), (60, 120))
+    await allocator.stop()
+
+
+async def test_after_a_crash_next_equals_the_durable_mark(config: Config) -> None:
+    allocator = Allocator(open_store(config.store), reserve_step=1000)
+    await allocator.start()
+    await allocator.lease(10)
+    reserved = allocator.reserved
+    # A crash: no final checkpoint, the store simply goes away.
+    await allocator.store.close()
+
+    restarted = Allocator(open_store(config.store))
+    await restarted.start()
+    assert restarted.next == restarted.reserved == reserved == durable_mark(config)
+    start, _ = await restarted.lease(5)
+    assert start >= reserved
+    await restarted.stop()
+
+
+async def test_a_clean_stop_gives_back_the_unused_reservation(config: Config) -> None:
+    allocator = Allocator(open_store(config.store), reserve_step=1000)
+    await allocator.start()
+    await allocator.lease(10)
+    await allocator.stop()
+    assert durable_mark(config) == 10
+
+    restarted = Allocator(open_store(config.store))
+    await restarted.start()
+    assert restarted.next == 10
+    assert await restarted.lease(5) == (10, 15)
+    await restarted.stop()
+
+
+async def test_the_key_is_the_same_after_a_restart(config: Config) -> None:
+    first = Allocator(open_store(config.store))
+    await first.start()
+    await first.stop()
+    second = Allocator(open_store(config.store))
+    await second.start()
+    assert second.key == first.key
+    assert len(second.key) == 32
+    await second.stop()
+
+
+async def test_when_the_store_fails_it_grants_what_is_reserved_then_refuses(
+    config: Config,
+) -> None:
+    allocator = Allocator(open_store(config.store), reserve_step=100)
+    await allocator.start()
+    await allocator.lease(10)
+    await asyncio.sleep(0)  # let any background reservation finish
+    reserved = allocator.reserved
+    # A real SQLite refusal to write, as on a read-only file.
+    await allocator.store._connection().execute("PRAGMA query_only=ON")
+    granted = 10
+    while True:
+        try:
+            start, stop = await allocator.lease(30)
+        except StoreError:
+            break
+        granted += stop - start
+        assert stop <= reserved
+    assert allocator.next == reserved == granted
+    assert durable_mark(config) == reserved
+
+    # Writable again: it recovers by itself, and never reissues.
+    await allocator.store._connection().execute("PRAGMA query_only=OFF")
+    await asyncio.sleep(1.1)  # the store retry delay
+    start, _ = await allocator.lease(5)
+    assert start >= reserved
+    await allocator.stop()
+
+
+async def test_a_refused_lease_reaches_the_client(allocator: Allocator, config: Config) -> None:
+    client = AllocatorClient(config.allocator_socket, timeout=5)
+    await client.lease(1)
+    await allocator.store._connection().execute("PRAGMA query_only=ON")
+    with pytest.raises(LeaseRefused):  # noqa: PT012 - granted until the reservation is used up
+        while True:
+            await client.lease(100_000)
+    await allocator.store._connection().execute("PRAGMA query_only=OFF")
+    await client.close()
+
+
+BAD_INPUT = {
+    "garbage": b"\x00\x00\x00\x05\xc1\xc1\xc1\xc1\xc1",
+    "truncated": protocol.encode(Hello(id=1, pid=1))[:-2],
+    "oversized": struct.pack(">I", protocol.MAX_FRAME + 1) + b"x" * 100,
+    "unknown tag": protocol.encode(Hello(id=1, pid=1))
+    + struct.pack(">I", 9)
+    + msgspec.msgpack.encode(["Reset", 1]),
+    "lease before hello": protocol.encode(Lease(id=1, count=10)),
+}
+
+
+@pytest.mark.parametrize("data", BAD_INPUT.values(), ids=BAD_INPUT.keys())
+async def test_bad_input_is_dropped_without_a_grant(
+    allocator: Allocator, config: Config, data: bytes
+) -> None:
+    before = allocator.next
+    answer = await raw_exchange(config.allocator_socket, data)
+    # At most the Welcome of a valid Hello comes back, never a grant.
+    reader = asyncio.StreamReader()
+    reader.feed_data(answer)
+    reader.feed_eof()
+    while (payload := await protocol.read_frame(reader)) is not None:
+        assert not isinstance(protocol.decode_response(payload), Granted)
+    assert allocator.next == before
+    # ...and the allocator still serves everyone else.
+    client = AllocatorClient(config.allocator_socket, timeout=5)
+    start, stop = await client.lease(3)
+    assert stop - start == 3
+    await client.close()
+
+
+async def test_a_silent_client_does_not_block_others(allocator: Allocator, config: Config) -> None:
+    _, silent = await asyncio.open_unix_connection(config.allocator_socket)
+    client = AllocatorClient(config.allocator_socket, timeout=5)
+    assert await client.lease(1)
+    await client.close()
+    silent.close()
+
+
+async def test_the_socket_is_private(allocator: Allocator, config: Config) -> None:
+    assert stat.S_IMODE(os.stat(config.allocator_socket).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(config.runtime_dir).st_mode) == 0o700
+
+
+async def test_a_live_allocator_socket_is_never_taken_over(
+    allocator: Allocator, config: Config
+) -> None:
+    with pytest.raises(OSError, match="another allocator"):
+        bind_unix_socket(config.allocator_socket)
+
+
+def test_a_stale_socket_is_replaced_but_other_files_are_not(config: Config) -> None:
+    os.makedirs(config.runtime_dir, exist_ok=True)
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(config.allocator_socket)
+    stale.close()  # bound, never listening: what a killed allocator leaves behind
+    bind_unix_socket(config.allocator_socket).close()
+
+    os.unlink(config.allocator_socket)
+    with open(config.allocator_socket, "w") as file:
+        file.write("precious")
+    with pytest.raises(OSError, match="not a socket"):
+        bind_unix_socket(config.allocator_socket)
