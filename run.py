@@ -171,6 +171,13 @@ class Supervisor:
 
     def run(self) -> int:
         """Start everything, supervise until told to stop, stop in order; the exit status."""
+        try:
+            return self._run()
+        finally:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    def _run(self) -> int:
         if _socket_accepts(self.config.allocator_socket):
             log.error(
                 "another allocator is running on this runtime directory",
@@ -220,7 +227,8 @@ class Supervisor:
                 child.reap()
                 if child.restart_at is not None and child.restart_at <= now:
                     child.start()
-            sentinels = [c.process.sentinel for c in children if c.alive and c.process]
+            # Every child not yet reaped, dead or alive: one that died just now must wake us.
+            sentinels = [c.process.sentinel for c in children if c.process and c.restart_at is None]
             due = [c.restart_at - now for c in children if c.restart_at is not None]
             timeout = max(0.0, min(due, default=1.0))
             ready = multiprocessing.connection.wait([self._wake_r, *sentinels], timeout)

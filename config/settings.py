@@ -124,6 +124,13 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
 
 def _resolve_paths(values: dict[str, Any], env: Mapping[str, str]) -> None:
     """Fill in the settings whose defaults depend on others or on systemd's environment."""
+    # Checked before the Struct does it, because the path arithmetic below runs first: a
+    # TOML `state_dir = 5` would be a TypeError, and `store = false` would silently be ignored.
+    for name in ("state_dir", "runtime_dir", "store"):
+        if name in values and not isinstance(values[name], str):
+            raise ConfigError(
+                f"invalid configuration: {name} must be a string, not {values[name]!r}"
+            )
     if "state_dir" not in values and env.get("STATE_DIRECTORY"):
         # systemd may pass several colon-separated directories; the first is ours.
         values["state_dir"] = env["STATE_DIRECTORY"].split(":")[0]

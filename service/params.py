@@ -52,7 +52,7 @@ Timestamp = Annotated[
     str,
     msgspec.Meta(
         pattern=r"^[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])[Tt]"
-        r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:(?:[0-5][0-9]|60)(?:\.[0-9]{1,9})?"
+        r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:(?:[0-5][0-9]|60)(?:\.[0-9]+)?"
         r"(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])\Z"
     ),
 ]
@@ -118,6 +118,12 @@ EXAMPLE = {
 Errors = dict[str, list[str]]
 
 _FIELD_SET = frozenset(FIELDS)
+# What trimming removes from names: Unicode's spaces, but not the whitespace that is also a
+# control character (tab, newline, U+0085...), which the name rule must get to see and reject.
+_SPACES = (
+    " \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000"
+)
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
@@ -162,7 +168,7 @@ def _normalise(values: dict[str, str]) -> None:
             values[name] = code.upper()
     name = values.get("customer_name")
     if name is not None:
-        values["customer_name"] = name.strip()
+        values["customer_name"] = name.strip(_SPACES)
 
 
 def validate(raw_query: str) -> TrackingRequest | Errors:

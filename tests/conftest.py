@@ -51,13 +51,48 @@ def config(make_config: Callable[..., Config]) -> Config:
     return make_config()
 
 
+class Allocators:
+    """Starts real allocators for a test and stops every one of them afterwards, even when
+    the test fails (a store left open would keep its SQLite thread, and pytest, alive)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._running: dict[Allocator, AllocatorServer | None] = {}
+
+    async def start(
+        self, *, store: str | None = None, reserve_step: int = 0, serve: bool = True
+    ) -> Allocator:
+        """An allocator on ``store`` (the config's by default), serving on the config's
+        socket unless ``serve`` is False."""
+        allocator = Allocator(open_store(store or self.config.store), reserve_step)
+        await allocator.start()
+        server = None
+        if serve:
+            server = AllocatorServer(allocator, self.config.allocator_socket)
+            await server.start()
+        self._running[allocator] = server
+        return allocator
+
+    async def stop(self, allocator: Allocator) -> None:
+        """A clean stop: hang up on clients, final checkpoint, close the store."""
+        server = self._running.pop(allocator)
+        if server is not None:
+            await server.close()
+        await allocator.stop()
+
+    async def stop_all(self) -> None:
+        for allocator in list(self._running):
+            await self.stop(allocator)
+
+
 @pytest.fixture
-async def allocator(config: Config) -> AsyncIterator[Allocator]:
+async def allocators(config: Config) -> AsyncIterator[Allocators]:
+    running = Allocators(config)
+    yield running
+    await running.stop_all()
+
+
+@pytest.fixture
+async def allocator(allocators: Allocators) -> Allocator:
     """A real allocator on a real SQLite file, serving on a real Unix socket."""
-    allocator = Allocator(open_store(config.store))
-    await allocator.start()
-    server = AllocatorServer(allocator, config.allocator_socket)
-    await server.start()
-    yield allocator
-    await server.close()
-    await allocator.stop()
+    return await allocators.start()

@@ -6,9 +6,9 @@ import pytest
 
 from allocator.client import AllocatorClient
 from allocator.protocol import AllocatorUnavailable, KeyMismatch
-from allocator.server import Allocator, AllocatorServer, bind_unix_socket
-from allocator.store import open_store
+from allocator.server import Allocator, bind_unix_socket
 from config.settings import Config
+from tests.conftest import Allocators
 
 
 async def test_concurrent_leases_share_one_connection(allocator: Allocator, config: Config) -> None:
@@ -50,43 +50,32 @@ async def test_an_allocator_that_never_answers_times_out(short_tmp: Path) -> Non
     await mute.wait_closed()
 
 
-async def start_allocator(store: str, path: str) -> tuple[Allocator, AllocatorServer]:
-    allocator = Allocator(open_store(store))
-    await allocator.start()
-    server = AllocatorServer(allocator, path)
-    await server.start()
-    return allocator, server
-
-
-async def stop_allocator(allocator: Allocator, server: AllocatorServer) -> None:
-    await server.close()
-    await allocator.stop()
-
-
-async def test_the_client_reconnects_after_the_allocator_restarts(config: Config) -> None:
-    running = await start_allocator(config.store, config.allocator_socket)
+async def test_the_client_reconnects_after_the_allocator_restarts(
+    allocators: Allocators, config: Config
+) -> None:
+    allocator = await allocators.start()
     client = AllocatorClient(config.allocator_socket, timeout=5)
     _, first_stop = await client.lease(100)
-    await stop_allocator(*running)
+    await allocators.stop(allocator)
     with pytest.raises(AllocatorUnavailable):
         await client.lease(1)
 
-    running = await start_allocator(config.store, config.allocator_socket)
+    await allocators.start()
     start, _ = await client.lease(100)
     assert start >= first_stop
     await client.close()
-    await stop_allocator(*running)
 
 
-async def test_a_changed_key_stops_the_client(config: Config, short_tmp: Path) -> None:
-    running = await start_allocator(config.store, config.allocator_socket)
+async def test_a_changed_key_stops_the_client(
+    allocators: Allocators, config: Config, short_tmp: Path
+) -> None:
+    allocator = await allocators.start()
     client = AllocatorClient(config.allocator_socket, timeout=5)
     await client.lease(1)
-    await stop_allocator(*running)
+    await allocators.stop(allocator)
 
     # Same socket, a different store: a different key.
-    running = await start_allocator(f"sqlite:///{short_tmp}/other.sqlite3", config.allocator_socket)
+    await allocators.start(store=f"sqlite:///{short_tmp}/other.sqlite3")
     with pytest.raises(KeyMismatch):
         await client.lease(1)
     await client.close()
-    await stop_allocator(*running)

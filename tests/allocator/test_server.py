@@ -15,6 +15,7 @@ from allocator.protocol import Granted, Hello, Lease, LeaseRefused, StoreError
 from allocator.server import Allocator, bind_unix_socket
 from allocator.store import SQLiteStore, open_store
 from config.settings import Config
+from tests.conftest import Allocators
 
 
 def sqlite_path(config: Config) -> str:
@@ -61,60 +62,52 @@ async def test_concurrent_leases_are_disjoint_and_within_the_durable_mark(
         await client.close()
 
 
-async def test_a_lease_never_spans_past_the_current_reservation(config: Config) -> None:
-    allocator = Allocator(open_store(config.store), reserve_step=100)
-    await allocator.start()
+async def test_a_lease_never_spans_past_the_current_reservation(allocators: Allocators) -> None:
+    allocator = await allocators.start(reserve_step=100, serve=False)
     assert await allocator.lease(60) == (0, 60)
     assert await allocator.lease(60) in ((60, 100), (60, 120))
-    await allocator.stop()
 
 
-async def test_after_a_crash_next_equals_the_durable_mark(config: Config) -> None:
-    allocator = Allocator(open_store(config.store), reserve_step=1000)
-    await allocator.start()
+async def test_after_a_crash_next_equals_the_durable_mark(
+    allocators: Allocators, config: Config
+) -> None:
+    allocator = await allocators.start(reserve_step=1000, serve=False)
     await allocator.lease(10)
     reserved = allocator.reserved
     # A crash: no final checkpoint, the store simply goes away.
     await allocator.store.close()
 
-    restarted = Allocator(open_store(config.store))
-    await restarted.start()
+    restarted = await allocators.start(serve=False)
     assert restarted.next == restarted.reserved == reserved == durable_mark(config)
     start, _ = await restarted.lease(5)
     assert start >= reserved
-    await restarted.stop()
 
 
-async def test_a_clean_stop_gives_back_the_unused_reservation(config: Config) -> None:
-    allocator = Allocator(open_store(config.store), reserve_step=1000)
-    await allocator.start()
+async def test_a_clean_stop_gives_back_the_unused_reservation(
+    allocators: Allocators, config: Config
+) -> None:
+    allocator = await allocators.start(reserve_step=1000, serve=False)
     await allocator.lease(10)
-    await allocator.stop()
+    await allocators.stop(allocator)
     assert durable_mark(config) == 10
 
-    restarted = Allocator(open_store(config.store))
-    await restarted.start()
+    restarted = await allocators.start(serve=False)
     assert restarted.next == 10
     assert await restarted.lease(5) == (10, 15)
-    await restarted.stop()
 
 
-async def test_the_key_is_the_same_after_a_restart(config: Config) -> None:
-    first = Allocator(open_store(config.store))
-    await first.start()
-    await first.stop()
-    second = Allocator(open_store(config.store))
-    await second.start()
+async def test_the_key_is_the_same_after_a_restart(allocators: Allocators) -> None:
+    first = await allocators.start(serve=False)
+    await allocators.stop(first)
+    second = await allocators.start(serve=False)
     assert second.key == first.key
     assert len(second.key) == 32
-    await second.stop()
 
 
 async def test_when_the_store_fails_it_grants_what_is_reserved_then_refuses(
-    config: Config,
+    allocators: Allocators, config: Config
 ) -> None:
-    allocator = Allocator(open_store(config.store), reserve_step=100)
-    await allocator.start()
+    allocator = await allocators.start(reserve_step=100, serve=False)
     await allocator.lease(10)
     await asyncio.sleep(0)  # let any background reservation finish
     reserved = allocator.reserved
@@ -136,7 +129,6 @@ async def test_when_the_store_fails_it_grants_what_is_reserved_then_refuses(
     await asyncio.sleep(1.1)  # the store retry delay
     start, _ = await allocator.lease(5)
     assert start >= reserved
-    await allocator.stop()
 
 
 async def test_a_refused_lease_reaches_the_client(allocator: Allocator, config: Config) -> None:

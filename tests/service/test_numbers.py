@@ -1,0 +1,212 @@
+import hashlib
+import random
+import re
+from collections import Counter
+from collections.abc import Sequence
+from itertools import pairwise
+
+import pytest
+from stdnum.iso7064 import mod_37_36
+
+from service.numbers import ALPHABET, NumberFormatter, Permutation, check_character
+
+KEY = bytes(range(32))
+OTHER_KEY = hashlib.sha256(b"another key").digest()
+DOMAIN = 2**56
+NUMBER_PATTERN = re.compile(r"^[A-Z0-9]{1,16}\Z")
+ROUTES = [("MY", "ID"), ("US", "GB"), ("SG", "SG"), ("ZW", "AD")]
+SAMPLE = 10_000
+
+
+def base36(value: int) -> str:
+    digits = ""
+    while value:
+        value, digit = divmod(value, 36)
+        digits = ALPHABET[digit] + digits
+    return digits.rjust(11, "0")
+
+
+def serial(number: str) -> int:
+    return int(number[4:15], 36)
+
+
+def random_counters(seed: int, count: int) -> list[int]:
+    rng = random.Random(seed)
+    return [0, 1, DOMAIN - 1, *(rng.randrange(DOMAIN) for _ in range(count))]
+
+
+def longest_run(values: Sequence[int], *, ascending: bool) -> int:
+    longest = run = 1
+    for previous, current in pairwise(values):
+        run = run + 1 if (previous < current if ascending else previous > current) else 1
+        longest = max(longest, run)
+    return longest
+
+
+def chi_square(observed: Counter[str], expected: dict[str, float]) -> float:
+    assert set(observed) <= set(expected)
+    return sum((observed[symbol] - e) ** 2 / e for symbol, e in expected.items())
+
+
+@pytest.fixture(scope="module", params=[0, 2**40 + 12_345], ids=["from-0", "from-2**40"])
+def serials(request: pytest.FixtureRequest) -> list[int]:
+    """Serials of SAMPLE consecutive counters."""
+    formatter = NumberFormatter(KEY)
+    start = request.param
+    return [serial(formatter.format("MY", "ID", c)) for c in range(start, start + SAMPLE)]
+
+
+@pytest.mark.parametrize("half_bits", [1, 5, 8])
+def test_permutation_is_a_bijection_on_a_small_domain(half_bits: int) -> None:
+    permute = Permutation(KEY, half_bits=half_bits)
+    domain = 1 << (2 * half_bits)
+    outputs = [permute(x) for x in range(domain)]
+    assert permute.domain == domain
+    assert sorted(outputs) == list(range(domain))
+    assert [permute.invert(y) for y in outputs] == list(range(domain))
+
+
+def test_small_domain_permutation_is_keyed_and_not_the_identity() -> None:
+    domain = range(1 << 16)
+    ours = [Permutation(KEY, half_bits=8)(x) for x in domain]
+    theirs = [Permutation(OTHER_KEY, half_bits=8)(x) for x in domain]
+    assert sum(x == y for x, y in zip(domain, ours, strict=True)) < 20
+    assert sum(x == y for x, y in zip(ours, theirs, strict=True)) < 20
+
+
+@pytest.mark.parametrize("half_bits", [0, 33])
+def test_permutation_rejects_an_unsupported_domain(half_bits: int) -> None:
+    with pytest.raises(ValueError, match="half_bits"):
+        Permutation(KEY, half_bits=half_bits)
+
+
+def test_production_permutation_stays_in_the_56_bit_domain_and_inverts() -> None:
+    permute = Permutation(KEY)
+    assert permute.domain == DOMAIN
+    for x in [*random_counters(1, 2_000), 2**28 - 1, 2**28]:
+        y = permute(x)
+        assert 0 <= y < DOMAIN
+        assert permute.invert(y) == x
+        assert permute(permute.invert(x)) == x
+
+
+def test_flipping_one_counter_bit_changes_about_half_the_serial_bits() -> None:
+    permute = Permutation(KEY)
+    counters = random_counters(2, 500)
+    for bit in range(56):
+        changed = [(permute(c) ^ permute(c ^ (1 << bit))).bit_count() for c in counters]
+        assert 24 < sum(changed) / len(changed) < 32, bit
+
+
+@pytest.mark.parametrize(("origin", "destination"), ROUTES)
+def test_number_is_route_then_permuted_counter_in_base_36_then_check_character(
+    origin: str, destination: str
+) -> None:
+    formatter = NumberFormatter(KEY)
+    permute = Permutation(KEY)
+    for counter in random_counters(3, 1_000):
+        number = formatter.format(origin, destination, counter)
+        assert NUMBER_PATTERN.match(number)
+        assert len(number) == 16
+        assert number[:4] == origin + destination
+        assert serial(number) == permute(counter)
+        assert number[4:15] == base36(permute(counter))
+        assert number[15] == mod_37_36.calc_check_digit(number[:15])
+
+
+@pytest.mark.parametrize("value", [0, 1, 35, 36, 36**10, DOMAIN - 1])
+def test_serial_is_zero_padded_to_eleven_characters(value: int) -> None:
+    counter = Permutation(KEY).invert(value)
+    assert NumberFormatter(KEY).format("MY", "ID", counter)[4:15] == base36(value)
+
+
+def test_check_character_matches_the_iso_7064_test_vector() -> None:
+    assert mod_37_36.calc_check_digit("A12425GABC1234002") == "M"
+    assert check_character("A12425GABC1234002") == "M"
+
+
+def test_check_character_agrees_with_stdnum_on_random_text() -> None:
+    rng = random.Random(4)
+    for _ in range(5_000):
+        text = "".join(rng.choices(ALPHABET, k=rng.randrange(31)))
+        assert check_character(text) == mod_37_36.calc_check_digit(text), text
+
+
+def test_every_formatted_number_is_valid_mod_37_36() -> None:
+    formatter = NumberFormatter(KEY)
+    for counter in random_counters(5, 2_000):
+        for origin, destination in ROUTES:
+            number = formatter.format(origin, destination, counter)
+            assert mod_37_36.is_valid(number), number
+            assert number[15] == check_character(number[:15])
+
+
+def test_any_single_substituted_character_makes_a_number_invalid() -> None:
+    formatter = NumberFormatter(KEY)
+    for counter in random_counters(6, 20):
+        number = formatter.format("MY", "ID", counter)
+        for position, original in enumerate(number):
+            for symbol in ALPHABET.replace(original, ""):
+                typo = number[:position] + symbol + number[position + 1 :]
+                assert not mod_37_36.is_valid(typo), typo
+                assert check_character(typo[:15]) != typo[15], typo
+
+
+def test_consecutive_serials_are_not_in_order(serials: list[int]) -> None:
+    assert serials != sorted(serials)
+    assert serials != sorted(serials, reverse=True)
+    assert longest_run(serials, ascending=True) < 15
+    assert longest_run(serials, ascending=False) < 15
+
+
+def test_consecutive_serials_have_no_constant_step(serials: list[int]) -> None:
+    steps = {(b - a) % DOMAIN for a, b in pairwise(serials)}
+    assert len(steps) > 0.99 * (SAMPLE - 1)
+
+
+def test_consecutive_serials_spread_over_the_whole_domain(serials: list[int]) -> None:
+    buckets = Counter(s * 16 // DOMAIN for s in serials)
+    assert sorted(buckets) == list(range(16))
+    assert all(500 < n < 750 for n in buckets.values()), buckets
+
+
+def test_every_serial_character_is_near_uniform(serials: list[int]) -> None:
+    texts = [base36(s) for s in serials]
+    # 2**56 < 36**11, so the leading character only reaches J, and J only partly.
+    leading_share = 36**10 / DOMAIN
+    leading = {ALPHABET[d]: SAMPLE * leading_share for d in range(19)}
+    leading["J"] = SAMPLE * (1 - 19 * leading_share)
+    assert chi_square(Counter(t[0] for t in texts), leading) < 100
+    uniform = dict.fromkeys(ALPHABET, SAMPLE / 36)
+    for position in range(1, 11):
+        assert chi_square(Counter(t[position] for t in texts), uniform) < 100, position
+
+
+def test_a_different_key_gives_unrelated_numbers() -> None:
+    ours, theirs = NumberFormatter(KEY), NumberFormatter(OTHER_KEY)
+    pairs = [
+        (serial(ours.format("MY", "ID", c)), serial(theirs.format("MY", "ID", c)))
+        for c in range(SAMPLE)
+    ]
+    assert all(a != b for a, b in pairs)
+    assert len({(b - a) % DOMAIN for a, b in pairs}) > 0.99 * SAMPLE
+    assert len({a ^ b for a, b in pairs}) > 0.99 * SAMPLE
+
+
+def test_same_key_counter_and_route_give_the_same_number() -> None:
+    first, second = NumberFormatter(KEY), NumberFormatter(KEY)
+    for counter in random_counters(7, 500):
+        for origin, destination in ROUTES:
+            number = first.format(origin, destination, counter)
+            assert first.format(origin, destination, counter) == number
+            assert second.format(origin, destination, counter) == number
+
+
+def test_route_changes_only_the_prefix_and_check_character() -> None:
+    formatter = NumberFormatter(KEY)
+    for counter in random_counters(8, 200):
+        numbers = [formatter.format(o, d, counter) for o, d in ROUTES]
+        assert len({n[4:15] for n in numbers}) == 1
+        assert [n[:4] for n in numbers] == [o + d for o, d in ROUTES]
+        fresh = [NumberFormatter(KEY).format(o, d, counter) for o, d in reversed(ROUTES)]
+        assert fresh == numbers[::-1]

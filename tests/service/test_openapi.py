@@ -1,0 +1,73 @@
+import jsonschema
+from aiohttp.test_utils import TestClient
+from openapi_spec_validator import validate
+
+from service.params import FIELDS
+from tests.conftest import CANONICAL_QUERY
+
+
+async def fetch_document(client: TestClient) -> dict:
+    response = await client.get("/openapi.json")
+    assert response.status == 200
+    assert response.content_type == "application/json"
+    return await response.json()
+
+
+def response_schema(document: dict, path: str, status: str) -> dict:
+    """The documented body schema, with the document's components in reach of its $refs."""
+    content = document["paths"][path]["get"]["responses"][status]["content"]
+    schema = content["application/json"]["schema"]
+    return {**schema, "components": document["components"]}
+
+
+async def test_the_document_is_valid_openapi_3_1(client: TestClient) -> None:
+    document = await fetch_document(client)
+    assert document["openapi"].startswith("3.1")
+    validate(document)
+
+
+async def test_every_documented_path_is_served(client: TestClient) -> None:
+    document = await fetch_document(client)
+    assert set(document["paths"]) == {"/next-tracking-number", "/health", "/openapi.json"}
+    for path in document["paths"]:
+        response = await client.get(path, params=CANONICAL_QUERY)
+        assert response.status == 200, path
+
+
+async def test_every_parameter_is_documented_as_required(client: TestClient) -> None:
+    document = await fetch_document(client)
+    parameters = document["paths"]["/next-tracking-number"]["get"]["parameters"]
+    query = {p["name"]: p for p in parameters if p["in"] == "query"}
+    assert set(query) == set(FIELDS)
+    assert all(p["required"] for p in query.values())
+
+
+async def test_documented_examples_are_accepted_and_patterns_are_ecma(client: TestClient) -> None:
+    document = await fetch_document(client)
+    parameters = document["paths"]["/next-tracking-number"]["get"]["parameters"]
+    for parameter in parameters:
+        if parameter["in"] == "query":
+            jsonschema.validate(parameter["example"], parameter["schema"])
+            assert "\\Z" not in parameter["schema"].get("pattern", "")
+
+
+async def test_real_responses_match_their_documented_schemas(client: TestClient) -> None:
+    document = await fetch_document(client)
+    path = "/next-tracking-number"
+    ok = await client.get(path, params=CANONICAL_QUERY)
+    jsonschema.validate(await ok.json(), response_schema(document, path, "200"))
+    bad = await client.get(path, params={"weight": "0"})
+    assert bad.status == 400
+    jsonschema.validate(await bad.json(), response_schema(document, path, "400"))
+    health = await client.get("/health")
+    jsonschema.validate(await health.json(), response_schema(document, "/health", "200"))
+
+
+async def test_a_wrong_body_would_fail_the_documented_schema(client: TestClient) -> None:
+    document = await fetch_document(client)
+    schema = response_schema(document, "/next-tracking-number", "200")
+    try:
+        jsonschema.validate({"tracking_number": 5}, schema)
+    except jsonschema.ValidationError:
+        return
+    raise AssertionError("the documented schema accepts a malformed body")
