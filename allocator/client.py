@@ -25,7 +25,11 @@ from allocator.protocol import (
     LeaseRefused,
     ProtocolError,
     Refused,
+    Report,
+    Status,
+    StatusQuery,
     Welcome,
+    WorkerCounters,
 )
 
 
@@ -55,6 +59,23 @@ class AllocatorClient:
             case Refused(reason=reason):
                 raise LeaseRefused(reason)
         raise ProtocolError(f"unexpected answer to a lease: {response!r}")
+
+    async def status(self) -> Status:
+        """The allocator's state and every worker's counters, summed."""
+        async with self._deadline():
+            await self._ensure_connected()
+            response = await self._call(StatusQuery(id=next(self._ids)))
+        if not isinstance(response, Status):
+            raise ProtocolError(f"unexpected answer to a status query: {response!r}")
+        return response
+
+    def report(self, counters: WorkerCounters) -> bool:
+        """Send counters without waiting; False (nothing sent) while not connected."""
+        writer = self._writer
+        if writer is None or writer.is_closing():
+            return False
+        writer.write(protocol.encode(Report(id=next(self._ids), counters=counters)))
+        return True
 
     async def connect(self) -> bytes:
         """Connect (if needed) within the timeout and return the permutation key."""
@@ -104,7 +125,7 @@ class AllocatorClient:
                 raise KeyMismatch("the allocator's permutation key changed; restart the worker")
             self.key = welcome.key
 
-    async def _call(self, request: Lease | Hello) -> protocol.Response:
+    async def _call(self, request: Lease | Hello | StatusQuery) -> protocol.Response:
         writer = self._writer
         if writer is None or writer.is_closing():
             raise AllocatorUnavailable("not connected to the allocator")

@@ -8,6 +8,7 @@ at once (see ``allocator.client``).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import struct
 from typing import Annotated
 
@@ -21,6 +22,10 @@ MAX_LEASE = 10_000_000
 # The counter space: numbers are a permutation of [0, 2**56).
 COUNTER_LIMIT = 2**56
 KEY_BYTES = 32
+
+# Histogram bucket bounds in seconds (upper bounds; +Inf is implied): both sides must agree.
+REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+RESERVATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
 _HEADER = struct.Struct(">I")
 
@@ -53,6 +58,74 @@ class KeyMismatch(AllocatorError):
     """The permutation key changed under a running worker or disagrees with the configured one."""
 
 
+class Histogram(msgspec.Struct, array_like=True):
+    """Counts per bucket (the last is +Inf) and the sum of what was observed."""
+
+    counts: list[int]
+    total: float = 0.0
+
+    @classmethod
+    def empty(cls, buckets: tuple[float, ...]) -> Histogram:
+        return cls([0] * (len(buckets) + 1))
+
+    def observe(self, value: float, buckets: tuple[float, ...]) -> None:
+        self.counts[bisect.bisect_left(buckets, value)] += 1
+        self.total += value
+
+    def add(self, other: Histogram) -> None:
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.total += other.total
+
+
+class WorkerCounters(msgspec.Struct, array_like=True):
+    """What workers count: sent as deltas in reports, summed by the allocator."""
+
+    issued: int = 0
+    lease_failures: int = 0
+    # (route, method, status) -> requests
+    requests: dict[tuple[str, str, int], int] = msgspec.field(default_factory=dict)
+    # route -> request durations in seconds
+    durations: dict[str, Histogram] = msgspec.field(default_factory=dict)
+
+    def add(self, other: WorkerCounters) -> None:
+        self.issued += other.issued
+        self.lease_failures += other.lease_failures
+        for key, count in other.requests.items():
+            self.requests[key] = self.requests.get(key, 0) + count
+        for route, histogram in other.durations.items():
+            mine = self.durations.get(route)
+            if mine is None:
+                self.durations[route] = Histogram(list(histogram.counts), histogram.total)
+            else:
+                mine.add(histogram)
+
+
+class AllocatorStatus(msgspec.Struct):
+    """The allocator's state, as /allocator/status shows it."""
+
+    store: str
+    next: int
+    reserved: int
+    numbers_left: int
+    issue_rate_per_second: float
+    seconds_to_exhaustion: float | None
+    connected_workers: int
+    leases_by_worker: dict[str, int]
+    started_at: float
+    uptime_seconds: float
+    store_up: bool
+    last_checkpoint_at: float | None
+    last_checkpoint_latency_seconds: float | None
+    last_store_error: str | None
+    last_store_error_at: float | None
+    leases_total: int
+    leased_numbers_total: int
+    lease_refusals_total: int
+    reservations_total: int
+    reservation_errors_total: int
+    reservation_seconds: Histogram
+
+
 class Message(msgspec.Struct, tag=True, frozen=True, array_like=True):
     id: RequestId
 
@@ -68,6 +141,16 @@ class Lease(Message):
     """Ask for a block of ``count`` consecutive counter values."""
 
     count: LeaseCount
+
+
+class Report(Message):
+    """A worker's counters since its last report. One-way: it gets no response."""
+
+    counters: WorkerCounters
+
+
+class StatusQuery(Message):
+    """Ask for the allocator's state and everyone's counters (for /metrics and the status)."""
 
 
 # Allocator -> worker.
@@ -86,8 +169,13 @@ class Refused(Message):
     reason: str
 
 
-Request = Hello | Lease
-Response = Welcome | Granted | Refused
+class Status(Message):
+    allocator: AllocatorStatus
+    workers: WorkerCounters
+
+
+Request = Hello | Lease | Report | StatusQuery
+Response = Welcome | Granted | Refused | Status
 
 _encoder = msgspec.msgpack.Encoder()
 _request_decoder = msgspec.msgpack.Decoder(Request)

@@ -16,19 +16,28 @@ import os
 import socket
 import stat
 import time
+from collections.abc import Callable
 
 import uvloop
 
 from allocator import protocol
 from allocator.protocol import (
+    COUNTER_LIMIT,
+    RESERVATION_BUCKETS,
     AllocatorError,
+    AllocatorStatus,
     Granted,
     Hello,
+    Histogram,
     Lease,
     ProtocolError,
     Refused,
+    Report,
+    Status,
+    StatusQuery,
     StoreError,
     Welcome,
+    WorkerCounters,
 )
 from allocator.store import Store, open_store
 from config import logs
@@ -46,6 +55,8 @@ RESERVE_SECONDS = 60.0
 MAX_STEP = 1 << 40
 # After a store failure, wait this long before trying to reserve again.
 STORE_RETRY_DELAY = 1.0
+# The issue rate is averaged over this many seconds of worker reports.
+RATE_WINDOW = 60.0
 
 
 class Allocator:
@@ -63,17 +74,35 @@ class Allocator:
         self.reserved = 0  # end of the last durable reservation
         self._ranges: collections.deque[list[int]] = collections.deque()
         self._reserving: asyncio.Task[None] | None = None
-        self._last_store_error = ""
         self._store_failed_at = 0.0
         self._leased_since_reserve = 0
         self._last_reserve_at = time.monotonic()
+        # What operators see in /allocator/status and /metrics.
+        self.started_at = time.time()
+        self._started = time.monotonic()
+        self.last_store_error: str | None = None
+        self.last_store_error_at: float | None = None
+        self.last_checkpoint_at: float | None = None
+        self.last_checkpoint_latency: float | None = None
+        self.leases_total = 0
+        self.leased_numbers_total = 0
+        self.reservations_total = 0
+        self.reservation_errors_total = 0
+        self.reservation_seconds = Histogram.empty(RESERVATION_BUCKETS)
 
     async def start(self, supplied_key: bytes | None = None) -> None:
         await self.store.open()
         self.key = await self.store.load_key(supplied_key)
         # Everything below the durable mark may have been handed out before: start above it.
         self.next = self.reserved = await self.store.durable_mark()
-        log.info("allocator store opened", extra={"next": self.next, "store": self.store.kind})
+        log.info(
+            "allocator started",
+            extra={"tracking.next": self.next, "tracking.store": self.store.kind},
+        )
+
+    @property
+    def uptime(self) -> float:
+        return time.monotonic() - self._started
 
     @property
     def available(self) -> int:
@@ -92,6 +121,8 @@ class Allocator:
             block[0] = stop
         self.next = self._ranges[0][0] if self._ranges else stop
         self._leased_since_reserve += stop - start
+        self.leases_total += 1
+        self.leased_numbers_total += stop - start
         if self.available < self._step() // 2:
             self._reserve_in_background()
         return start, stop
@@ -107,13 +138,13 @@ class Allocator:
     async def _reserve_now(self) -> None:
         if self._reserving is None:
             if time.monotonic() - self._store_failed_at < STORE_RETRY_DELAY:
-                raise StoreError(self._last_store_error)
+                raise StoreError(self.last_store_error or "store unavailable")
             self._reserve_in_background()
         assert self._reserving is not None
         # Shielded: one lease giving up must not cancel the reservation others wait for.
         await asyncio.shield(self._reserving)
-        if self._last_store_error and not self._ranges:
-            raise StoreError(self._last_store_error)
+        if self.last_store_error and not self._ranges:
+            raise StoreError(self.last_store_error)
 
     def _reserve_in_background(self) -> None:
         if self._reserving is None or self._reserving.done():
@@ -124,13 +155,23 @@ class Allocator:
         try:
             start, stop = await self.store.reserve(count)
         except StoreError as exc:
-            self._last_store_error = str(exc)
+            self.last_store_error = str(exc)
+            self.last_store_error_at = time.time()
             self._store_failed_at = time.monotonic()
-            log.error("reservation failed", extra={"error.message": str(exc)})
+            self.reservation_errors_total += 1
+            log.error(
+                "reservation failed",
+                extra={"error.type": type(exc).__name__, "error.message": str(exc)},
+            )
             return
         finally:
             self._reserving = None
-        self._last_store_error = ""
+        latency = time.monotonic() - began
+        self.last_store_error = None
+        self.last_checkpoint_at = time.time()
+        self.last_checkpoint_latency = latency
+        self.reservations_total += 1
+        self.reservation_seconds.observe(latency, RESERVATION_BUCKETS)
         self._leased_since_reserve = 0
         self._last_reserve_at = time.monotonic()
         if self._ranges and self._ranges[-1][1] == start:
@@ -142,7 +183,11 @@ class Allocator:
         self.reserved = stop
         log.info(
             "reserved",
-            extra={"reserved": stop, "step": count, "latency_s": time.monotonic() - began},
+            extra={
+                "tracking.reserved": stop,
+                "tracking.step": count,
+                "event.duration": int(latency * 1e9),
+            },
         )
 
     async def stop(self) -> None:
@@ -156,7 +201,10 @@ class Allocator:
                 if await self.store.release(start, self.reserved):
                     self.reserved = start
         except StoreError as exc:
-            log.warning("final checkpoint failed", extra={"error.message": str(exc)})
+            log.warning(
+                "final checkpoint failed",
+                extra={"error.type": type(exc).__name__, "error.message": str(exc)},
+            )
         finally:
             self._ranges.clear()
             await self.store.close()
@@ -170,6 +218,10 @@ class AllocatorServer:
         self.path = path
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._leases_by_worker: dict[int, int] = {}  # connected workers, by pid
+        self.worker_totals = WorkerCounters()
+        self._issued: collections.deque[tuple[float, int]] = collections.deque()
+        self.lease_refusals_total = 0
 
     async def start(self) -> None:
         sock = bind_unix_socket(self.path)
@@ -191,6 +243,7 @@ class AllocatorServer:
         self._connections[task] = writer
         slots = asyncio.Semaphore(MAX_INFLIGHT_PER_CONNECTION)
         pending: set[asyncio.Task[None]] = set()
+        worker: int | None = None
         try:
             first = await asyncio.wait_for(protocol.read_frame(reader), HELLO_TIMEOUT)
             if first is None:
@@ -199,16 +252,21 @@ class AllocatorServer:
             if not isinstance(hello, Hello):
                 raise ProtocolError("a connection must start with Hello")
             writer.write(protocol.encode(Welcome(id=hello.id, key=self.allocator.key)))
-            log.info("worker connected", extra={"worker.pid": hello.pid})
+            worker = hello.pid
+            self._leases_by_worker[worker] = 0
+            log.info("worker connected", extra={"tracking.worker_pid": worker})
             while (payload := await protocol.read_frame(reader)) is not None:
                 request = protocol.decode_request(payload)
                 await slots.acquire()
-                answer = asyncio.create_task(self._answer(request, writer))
+                answer = asyncio.create_task(self._answer(request, writer, worker))
                 pending.add(answer)
                 answer.add_done_callback(pending.discard)
                 answer.add_done_callback(lambda _: slots.release())
         except (ProtocolError, TimeoutError) as exc:
-            log.warning("dropping allocator client", extra={"error.message": str(exc)})
+            log.warning(
+                "dropping allocator client",
+                extra={"error.type": type(exc).__name__, "error.message": str(exc)},
+            )
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -216,20 +274,74 @@ class AllocatorServer:
                 answer.cancel()
             writer.close()
             del self._connections[task]
+            if worker is not None:
+                self._leases_by_worker.pop(worker, None)
 
-    async def _answer(self, request: protocol.Request, writer: asyncio.StreamWriter) -> None:
+    async def _answer(
+        self, request: protocol.Request, writer: asyncio.StreamWriter, worker: int
+    ) -> None:
+        response: protocol.Message
         match request:
             case Lease(id=request_id, count=count):
                 try:
                     start, stop = await self.allocator.lease(count)
-                    response: protocol.Message = Granted(id=request_id, start=start, stop=stop)
+                    response = Granted(id=request_id, start=start, stop=stop)
+                    self._leases_by_worker[worker] = self._leases_by_worker.get(worker, 0) + 1
                 except AllocatorError as exc:
-                    log.warning("lease refused", extra={"error.message": str(exc)})
+                    self.lease_refusals_total += 1
+                    log.warning(
+                        "lease refused",
+                        extra={"error.type": type(exc).__name__, "error.message": str(exc)},
+                    )
                     response = Refused(id=request_id, reason=str(exc))
+            case Report(counters=counters):
+                self.worker_totals.add(counters)
+                self._issued.append((time.monotonic(), counters.issued))
+                return  # reports are one-way
+            case StatusQuery(id=request_id):
+                response = Status(
+                    id=request_id, allocator=self.status(), workers=self.worker_totals
+                )
             case Hello(id=request_id):
                 response = Welcome(id=request_id, key=self.allocator.key)
         if not writer.is_closing():
             writer.write(protocol.encode(response))
+
+    def issue_rate(self) -> float:
+        """Numbers issued per second over the last RATE_WINDOW seconds, from worker reports."""
+        now = time.monotonic()
+        while self._issued and self._issued[0][0] < now - RATE_WINDOW:
+            self._issued.popleft()
+        window = min(RATE_WINDOW, self.allocator.uptime)
+        return sum(n for _, n in self._issued) / max(window, 1.0)
+
+    def status(self) -> AllocatorStatus:
+        allocator = self.allocator
+        rate = self.issue_rate()
+        left = COUNTER_LIMIT - allocator.next
+        return AllocatorStatus(
+            store=allocator.store.kind,
+            next=allocator.next,
+            reserved=allocator.reserved,
+            numbers_left=left,
+            issue_rate_per_second=rate,
+            seconds_to_exhaustion=left / rate if rate > 0 else None,
+            connected_workers=len(self._leases_by_worker),
+            leases_by_worker={str(pid): n for pid, n in self._leases_by_worker.items()},
+            started_at=allocator.started_at,
+            uptime_seconds=allocator.uptime,
+            store_up=allocator.last_store_error is None,
+            last_checkpoint_at=allocator.last_checkpoint_at,
+            last_checkpoint_latency_seconds=allocator.last_checkpoint_latency,
+            last_store_error=allocator.last_store_error,
+            last_store_error_at=allocator.last_store_error_at,
+            leases_total=allocator.leases_total,
+            leased_numbers_total=allocator.leased_numbers_total,
+            lease_refusals_total=self.lease_refusals_total,
+            reservations_total=allocator.reservations_total,
+            reservation_errors_total=allocator.reservation_errors_total,
+            reservation_seconds=allocator.reservation_seconds,
+        )
 
 
 def bind_unix_socket(path: str) -> socket.socket:
@@ -281,22 +393,56 @@ def read_key_file(path: str) -> bytes:
     return key
 
 
-async def serve(config: Config, parent_pid: int | None = None) -> None:
+async def serve(config: Config, ready: Callable[[], None] = lambda: None) -> None:
     """Run the allocator until SIGTERM, or until the supervisor disappears."""
+    parent_pid = os.getppid()
     allocator = Allocator(open_store(config.store), config.reserve_step)
     await allocator.start(read_key_file(config.key_file) if config.key_file else None)
     server = AllocatorServer(allocator, config.allocator_socket)
     try:
         await server.start()
-        log.info("allocator listening", extra={"socket": config.allocator_socket})
+        ready()
         await until_stop_requested(parent_pid)
     finally:
         await server.close()
         await allocator.stop()
-        log.info("allocator stopped", extra={"next": allocator.next})
+        log.info(
+            "allocator stopped",
+            extra={"tracking.next": allocator.next, "tracking.reserved": allocator.reserved},
+        )
 
 
-def main(config: Config, parent_pid: int | None = None) -> None:
+def main(config: Config, ready: Callable[[], None]) -> None:
     """The allocator process: the supervisor's child target."""
     logs.configure(config.log_level)
-    uvloop.run(serve(config, parent_pid))
+    uvloop.run(serve(config, ready))
+
+
+async def raise_reserved(config: Config, value: int) -> int:
+    """The ``--raise-reserved-to`` command: raise the store's mark, never lower it.
+
+    Safe while the service runs: the store raises the mark in one atomic statement, and the
+    allocator reserves from the stored mark, so its next reservation starts above ``value``.
+    """
+    if not 0 <= value <= COUNTER_LIMIT:
+        log.error("the mark must be between 0 and 2**56", extra={"tracking.reserved": value})
+        return 2
+    store = open_store(config.store)
+    try:
+        await store.open()
+        await store.load_key()  # creates the row of a new store
+        before = await store.durable_mark()
+        after = await store.raise_mark(value)
+    except AllocatorError as exc:
+        log.error(
+            "cannot raise the reservation mark",
+            extra={"error.type": type(exc).__name__, "error.message": str(exc)},
+        )
+        return 1
+    finally:
+        await store.close()
+    log.info(
+        "reservation mark raised" if after > before else "reservation mark already high enough",
+        extra={"tracking.reserved_before": before, "tracking.reserved": after},
+    )
+    return 0

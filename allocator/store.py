@@ -3,20 +3,30 @@
 A store hands out *reservations*: half-open ranges of counter values that are durably marked
 as taken before they are returned, so no range is ever handed out twice, even across crashes
 and (with a shared database) across hosts.
+
+Two stores sit behind one interface: SQLite (one host, the default) and PostgreSQL (several
+hosts sharing one counter).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sqlite3
-from typing import Protocol
+import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
 
 import aiosqlite
+import asyncpg
 
 from allocator.protocol import COUNTER_LIMIT, KEY_BYTES, KeyMismatch, StoreError
+from config.settings import redact_url
 
 SCHEMA_VERSION = 1
+
+_T = TypeVar("_T")
 
 
 class Store(Protocol):
@@ -41,6 +51,9 @@ class Store(Protocol):
 
     async def release(self, start: int, stop: int) -> bool:
         """Give back the unused tail ``[start, stop)`` if nobody reserved past it since."""
+
+    async def raise_mark(self, value: int) -> int:
+        """Raise the mark to ``value`` if it is lower (never lower it); the mark after."""
 
     async def close(self) -> None: ...
 
@@ -70,10 +83,21 @@ class SQLiteStore:
                 f" reserved INTEGER NOT NULL CHECK (reserved BETWEEN 0 AND {COUNTER_LIMIT}),"
                 f" key BLOB NOT NULL CHECK (length(key) = {KEY_BYTES}))"
             )
+            async with self._db.execute("PRAGMA user_version") as cursor:
+                (version,) = await cursor.fetchone()  # type: ignore[misc]
+            if version > SCHEMA_VERSION:
+                # Written by a newer release: its meaning is unknown to us, so do not touch it.
+                raise StoreError(
+                    f"the store's schema version {version} is newer than this release knows "
+                    f"({SCHEMA_VERSION})"
+                )
             await self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except (sqlite3.Error, OSError) as exc:
             await self.close()
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
+        except StoreError:
+            await self.close()
+            raise
 
     def _connection(self) -> aiosqlite.Connection:
         if self._db is None:
@@ -136,6 +160,20 @@ class SQLiteStore:
             raise StoreError(f"cannot release: {exc}") from exc
         return cursor.rowcount == 1
 
+    async def raise_mark(self, value: int) -> int:
+        db = self._connection()
+        try:
+            async with db.execute(
+                "UPDATE counter SET reserved = MAX(reserved, ?) WHERE id = 1 RETURNING reserved",
+                (value,),
+            ) as cursor:
+                row = await cursor.fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot raise the mark: {exc}") from exc
+        if row is None:
+            raise StoreError("the store has no counter yet")
+        return row[0]
+
     async def close(self) -> None:
         if self._db is not None:
             db, self._db = self._db, None
@@ -148,9 +186,271 @@ async def _rollback(db: aiosqlite.Connection) -> None:
         await db.execute("ROLLBACK")
 
 
+# --- PostgreSQL: several hosts, one counter -----------------------------------------------------
+
+# A connection attempt that takes longer than this has failed.
+CONNECT_TIMEOUT = 5.0
+# None of our statements takes long unless something is wrong (a lost network, a synchronous
+# standby that does not answer). Past this, asyncpg cancels the statement and the call fails.
+STATEMENT_TIMEOUT = 10.0
+# After a failed connection attempt, the next one waits this long, doubling up to MAX: while
+# the database is down, each call fails at once instead of waiting for a timeout.
+RECONNECT_BACKOFF_MIN = 0.25
+RECONNECT_BACKOFF_MAX = 5.0
+
+# Every failure of the database or of the way to it. Each one drops the connection: reservations
+# are rare, so a fresh connection costs nothing, and one in an unknown state could cost a lot.
+_DATABASE_ERRORS = (
+    asyncpg.PostgresError,  # the server refused, or hung up ("terminating connection …")
+    asyncpg.InterfaceError,  # the connection is closed, or not in the state we expect
+    asyncpg.InternalClientError,
+    OSError,  # no socket, refused, reset
+    TimeoutError,  # CONNECT_TIMEOUT or STATEMENT_TIMEOUT
+)
+
+# Settings of every session, sent at connection start so that they win over any database or
+# role default.
+_SESSION_SETTINGS = {
+    # A reservation is granted only after its commit is flushed to disk and, with synchronous
+    # replication, acknowledged by the synchronous standbys.
+    "synchronous_commit": "on",
+    # CREATE TABLE IF NOT EXISTS's notices are noise; warnings are what reserve() watches for.
+    "client_min_messages": "warning",
+    "application_name": "tracking-allocator",
+}
+
+# Hosts starting at once must take turns creating the schema: CREATE TABLE IF NOT EXISTS is not
+# safe against itself (it can fail on a duplicate catalog row). The lock id is "tracking".
+_SCHEMA_LOCK = int.from_bytes(b"tracking", "big")
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS tracking_schema (
+    id smallint PRIMARY KEY CHECK (id = 1),
+    version integer NOT NULL
+);
+INSERT INTO tracking_schema (id, version) VALUES (1, {SCHEMA_VERSION}) ON CONFLICT (id) DO NOTHING;
+CREATE TABLE IF NOT EXISTS tracking_counter (
+    id smallint PRIMARY KEY CHECK (id = 1),
+    reserved bigint NOT NULL CHECK (reserved BETWEEN 0 AND {COUNTER_LIMIT}),
+    key bytea NOT NULL CHECK (length(key) = {KEY_BYTES})
+);
+"""
+
+
+class PostgresStore:
+    """Several hosts share one row in PostgreSQL; one ``UPDATE … RETURNING`` per reservation.
+
+    The URL is anything asyncpg accepts: ``postgresql://USER@HOST:PORT/DB``, a Unix socket as
+    ``postgresql:///DB?host=/run/postgresql``, several hosts with ``target_session_attrs``.
+    The password comes from the URL, ``PGPASSWORD``, or a password file (``PGPASSFILE``, or
+    ``passfile=`` in the URL); it never appears in a message.
+
+    One connection, made again when it breaks: at most one reservation is in flight at a time
+    (the Allocator sees to that), so a pool would buy nothing.
+    """
+
+    kind = "postgresql"
+    # Hosts share one row: a larger step keeps that row cold (see docs/scaling.md).
+    default_step = 1_000_000
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.display_url = redact_url(url)
+        self._db: asyncpg.Connection | None = None
+        self._backoff = 0.0
+        self._retry_at = 0.0
+        self._last_connect_error = ""
+        self._server_warnings: list[str] = []
+        # One connection runs one statement at a time; asyncpg refuses a second one.
+        self._one_at_a_time = asyncio.Lock()
+
+    async def open(self) -> None:
+        version = await self._run("create the schema", _create_schema)
+        # A later release migrates older schemas here. A newer one is not ours to touch.
+        if version is None or version > SCHEMA_VERSION:
+            await self.close()
+            raise StoreError(
+                f"{self.display_url}: the store's schema version {version} is newer than this "
+                f"release knows ({SCHEMA_VERSION})"
+                if version is not None
+                else f"{self.display_url}: tracking_schema holds no version"
+            )
+
+    async def load_key(self, supplied: bytes | None = None) -> bytes:
+        async def insert_once_then_read(db: asyncpg.Connection) -> bytes:
+            # Hosts starting at once each offer a key; the first insert wins and all read it.
+            await db.execute(
+                "INSERT INTO tracking_counter (id, reserved, key) VALUES (1, 0, $1)"
+                " ON CONFLICT (id) DO NOTHING",
+                supplied or os.urandom(KEY_BYTES),
+            )
+            return await db.fetchval("SELECT key FROM tracking_counter WHERE id = 1")
+
+        key = await self._run("load the key", insert_once_then_read)
+        if supplied is not None and key != supplied:
+            raise KeyMismatch("the configured key differs from the key stored with the counter")
+        return bytes(key)
+
+    async def durable_mark(self) -> int:
+        mark = await self._run(
+            "read the reservation",
+            lambda db: db.fetchval("SELECT reserved FROM tracking_counter WHERE id = 1"),
+        )
+        return mark or 0
+
+    async def reserve(self, count: int) -> tuple[int, int]:
+        async def raise_the_mark(db: asyncpg.Connection) -> int | None:
+            self._server_warnings.clear()
+            # One statement in its own transaction: asyncpg returns its row only at
+            # ReadyForQuery, after the commit (and any synchronous standby) has made it durable.
+            stop = await db.fetchval(
+                "UPDATE tracking_counter SET reserved = reserved + $1"
+                " WHERE id = 1 AND reserved + $1 <= $2 RETURNING reserved",
+                count,
+                COUNTER_LIMIT,
+            )
+            if self._server_warnings:
+                # A commit whose wait for a synchronous standby was cancelled (pg_cancel_backend,
+                # say) succeeds with a WARNING: durable here, perhaps not on the standby that a
+                # failover would promote. Granting from it could repeat numbers, so it is a
+                # failure (a gap). The warning came before the result, and asyncpg queued its
+                # listener as it read it, so the listener has run by the time we get here.
+                warning = self._server_warnings[0]
+                raise StoreError(f"reservation not granted: the server warned: {warning}")
+            return stop
+
+        stop = await self._run("reserve", raise_the_mark)
+        if stop is None:
+            raise StoreError("the counter space is exhausted")
+        return stop - count, stop
+
+    async def release(self, start: int, stop: int) -> bool:
+        status = await self._run(
+            "release",
+            lambda db: db.execute(
+                "UPDATE tracking_counter SET reserved = $1 WHERE id = 1 AND reserved = $2",
+                start,
+                stop,
+            ),
+        )
+        return status == "UPDATE 1"
+
+    async def raise_mark(self, value: int) -> int:
+        after = await self._run(
+            "raise the mark",
+            lambda db: db.fetchval(
+                "UPDATE tracking_counter SET reserved = GREATEST(reserved, $1)"
+                " WHERE id = 1 RETURNING reserved",
+                value,
+            ),
+        )
+        if after is None:
+            raise StoreError("the store has no counter yet")
+        return after
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            try:
+                await db.close(timeout=CONNECT_TIMEOUT)
+            except _DATABASE_ERRORS:
+                db.terminate()
+
+    @property
+    def retry_in(self) -> float:
+        """Seconds until the next connection attempt is allowed (0 when connected)."""
+        return max(0.0, self._retry_at - time.monotonic()) if self._db is None else 0.0
+
+    async def _run(
+        self, action: str, statements: Callable[[asyncpg.Connection], Awaitable[_T]]
+    ) -> _T:
+        """``statements`` on the connection; any database failure is a StoreError."""
+        async with self._one_at_a_time:
+            db = await self._connection(action)
+            try:
+                return await statements(db)
+            except _DATABASE_ERRORS as exc:
+                self._drop()
+                raise StoreError(f"cannot {action}: {_describe(exc)}") from exc
+
+    async def _connection(self, action: str) -> asyncpg.Connection:
+        if self._db is not None:
+            if not self._db.is_closed():
+                return self._db
+            # The server hung up between two calls (a restart, say): reconnect right away.
+            self._drop()
+        wait = self._retry_at - time.monotonic()
+        if wait > 0:
+            raise StoreError(
+                f"cannot {action}: {self._last_connect_error} (next attempt in {wait:.1f} s)"
+            )
+        try:
+            db = await asyncpg.connect(
+                self.url,
+                timeout=CONNECT_TIMEOUT,
+                command_timeout=STATEMENT_TIMEOUT,
+                server_settings=_SESSION_SETTINGS,
+            )
+        except (*_DATABASE_ERRORS, ValueError) as exc:  # ValueError: a malformed URL
+            raise self._connect_failed(action, _describe(exc)) from exc
+        try:
+            durability = await db.fetchval("SELECT current_setting('synchronous_commit')")
+        except _DATABASE_ERRORS as exc:
+            db.terminate()
+            raise self._connect_failed(action, _describe(exc)) from exc
+        if durability != "on":
+            # Something between us and the server (a pooler) dropped the session setting.
+            db.terminate()
+            raise self._connect_failed(action, f"synchronous_commit is {durability!r}, not 'on'")
+        self._backoff = 0.0
+        db.add_log_listener(self._on_server_message)
+        self._db = db
+        return db
+
+    def _connect_failed(self, action: str, reason: str) -> StoreError:
+        self._backoff = min(max(2 * self._backoff, RECONNECT_BACKOFF_MIN), RECONNECT_BACKOFF_MAX)
+        self._retry_at = time.monotonic() + self._backoff
+        self._last_connect_error = f"cannot connect to {self.display_url}: {reason}"
+        return StoreError(f"cannot {action}: {self._last_connect_error}")
+
+    def _drop(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            db.terminate()
+
+    def _on_server_message(
+        self, db: asyncpg.Connection, message: asyncpg.PostgresLogMessage
+    ) -> None:
+        self._server_warnings.append(str(message))
+
+
+async def _create_schema(db: asyncpg.Connection) -> int | None:
+    """Create the tables if they are missing; the stored schema version."""
+    async with db.transaction():
+        await db.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
+        # Only when missing: a role without CREATE can still use tables a DBA made for it.
+        missing = await db.fetchval(
+            "SELECT to_regclass('tracking_schema') IS NULL"
+            " OR to_regclass('tracking_counter') IS NULL"
+        )
+        if missing:
+            await db.execute(_SCHEMA)
+        return await db.fetchval("SELECT version FROM tracking_schema WHERE id = 1")
+
+
+def _describe(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
 def open_store(url: str) -> Store:
     """The store for a ``store`` setting (not yet opened)."""
     prefix = "sqlite:///"
     if url.startswith(prefix):
         return SQLiteStore(url[len(prefix) :])
-    raise StoreError(f"unsupported store {url!r}")
+    if url.startswith(POSTGRES_SCHEMES):
+        return PostgresStore(url)
+    raise StoreError(f"unsupported store {redact_url(url)!r}")

@@ -11,14 +11,14 @@ import signal
 log = logging.getLogger("lifecycle")
 
 
-async def until_stop_requested(parent_pid: int | None) -> None:
+async def until_stop_requested(parent_pid: int) -> None:
     """Return on SIGTERM, or as soon as the supervisor that started us is gone."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     try:
         while not stopping.is_set():
-            if parent_pid is not None and os.getppid() != parent_pid:
+            if os.getppid() != parent_pid:
                 log.warning("the supervisor is gone; stopping")
                 return
             with contextlib.suppress(TimeoutError):

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
@@ -61,8 +63,11 @@ HELP: dict[str, str] = {
     "state_dir": "directory for durable state ($STATE_DIRECTORY when set)",
     "runtime_dir": "directory for the allocator socket ($RUNTIME_DIRECTORY when set, "
     "else STATE_DIR/run)",
-    "store": "where the counter lives: sqlite:///PATH (default STATE_DIR/tracking.sqlite3)",
-    "reserve_step": "numbers reserved per store write; 0 sizes it from the issue rate",
+    "store": "where the counter lives: sqlite:///PATH (default STATE_DIR/tracking.sqlite3), or "
+    "postgresql://USER@HOST/DB to share it between hosts (a Unix socket: "
+    "postgresql:///DB?host=/DIR; the password from PGPASSWORD or a PGPASSFILE)",
+    "reserve_step": "numbers reserved per store write; 0 sizes it from the issue rate, at least "
+    "100000 with SQLite and 1000000 with PostgreSQL",
     "key_file": "file holding the permutation key as 64 hex digits; by default the key is "
     "generated at the store's first use and kept in the store",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
@@ -98,7 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=HELP[name])
         else:
             parser.add_argument(flag, dest=name, metavar=name.upper(), help=HELP[name])
+    commands = parser.add_argument_group("one-shot commands (run, then exit)")
+    commands.add_argument(
+        "--raise-reserved-to",
+        type=int,
+        metavar="N",
+        help="raise the store's reservation mark to N if it is lower (never lowers it): "
+        "after restoring a backup, so that no number issued since the backup is issued again",
+    )
     return parser
+
+
+class Commands(msgspec.Struct, frozen=True):
+    """One-shot commands from the command line; they are not settings."""
+
+    raise_reserved_to: int | None = None
 
 
 def _read_toml(path: str, explicit: bool) -> dict[str, Any]:
@@ -165,8 +184,11 @@ def _check(config: Config) -> Config:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
     if not config.store.startswith(("sqlite:///", "postgresql://", "postgres://")):
         raise ConfigError("store must be sqlite:///PATH or postgresql://…")
-    if config.store.startswith(("postgresql://", "postgres://")):
-        raise ConfigError("the PostgreSQL store is not available in this version")
+    try:
+        urllib.parse.urlsplit(config.store).port  # noqa: B018 (parsing it is the check)
+    except ValueError as exc:
+        # The message names the bad part, never the URL: it may hold a password.
+        raise ConfigError(f"store is not a valid URL: {exc}") from None
     if len(os.fsencode(config.allocator_socket)) > MAX_SOCKET_PATH:
         raise ConfigError(
             f"the allocator socket path {config.allocator_socket!r} is longer than "
@@ -177,8 +199,16 @@ def _check(config: Config) -> Config:
 
 def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Build the Config from defaults, the TOML file, the environment and argv, in that order."""
+    return parse(argv, env)[0]
+
+
+def parse(
+    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+) -> tuple[Config, Commands]:
+    """The Config (see ``load``) and the one-shot commands given on the command line."""
     env = os.environ if env is None else env
     args = vars(build_parser().parse_args(argv))
+    commands = Commands(raise_reserved_to=args.pop("raise_reserved_to"))
     config_file = args.pop("config") or env.get(ENV_PREFIX + "CONFIG")
     values = _read_toml(config_file or DEFAULT_CONFIG_FILE, explicit=bool(config_file))
     values.update(_from_env(env))
@@ -188,4 +218,32 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         config = msgspec.convert(_coerce(values), Config, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid configuration: {exc}") from None
-    return _check(config)
+    return _check(config), commands
+
+
+SECRETS = ("admin_token",)
+
+
+def describe(config: Config) -> dict[str, Any]:
+    """The settings as they may be logged: secrets only say whether they are set."""
+    described = msgspec.structs.asdict(config)
+    for name in SECRETS:
+        described[name] = "(set)" if described[name] else "(not set)"
+    # A PostgreSQL URL may carry a password.
+    described["store"] = redact_url(config.store)
+    return described
+
+
+_QUERY_PASSWORD = re.compile(r"(?<=[?&])(password=)[^&#]*", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password in it (``user:PASSWORD@`` or ``?password=``) shown as ``***``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    userinfo, at, host = rest[:end].rpartition("@")
+    if at and ":" in userinfo:
+        rest = userinfo.split(":", 1)[0] + ":***@" + host + rest[end:]
+    return scheme + sep + _QUERY_PASSWORD.sub(r"\1***", rest)

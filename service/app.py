@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 
+import aiohttp_cors
 from aiohttp import web
 
 from allocator.client import AllocatorClient
 from config.settings import Config
-from service import views
+from service import admin, views
+from service.access_log import AccessLog
+from service.correlation import HEADERS as CORRELATION_HEADERS
 from service.correlation import CorrelationIds
 from service.issuer import Issuer
-from service.keys import CONFIG, CORRELATION_IDS, ISSUER
+from service.keys import ACCESS_LOG, CLIENT, CONFIG, CORRELATION_IDS, ISSUER, METRICS
+from service.metrics import REPORT_INTERVAL, WorkerMetrics
 from service.openapi import openapi
 
 ROUTES = (
     ("/next-tracking-number", views.next_tracking_number),
     ("/health", views.health),
+    ("/metrics", admin.metrics_endpoint),
+    ("/allocator/status", admin.allocator_status),
     ("/openapi.json", openapi),
 )
 
@@ -25,22 +33,54 @@ def create_app(config: Config) -> web.Application:
     app = web.Application()
     app[CONFIG] = config
     app[CORRELATION_IDS] = CorrelationIds()
-    app.cleanup_ctx.append(_issuer)
-    # Errors are routes too, not a middleware: a middleware would cost every request a
-    # coroutine (see service/views.py).
+    app[ACCESS_LOG] = AccessLog(enabled=config.access_log)
+    app[METRICS] = WorkerMetrics()
+    app.cleanup_ctx.append(_allocator)
     for path, handler in ROUTES:
         app.router.add_get(path, handler)
+    if config.cors_origins:
+        _allow_cors(app, config.cors_origins)  # before the catch-alls, which it would refuse
+    # Errors are routes too, not a middleware: a middleware would cost every request a
+    # coroutine (see service/views.py).
+    for path, _ in ROUTES:
         app.router.add_route("*", path, views.method_not_allowed)
     app.router.add_route("*", "/{tail:.*}", views.not_found)
     return app
 
 
-async def _issuer(app: web.Application) -> AsyncIterator[None]:
-    config = app[CONFIG]
-    issuer = Issuer(
-        AllocatorClient(config.allocator_socket, config.lease_timeout), config.lease_timeout
+def _allow_cors(app: web.Application, origins: Sequence[str]) -> None:
+    """Let browsers on ``origins`` call the API (GET only; the correlation id readable)."""
+    options = aiohttp_cors.ResourceOptions(
+        allow_credentials=False,
+        allow_headers=CORRELATION_HEADERS,
+        expose_headers=("X-Request-ID", "Retry-After"),
+        allow_methods=("GET",),
+        max_age=3600,
     )
+    cors = aiohttp_cors.setup(app, defaults=dict.fromkeys(origins, options))
+    for route in list(app.router.routes()):
+        cors.add(route)
+
+
+async def _allocator(app: web.Application) -> AsyncIterator[None]:
+    """The allocator client, the worker's blocks, and the metrics reports, for the app's life."""
+    config = app[CONFIG]
+    client = AllocatorClient(config.allocator_socket, config.lease_timeout)
+    issuer = Issuer(client, config.lease_timeout)
+    app[CLIENT] = client
     app[ISSUER] = issuer
     issuer.prefetch()
+    reporting = asyncio.create_task(_report(app))
     yield
+    reporting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await reporting
+    app[METRICS].report_to(client)
     await issuer.close()
+    app[ACCESS_LOG].flush()
+
+
+async def _report(app: web.Application) -> None:
+    while True:
+        await asyncio.sleep(REPORT_INTERVAL)
+        app[METRICS].report_to(app[CLIENT])

@@ -8,6 +8,7 @@ requests, oversized headers) are answered in the same shape by ``JsonErrorReques
 
 from __future__ import annotations
 
+import time
 import uuid
 from http import HTTPStatus
 from typing import Any
@@ -18,6 +19,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from service.correlation import from_headers
+from service.observe import record, route_of
 
 RETRY_AFTER_SECONDS = 1
 INVALID_PARAMETERS = "Invalid request parameters"
@@ -62,6 +64,19 @@ def unavailable(correlation_id: str) -> web.Response:
     )
 
 
+def unauthorized(correlation_id: str) -> web.Response:
+    return json_error(
+        401,
+        "A valid admin bearer token is required",
+        correlation_id,
+        headers={"WWW-Authenticate": 'Bearer realm="tracking-numbers"'},
+    )
+
+
+def forbidden(correlation_id: str) -> web.Response:
+    return json_error(403, "Operator endpoints answer loopback clients only", correlation_id)
+
+
 def not_found(correlation_id: str) -> web.Response:
     return json_error(404, "Not found", correlation_id)
 
@@ -73,6 +88,8 @@ def method_not_allowed(allowed: str, correlation_id: str) -> web.Response:
 class JsonErrorRequestHandler(RequestHandler):
     """aiohttp's connection handler, with its plain-text and HTML error pages made JSON."""
 
+    app: web.Application
+
     def handle_error(
         self,
         request: BaseRequest,
@@ -82,16 +99,24 @@ class JsonErrorRequestHandler(RequestHandler):
     ) -> web.StreamResponse:
         # aiohttp logs the error and refuses if part of a response was already sent.
         super().handle_error(request, status, exc, message)
+        started = time.perf_counter_ns()  # the start is aiohttp's secret: the line says 0
         phrase = "Internal server error" if status >= 500 else HTTPStatus(status).phrase
         correlation_id = from_headers(request.headers) or str(uuid.uuid4())
+        record(self.app, request, route_of(request), status, started, correlation_id)
         response = json_error(status, phrase, correlation_id)
         response.force_close()
         return response
 
 
 class JsonErrorServer(web.Server):
+    def __init__(self, app: web.Application, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.app = app
+
     def __call__(self) -> RequestHandler:
-        return JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler = JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler.app = self.app
+        return handler
 
 
 class AppRunner(web.AppRunner):
@@ -101,6 +126,7 @@ class AppRunner(web.AppRunner):
         server = await super()._make_server()
         kwargs: dict[str, Any] = server._kwargs
         return JsonErrorServer(
+            self.app,
             server.request_handler,
             request_factory=server.request_factory,
             handler_cancellation=server.handler_cancellation,

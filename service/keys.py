@@ -2,10 +2,16 @@
 
 from aiohttp import web
 
+from allocator.client import AllocatorClient
 from config.settings import Config
+from service.access_log import AccessLog
 from service.correlation import CorrelationIds
 from service.issuer import Issuer
+from service.metrics import WorkerMetrics
 
 CONFIG = web.AppKey("config", Config)
 CORRELATION_IDS = web.AppKey("correlation_ids", CorrelationIds)
+ACCESS_LOG = web.AppKey("access_log", AccessLog)
+METRICS = web.AppKey("metrics", WorkerMetrics)
+CLIENT = web.AppKey("allocator_client", AllocatorClient)
 ISSUER = web.AppKey("issuer", Issuer)

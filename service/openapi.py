@@ -10,7 +10,9 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from allocator.protocol import AllocatorStatus
 from service.errors import ErrorBody
+from service.observe import observed
 from service.params import COUNTRY_CODES, EXAMPLE, FIELDS, RULES, TrackingRequest
 from service.views import JSON, Health, IssuedNumber
 
@@ -57,8 +59,8 @@ def _json(ref: dict[str, Any], description: str, **extra: Any) -> dict[str, Any]
 
 
 def build() -> dict[str, Any]:
-    (_, issued, error, health), components = msgspec.json.schema_components(
-        [TrackingRequest, IssuedNumber, ErrorBody, Health], ref_template=REF
+    (_, issued, error, health, status), components = msgspec.json.schema_components(
+        [TrackingRequest, IssuedNumber, ErrorBody, Health, AllocatorStatus], ref_template=REF
     )
     request_schema = components.pop("TrackingRequest")
     request_id = {
@@ -78,6 +80,17 @@ def build() -> dict[str, Any]:
         "schema": {"type": "string"},
     }
     not_allowed = {"405": _json(error, "Only GET and HEAD are allowed")}
+    operator_only = {
+        "401": _json(error, "A token is configured and this one is missing or wrong"),
+        "403": _json(error, "Not a loopback client, and no admin token is configured"),
+        **not_allowed,
+        "503": _json(error, "The allocator cannot be reached", headers=retry),
+    }
+    operator = {
+        "description": "Answers loopback clients, and anyone presenting the admin token "
+        "(Authorization: Bearer …) when one is configured.",
+        "security": [{}, {"adminToken": []}],
+    }
     document = {
         "openapi": "3.1.0",
         "info": {
@@ -120,6 +133,31 @@ def build() -> dict[str, Any]:
                     },
                 }
             },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics of every worker and the allocator",
+                    **operator,
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text exposition format 0.0.4",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        **operator_only,
+                    },
+                }
+            },
+            "/allocator/status": {
+                "get": {
+                    "operationId": "allocatorStatus",
+                    "summary": "The allocator's state, for operators",
+                    **operator,
+                    "responses": {
+                        "200": _json(status, "The allocator's state", headers=request_id),
+                        **operator_only,
+                    },
+                }
+            },
             "/openapi.json": {
                 "get": {
                     "operationId": "openapi",
@@ -134,7 +172,10 @@ def build() -> dict[str, Any]:
                 }
             },
         },
-        "components": {"schemas": components},
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
+        },
     }
     return _ecma(document)
 
@@ -142,5 +183,6 @@ def build() -> dict[str, Any]:
 DOCUMENT = msgspec.json.encode(build())
 
 
-async def openapi(request: web.Request) -> web.Response:
-    return web.Response(body=DOCUMENT, content_type=JSON)
+@observed()
+async def openapi(request: web.Request, correlation_id: str) -> web.Response:
+    return web.Response(body=DOCUMENT, content_type=JSON, headers={"X-Request-ID": correlation_id})

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+from collections.abc import Callable
 
 import uvloop
 from aiohttp import web
@@ -14,8 +16,11 @@ from service.app import create_app
 from service.errors import AppRunner
 
 
-async def serve(config: Config, sock: socket.socket, parent_pid: int | None = None) -> None:
+async def serve(
+    config: Config, sock: socket.socket, ready: Callable[[], None] = lambda: None
+) -> None:
     """Serve until SIGTERM (or the supervisor's death), then drain in-flight requests."""
+    parent_pid = os.getppid()
     runner = AppRunner(
         create_app(config),
         access_log=None,
@@ -24,12 +29,13 @@ async def serve(config: Config, sock: socket.socket, parent_pid: int | None = No
     await runner.setup()
     try:
         await web.SockSite(runner, sock, shutdown_timeout=config.shutdown_timeout).start()
+        ready()
         await until_stop_requested(parent_pid)
     finally:
         await runner.cleanup()
 
 
-def main(config: Config, sock: socket.socket, parent_pid: int | None = None) -> None:
+def main(config: Config, sock: socket.socket, ready: Callable[[], None]) -> None:
     """The worker process: the supervisor's child target."""
     logs.configure(config.log_level)
-    uvloop.run(serve(config, sock, parent_pid))
+    uvloop.run(serve(config, sock, ready))

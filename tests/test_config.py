@@ -204,6 +204,32 @@ def test_unsupported_store_url_is_rejected(store: str) -> None:
         load_no_file("--store", store)
 
 
+@pytest.mark.parametrize(
+    "store",
+    [
+        "postgresql://tracking@db.example:5432/tracking",
+        "postgres://tracking@db.example/tracking",
+        "postgresql:///tracking?host=/run/postgresql",
+    ],
+)
+def test_postgresql_store_urls_are_accepted_as_given(store: str) -> None:
+    assert load_no_file("--store", store).store == store
+    assert load_no_file(env={"TRACKING_STORE": store}).store == store
+
+
+def test_a_malformed_store_url_is_rejected_without_repeating_its_password() -> None:
+    with pytest.raises(ConfigError, match="store") as info:
+        load_no_file("--store", "postgresql://tracking:hunter2@db.example:54x32/tracking")
+    assert "hunter2" not in str(info.value)
+
+
+def test_the_loggable_settings_hide_a_password_in_the_store_url() -> None:
+    config = load_no_file("--store", "postgresql://app:hunter2@db/tracking?password=hunter3")
+
+    assert settings.describe(config)["store"] == "postgresql://app:***@db/tracking?password=***"
+    assert config.store == "postgresql://app:hunter2@db/tracking?password=hunter3"
+
+
 # --- the committed config/tracking.toml -------------------------------------------------------
 
 

@@ -29,13 +29,14 @@ def events(config: Config) -> list[tuple[str, int, float]]:
     return [(name, int(pid), float(at)) for name, pid, at in rows]
 
 
-def listening_allocator(config: Config, parent_pid: int) -> None:
+def listening_allocator(config: Config, ready: run.Ready) -> None:
     """Stands in for the allocator: listens on its socket until SIGTERM."""
     os.makedirs(config.runtime_dir, exist_ok=True)
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(config.allocator_socket)
     sock.listen()
     record(config, "allocator-start")
+    ready()
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     stopped.wait()
@@ -43,8 +44,9 @@ def listening_allocator(config: Config, parent_pid: int) -> None:
     os.unlink(config.allocator_socket)
 
 
-def steady_worker(config: Config, listener: socket.socket, parent_pid: int) -> None:
+def steady_worker(config: Config, listener: socket.socket, ready: run.Ready) -> None:
     record(config, "worker-start")
+    ready()
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     stopped.wait()
@@ -52,8 +54,11 @@ def steady_worker(config: Config, listener: socket.socket, parent_pid: int) -> N
     record(config, "worker-stop")
 
 
-def crashing_worker(config: Config, listener: socket.socket, parent_pid: int) -> None:
+def crashing_worker(config: Config, listener: socket.socket, ready: run.Ready) -> None:
     record(config, "worker-start")
+    if len(events(config)) == 2:  # the first start serves, then it dies and keeps dying
+        ready()
+        time.sleep(0.1)
     os._exit(3)
 
 
@@ -107,7 +112,8 @@ def test_dead_workers_are_restarted_with_back_off(make_config: Callable[..., Con
     starts = [at for name, _, at in events(config) if name == "worker-start"]
     # Back-off 0.1, 0.2, 0.4, 0.8 s...: a handful of restarts in 2 s, not hundreds.
     assert 3 <= len(starts) <= 7
-    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    # The first gap includes the 0.1 s the first start served; after it, each gap doubles.
+    gaps = [b - a for a, b in itertools.pairwise(starts)][1:]
     assert all(later > earlier for earlier, later in itertools.pairwise(gaps))
 
 

@@ -124,3 +124,23 @@ def test_open_store_understands_sqlite_urls() -> None:
     assert store.path == "/var/lib/tracking/tracking.sqlite3"
     with pytest.raises(StoreError):
         open_store("mysql://nope")
+
+
+async def test_raising_the_mark_never_lowers_it(db_path: str) -> None:
+    store = await opened(db_path)
+    await store.load_key()
+    await store.reserve(1000)
+    assert await store.raise_mark(5000) == 5000
+    assert await store.raise_mark(10) == 5000
+    assert await store.reserve(10) == (5000, 5010)
+    await store.close()
+
+
+async def test_a_store_from_a_newer_release_is_left_alone(db_path: str) -> None:
+    store = await opened(db_path)
+    await store.load_key()
+    await store.reserve(10)
+    await store._connection().execute("PRAGMA user_version=99")
+    await store.close()
+    with pytest.raises(StoreError, match="newer"):
+        await opened(db_path)

@@ -2,13 +2,14 @@ import asyncio
 import datetime
 import re
 import uuid
+from collections.abc import Callable
 
 import pytest
 from aiohttp.test_utils import TestClient
 
 from config.settings import Config
 from service import params, views
-from tests.conftest import CANONICAL_QUERY, NUMBER_PATTERN
+from tests.conftest import CANONICAL_QUERY, NUMBER_PATTERN, Allocators
 from tests.service.conftest import ClientFactory
 
 PATH = "/next-tracking-number"
@@ -217,3 +218,32 @@ async def test_malformed_requests_get_a_json_4xx(client: TestClient, data: bytes
     assert headers["Content-Type"].startswith("application/json")
     assert b"error" in body
     assert b"<html" not in body
+
+
+async def test_health_follows_the_allocator_away_and_back(
+    allocators: Allocators, make_config: Callable[..., Config], make_client: ClientFactory
+) -> None:
+    allocator = await allocators.start()
+    client = await make_client(make_config("--lease-timeout", "0.5"))
+    await get_number(client)
+    await allocators.stop(allocator)
+
+    # The worker serves what it holds, then answers 503 like /health does.
+    for _ in range(100_000):
+        response = await client.get(PATH, params=CANONICAL_QUERY)
+        if response.status == 503:
+            break
+        assert response.status == 200
+    assert response.status == 503
+    health = await client.get("/health")
+    assert health.status == 503
+    assert (await health.json())["status"] == "unavailable"
+
+    await allocators.start()
+    for _ in range(50):
+        health = await client.get("/health")
+        if health.status == 200:
+            break
+        await asyncio.sleep(0.1)
+    assert health.status == 200
+    await get_number(client)

@@ -28,7 +28,13 @@ async def test_the_document_is_valid_openapi_3_1(client: TestClient) -> None:
 
 async def test_every_documented_path_is_served(client: TestClient) -> None:
     document = await fetch_document(client)
-    assert set(document["paths"]) == {"/next-tracking-number", "/health", "/openapi.json"}
+    assert set(document["paths"]) == {
+        "/next-tracking-number",
+        "/health",
+        "/metrics",
+        "/allocator/status",
+        "/openapi.json",
+    }
     for path in document["paths"]:
         response = await client.get(path, params=CANONICAL_QUERY)
         assert response.status == 200, path

@@ -1,0 +1,81 @@
+"""The operator endpoints, /metrics and /allocator/status.
+
+They answer loopback clients, and anyone presenting ``Authorization: Bearer <admin_token>``
+when a token is configured. Everyone else gets a JSON 401 (a token is configured: present it)
+or 403 (none is: these endpoints are for local operators only).
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+
+import msgspec
+from aiohttp import web
+
+from allocator.protocol import AllocatorError, Status
+from service import errors, metrics
+from service.keys import CLIENT, CONFIG, METRICS
+from service.observe import observed
+from service.views import JSON
+
+
+def _is_loopback(remote: str | None) -> bool:
+    try:
+        address = ipaddress.ip_address(remote or "")
+    except ValueError:
+        return False  # not an IP peer: refuse rather than guess
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def refusal(request: web.Request, correlation_id: str) -> web.Response | None:
+    """None if this client may use the operator endpoints, else the JSON 401 or 403."""
+    if _is_loopback(request.remote):
+        return None
+    token = request.app[CONFIG].admin_token
+    if not token:
+        return errors.forbidden(correlation_id)
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(
+        presented.strip().encode(), token.encode()
+    ):
+        return None
+    return errors.unauthorized(correlation_id)
+
+
+async def _status(request: web.Request) -> Status:
+    """Everyone's counters and the allocator's state; raises AllocatorError when the allocator
+    cannot be asked. Our own counts go first, so that they are current."""
+    request.app[METRICS].report_to(request.app[CLIENT])
+    return await request.app[CLIENT].status()
+
+
+@observed()
+async def metrics_endpoint(request: web.Request, correlation_id: str) -> web.Response:
+    if (refused := refusal(request, correlation_id)) is not None:
+        return refused
+    try:
+        status = await _status(request)
+    except AllocatorError:
+        return errors.unavailable(correlation_id)
+    return web.Response(
+        body=metrics.render(status),
+        headers={"Content-Type": metrics.CONTENT_TYPE, "X-Request-ID": correlation_id},
+    )
+
+
+@observed()
+async def allocator_status(request: web.Request, correlation_id: str) -> web.Response:
+    if (refused := refusal(request, correlation_id)) is not None:
+        return refused
+    try:
+        status = await _status(request)
+    except AllocatorError:
+        return errors.unavailable(correlation_id)
+    return web.Response(
+        body=msgspec.json.encode(status.allocator),
+        content_type=JSON,
+        headers={"X-Request-ID": correlation_id},
+    )

@@ -1,0 +1,173 @@
+"""Metrics: what a worker counts, and the Prometheus exposition of everyone's counts.
+
+Each worker counts in plain Python (a dict increment and a bisect per request) and sends the
+counts since its last report to the allocator every second. The allocator sums the reports, so
+whichever worker is scraped renders the same totals: its own, everyone else's, and the
+allocator's state. Rendering uses prometheus_client's exposition code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from allocator.client import AllocatorClient
+from allocator.protocol import (
+    REQUEST_BUCKETS,
+    RESERVATION_BUCKETS,
+    Histogram,
+    Status,
+    WorkerCounters,
+)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+REPORT_INTERVAL = 1.0  # seconds between a worker's reports
+
+
+class WorkerMetrics:
+    """One worker's counts since its last report."""
+
+    def __init__(self) -> None:
+        self._counts = WorkerCounters()
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        counts = self._counts
+        key = (route, method, status)
+        counts.requests[key] = counts.requests.get(key, 0) + 1
+        histogram = counts.durations.get(route)
+        if histogram is None:
+            histogram = counts.durations[route] = Histogram.empty(REQUEST_BUCKETS)
+        histogram.observe(seconds, REQUEST_BUCKETS)
+
+    def issued(self, count: int = 1) -> None:
+        self._counts.issued += count
+
+    def lease_failed(self) -> None:
+        self._counts.lease_failures += 1
+
+    def report_to(self, client: AllocatorClient) -> None:
+        """Send the counts so far to the allocator, and count again from zero. While the
+        allocator is away, counts pile up and go out with the next report that can be sent."""
+        counts, self._counts = self._counts, WorkerCounters()
+        if not client.report(counts):
+            self._counts.add(counts)
+
+
+def _buckets(histogram: Histogram, bounds: tuple[float, ...]) -> list[tuple[str, float]]:
+    """Cumulative (le, count) pairs, as Prometheus wants them."""
+    cumulative, total = [], 0
+    for bound, count in zip((*map(str, bounds), "+Inf"), histogram.counts, strict=True):
+        total += count
+        cumulative.append((bound, total))
+    return cumulative
+
+
+class _StatusCollector(Collector):
+    def __init__(self, status: Status) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[Metric]:
+        workers, allocator = self.status.workers, self.status.allocator
+
+        def counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+            return CounterMetricFamily(name, documentation, value=value)
+
+        def gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, documentation, value=value)
+
+        yield counter("tracking_numbers_issued", "Tracking numbers issued", workers.issued)
+        requests = CounterMetricFamily(
+            "tracking_http_requests",
+            "HTTP requests answered, by route, method and status",
+            labels=("route", "method", "status"),
+        )
+        for (route, method, status), count in sorted(workers.requests.items()):
+            requests.add_metric((route, method, str(status)), count)
+        yield requests
+        durations = HistogramMetricFamily(
+            "tracking_http_request_duration_seconds",
+            "Time spent answering HTTP requests, by route",
+            labels=("route",),
+        )
+        for route, histogram in sorted(workers.durations.items()):
+            durations.add_metric((route,), _buckets(histogram, REQUEST_BUCKETS), histogram.total)
+        yield durations
+        yield counter(
+            "tracking_worker_lease_failures",
+            "Requests that found no number in hand and got no block from the allocator",
+            workers.lease_failures,
+        )
+        yield counter(
+            "tracking_allocator_leases", "Blocks leased to workers", allocator.leases_total
+        )
+        yield counter(
+            "tracking_allocator_leased_numbers",
+            "Counter values leased to workers",
+            allocator.leased_numbers_total,
+        )
+        yield counter(
+            "tracking_allocator_lease_refusals",
+            "Lease requests refused (the store could not be written)",
+            allocator.lease_refusals_total,
+        )
+        yield counter(
+            "tracking_allocator_reservations",
+            "Reservations made durable in the store",
+            allocator.reservations_total,
+        )
+        yield counter(
+            "tracking_allocator_reservation_errors",
+            "Reservations the store failed to make durable",
+            allocator.reservation_errors_total,
+        )
+        reservation = HistogramMetricFamily(
+            "tracking_allocator_reservation_duration_seconds",
+            "Time to make a reservation durable",
+        )
+        reservation.add_metric(
+            (),
+            _buckets(allocator.reservation_seconds, RESERVATION_BUCKETS),
+            allocator.reservation_seconds.total,
+        )
+        yield reservation
+        yield gauge("tracking_allocator_next", "First counter value not yet leased", allocator.next)
+        yield gauge(
+            "tracking_allocator_reserved",
+            "Durable reservation mark: no value below it is leased again",
+            allocator.reserved,
+        )
+        yield gauge(
+            "tracking_allocator_numbers_left",
+            "Counter values left before the number space is exhausted",
+            allocator.numbers_left,
+        )
+        yield gauge(
+            "tracking_allocator_connected_workers",
+            "Workers connected to the allocator",
+            allocator.connected_workers,
+        )
+        yield gauge(
+            "tracking_allocator_store_up",
+            "1 if the last store operation succeeded, else 0",
+            1 if allocator.store_up else 0,
+        )
+        yield gauge(
+            "tracking_allocator_start_time_seconds",
+            "When the allocator started, in seconds since the epoch",
+            allocator.started_at,
+        )
+
+
+def render(status: Status) -> bytes:
+    """The Prometheus text exposition of a Status."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_StatusCollector(status))
+    return generate_latest(registry)

@@ -1,0 +1,528 @@
+"""The store contract: what every store (SQLite, PostgreSQL) promises the allocator.
+
+The contract tests run against both stores. The PostgreSQL ones need a server
+(``source .ci/postgres.sh``): without one they skip, and under CI they fail. Each test gets a
+database of its own. PostgreSQL's own behaviour (schema version, session durability,
+connection loss, passwords) is at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from allocator import store as store_module
+from allocator.protocol import COUNTER_LIMIT, KeyMismatch, StoreError
+from allocator.server import STORE_RETRY_DELAY, Allocator
+from allocator.store import SCHEMA_VERSION, PostgresStore, SQLiteStore, Store, open_store
+from tests.system.conftest import REPO, PostgresServer, missing_server
+
+KINDS = ["sqlite", "postgresql"]
+
+
+class Locations:
+    """Fresh, empty places for a store of one kind, and the stores opened on them.
+
+    Everything is closed and dropped after the test, even when it fails.
+    """
+
+    def __init__(self, kind: str, tmp: Path) -> None:
+        self.kind = kind
+        self._tmp = tmp
+        self.server = PostgresServer.from_environment() if kind == "postgresql" else None
+        self._databases: list[str] = []
+        self._stores: list[Store] = []
+
+    async def new(self) -> str:
+        """The URL of a new, empty store location."""
+        if self.server is None:
+            return f"sqlite:///{self._tmp}/{uuid.uuid4().hex[:8]}/tracking.sqlite3"
+        name = await self.server.create_database()
+        self._databases.append(name)
+        return self.server.database_url(name)
+
+    async def open(self, url: str) -> Store:
+        store = open_store(url)
+        self._stores.append(store)
+        await store.open()
+        return store
+
+    async def cleanup(self) -> None:
+        for store in self._stores:
+            await store.close()
+        if self.server is not None:
+            for name in self._databases:
+                await self.server.drop_database(name)
+
+
+@pytest.fixture(params=KINDS)
+async def locations(request: pytest.FixtureRequest, short_tmp: Path) -> AsyncIterator[Locations]:
+    made = Locations(request.param, short_tmp)
+    yield made
+    await made.cleanup()
+
+
+@pytest.fixture
+async def url(locations: Locations) -> str:
+    return await locations.new()
+
+
+async def test_a_reservation_survives_closing_and_reopening(locations: Locations, url: str) -> None:
+    store = await locations.open(url)
+    await store.load_key()
+    assert await store.reserve(1000) == (0, 1000)
+    assert await store.reserve(500) == (1000, 1500)
+    await store.close()
+
+    reopened = await locations.open(url)
+    assert await reopened.durable_mark() == 1500
+    assert await reopened.reserve(10) == (1500, 1510)
+
+
+async def test_the_key_is_made_once_and_never_changes(locations: Locations, url: str) -> None:
+    store = await locations.open(url)
+    key = await store.load_key()
+    assert len(key) == 32
+    await store.close()
+
+    reopened = await locations.open(url)
+    assert await reopened.load_key() == key
+    assert await reopened.load_key() == key
+
+
+async def test_two_fresh_stores_get_different_keys(locations: Locations) -> None:
+    first = await locations.open(await locations.new())
+    second = await locations.open(await locations.new())
+    assert await first.load_key() != await second.load_key()
+
+
+async def test_a_supplied_key_is_stored_at_first_use(locations: Locations, url: str) -> None:
+    supplied = bytes(range(32))
+    store = await locations.open(url)
+    assert await store.load_key(supplied) == supplied
+    await store.close()
+
+    reopened = await locations.open(url)
+    assert await reopened.load_key() == supplied
+
+
+async def test_a_supplied_key_that_differs_from_the_stored_one_is_refused(
+    locations: Locations, url: str
+) -> None:
+    store = await locations.open(url)
+    stored = await store.load_key()
+    with pytest.raises(KeyMismatch):
+        await store.load_key(bytes(32))
+    assert await store.load_key() == stored
+
+
+async def test_release_gives_back_only_an_untouched_tail(locations: Locations, url: str) -> None:
+    store = await locations.open(url)
+    await store.load_key()
+    await store.reserve(1000)
+    assert await store.release(400, 1000) is True
+    assert await store.durable_mark() == 400
+    # Somebody reserved past it since: the mark must not move back.
+    await store.reserve(100)
+    assert await store.release(450, 500) is True
+    assert await store.durable_mark() == 450
+    assert await store.release(0, 1000) is False
+    assert await store.durable_mark() == 450
+
+
+async def test_release_fails_when_another_store_reserved_in_between(
+    locations: Locations, url: str
+) -> None:
+    ours = await locations.open(url)
+    theirs = await locations.open(url)
+    await ours.load_key()
+    start, stop = await ours.reserve(100)
+    await theirs.reserve(50)  # another host, after us
+    assert await ours.release(start + 10, stop) is False
+    assert await theirs.durable_mark() == 150
+
+
+async def test_the_counter_space_cannot_be_overrun(locations: Locations, url: str) -> None:
+    store = await locations.open(url)
+    await store.load_key()
+    await store.reserve(COUNTER_LIMIT - 10)
+    with pytest.raises(StoreError, match="exhausted"):
+        await store.reserve(11)
+    assert await store.reserve(10) == (COUNTER_LIMIT - 10, COUNTER_LIMIT)
+    with pytest.raises(StoreError, match="exhausted"):
+        await store.reserve(1)
+
+
+async def test_raise_mark_raises_the_mark_and_never_lowers_it(
+    locations: Locations, url: str
+) -> None:
+    store = await locations.open(url)
+    await store.load_key()
+    await store.reserve(100)
+    assert await store.raise_mark(5000) == 5000
+    assert await store.raise_mark(10) == 5000
+    assert await store.reserve(1) == (5000, 5001)
+
+
+async def test_concurrent_reservers_get_monotonic_disjoint_ranges(
+    locations: Locations, url: str
+) -> None:
+    """Several stores (hosts) on one fresh location: opened, keyed and reserving at once."""
+    stores = await asyncio.gather(*(locations.open(url) for _ in range(4)))
+    keys = await asyncio.gather(*(store.load_key() for store in stores))
+    assert len(set(keys)) == 1  # one key wins, everyone reads it
+    counts = [1, 7, 1000, 3, 250, 64, 10_000, 2]
+
+    async def reserve_many(store: Store) -> list[tuple[int, int]]:
+        return [await store.reserve(count) for count in counts * 3]
+
+    per_store = await asyncio.gather(*(reserve_many(store) for store in stores))
+
+    for ranges in per_store:
+        assert [stop - start for start, stop in ranges] == counts * 3
+        # Each store's own reservations only ever move up.
+        assert all(a_stop <= b_start for (_, a_stop), (b_start, _) in itertools.pairwise(ranges))
+    everything = sorted(r for ranges in per_store for r in ranges)
+    # Disjoint and, with no crash, without a gap: together they tile [0, mark) exactly.
+    assert all(a_stop == b_start for (_, a_stop), (b_start, _) in itertools.pairwise(everything))
+    mark = await stores[0].durable_mark()
+    assert everything[0][0] == 0
+    assert everything[-1][1] == mark == 4 * 3 * sum(counts)
+
+
+def test_open_store_chooses_the_store_by_url() -> None:
+    assert isinstance(open_store("sqlite:////var/lib/tracking/t.sqlite3"), SQLiteStore)
+    for url in (
+        "postgresql://tracking@db.example/tracking",
+        "postgres://tracking@db.example:5433/tracking",
+        "postgresql:///tracking?host=/run/postgresql",
+    ):
+        store = open_store(url)
+        assert isinstance(store, PostgresStore), url
+        assert store.kind == "postgresql"
+    # Hosts share one row: PostgreSQL reserves more per write than SQLite.
+    assert PostgresStore.default_step > SQLiteStore.default_step
+    with pytest.raises(StoreError) as info:
+        open_store("mysql://user:hunter2@db/tracking")
+    assert "hunter2" not in str(info.value)
+
+
+# --- PostgreSQL only ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def server() -> PostgresServer:
+    return PostgresServer.from_environment()
+
+
+@pytest.fixture
+async def database(server: PostgresServer) -> AsyncIterator[str]:
+    """A fresh database's name."""
+    name = await server.create_database()
+    yield name
+    await server.drop_database(name)
+
+
+@pytest.fixture
+async def admin(server: PostgresServer) -> AsyncIterator[asyncpg.Connection]:
+    connection = await server.admin()
+    yield connection
+    await connection.close()
+
+
+@pytest.fixture
+async def pg_store(server: PostgresServer, database: str) -> AsyncIterator[PostgresStore]:
+    store = PostgresStore(server.database_url(database))
+    await store.open()
+    await store.load_key()
+    yield store
+    await store.close()
+
+
+async def backend_pid(admin: asyncpg.Connection, database: str) -> int:
+    """The server process of the store connected to ``database`` (one per test database)."""
+    pid = await admin.fetchval(
+        "SELECT pid FROM pg_stat_activity"
+        " WHERE datname = $1 AND application_name = 'tracking-allocator'",
+        database,
+    )
+    assert pid is not None, "the store is not connected"
+    return pid
+
+
+async def until_waiting(
+    admin: asyncpg.Connection, pid: int, wait: str, unless: asyncio.Task[object] | None = None
+) -> None:
+    """Return once the server process ``pid`` waits on ``wait`` (or ``unless`` is done)."""
+    # Polling: what a server process waits on shows only in pg_stat_activity.
+    while not (unless is not None and unless.done()) and not await admin.fetchval(  # noqa: ASYNC110
+        "SELECT $2 IN (wait_event_type, wait_event) FROM pg_stat_activity WHERE pid = $1",
+        pid,
+        wait,
+    ):
+        await asyncio.sleep(0.01)
+
+
+async def stored_mark(server: PostgresServer, database: str) -> int:
+    """The mark as committed, read over a connection of our own."""
+    connection = await asyncpg.connect(server.database_url(database))
+    try:
+        return await connection.fetchval("SELECT reserved FROM tracking_counter")
+    finally:
+        await connection.close()
+
+
+async def test_the_schema_version_is_kept_in_the_database_and_a_newer_one_is_refused(
+    server: PostgresServer, database: str, pg_store: PostgresStore
+) -> None:
+    url = server.database_url(database)
+    connection = await asyncpg.connect(url)
+    try:
+        assert await connection.fetchval("SELECT version FROM tracking_schema") == SCHEMA_VERSION
+        # Opening again changes nothing: the schema is made once.
+        again = PostgresStore(url)
+        await again.open()
+        await again.close()
+        assert await connection.fetchval("SELECT count(*) FROM tracking_schema") == 1
+
+        await connection.execute("UPDATE tracking_schema SET version = $1", SCHEMA_VERSION + 1)
+    finally:
+        await connection.close()
+    newer = PostgresStore(url)
+    with pytest.raises(StoreError, match="schema version 2 is newer"):
+        await newer.open()
+
+
+async def test_the_session_commits_synchronously_whatever_the_database_default(
+    server: PostgresServer, database: str, admin: asyncpg.Connection
+) -> None:
+    await admin.execute(f"ALTER DATABASE {database} SET synchronous_commit = off")
+    store = PostgresStore(server.database_url(database))
+    await store.open()
+    try:
+        assert store._db is not None
+        assert await store._db.fetchval("SHOW synchronous_commit") == "on"
+    finally:
+        await store.close()
+
+
+async def test_a_connection_cut_mid_reservation_is_a_store_error_and_the_next_call_reconnects(
+    server: PostgresServer, database: str, admin: asyncpg.Connection, pg_store: PostgresStore
+) -> None:
+    first = await pg_store.reserve(100)
+    locker = await asyncpg.connect(server.database_url(database))
+    try:
+        # Hold the row, so that the next reservation waits on it, then cut its connection.
+        transaction = locker.transaction()
+        await transaction.start()
+        await locker.execute("SELECT 1 FROM tracking_counter FOR UPDATE")
+        reserving = asyncio.create_task(pg_store.reserve(100))
+        pid = await backend_pid(admin, database)
+        async with asyncio.timeout(10):
+            await until_waiting(admin, pid, "Lock")
+        await admin.execute("SELECT pg_terminate_backend($1)", pid)
+        with pytest.raises(StoreError, match="cannot reserve"):
+            await reserving
+        await transaction.rollback()
+    finally:
+        await locker.close()
+
+    assert await stored_mark(server, database) == first[1]
+    start, _ = await pg_store.reserve(100)
+    assert start == first[1]
+
+
+async def test_while_connections_are_refused_the_store_backs_off_then_recovers(
+    database: str, admin: asyncpg.Connection, pg_store: PostgresStore
+) -> None:
+    await pg_store.reserve(10)
+    await admin.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS false")
+    await admin.execute("SELECT pg_terminate_backend($1)", await backend_pid(admin, database))
+    try:
+        failures = []
+        # The first call finds the connection gone; the next ones cannot make a new one.
+        async with asyncio.timeout(10):
+            while pg_store.retry_in == 0:
+                with pytest.raises(StoreError) as info:
+                    await pg_store.reserve(10)
+                failures.append(str(info.value))
+        first_wait = pg_store.retry_in
+        assert 0 < first_wait <= store_module.RECONNECT_BACKOFF_MIN
+        assert "not currently accepting connections" in failures[-1]
+
+        # Inside the back-off, a call fails at once without trying the database.
+        began = time.monotonic()
+        with pytest.raises(StoreError, match="next attempt in"):
+            await pg_store.reserve(10)
+        assert time.monotonic() - began < 0.05
+
+        # Each failed attempt doubles the wait.
+        await asyncio.sleep(pg_store.retry_in)
+        with pytest.raises(StoreError, match="not currently accepting connections"):
+            await pg_store.reserve(10)
+        assert pg_store.retry_in > first_wait
+    finally:
+        await admin.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS true")
+
+    await asyncio.sleep(pg_store.retry_in)
+    start, stop = await pg_store.reserve(10)
+    assert (start, stop) == (10, 20)
+    assert pg_store.retry_in == 0
+
+
+async def lease_until_refused(allocator: Allocator, count: int) -> list[tuple[int, int]]:
+    """Every block granted until the first refusal (which must come)."""
+    granted = []
+    for _ in range(1000):
+        try:
+            granted.append(await allocator.lease(count))
+        except StoreError:
+            return granted
+    raise AssertionError("the allocator never refused")
+
+
+async def test_during_an_outage_the_allocator_grants_only_what_is_durable_then_recovers(
+    server: PostgresServer, database: str, admin: asyncpg.Connection
+) -> None:
+    allocator = Allocator(PostgresStore(server.database_url(database)), reserve_step=100)
+    await allocator.start()
+    try:
+        await allocator.lease(10)
+        await asyncio.sleep(0.1)  # let any background reservation land
+        await admin.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS false")
+        await admin.execute("SELECT pg_terminate_backend($1)", await backend_pid(admin, database))
+        try:
+            granted = await lease_until_refused(allocator, 30)
+        finally:
+            await admin.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS true")
+        mark = await stored_mark(server, database)
+        assert granted, "what was already reserved is still granted"
+        assert all(stop <= mark for _, stop in granted)
+
+        # Recovery needs nothing from outside: leases flow again once a retry is due.
+        async with asyncio.timeout(STORE_RETRY_DELAY + store_module.RECONNECT_BACKOFF_MAX + 5):
+            while True:
+                try:
+                    start, stop = await allocator.lease(30)
+                    break
+                except StoreError:
+                    await asyncio.sleep(0.1)
+        assert start >= granted[-1][1]
+        assert stop <= await stored_mark(server, database)
+    finally:
+        await allocator.stop()
+
+
+async def test_a_password_from_a_password_file_is_used_and_a_url_password_is_never_shown(
+    server: PostgresServer, admin: asyncpg.Connection, short_tmp: Path
+) -> None:
+    role = f"tn_role_{uuid.uuid4().hex[:8]}"
+    password = f"pw-{uuid.uuid4().hex}"
+    database = f"tn_{uuid.uuid4().hex[:12]}"
+    await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+    # Owner of its database, so it may create the schema (PostgreSQL 15 grants no CREATE on
+    # the public schema to others).
+    await admin.execute(f"CREATE DATABASE {database} OWNER {role}")
+    try:
+        url = server.database_url(database, user=role)
+        try:
+            await (await asyncpg.connect(url)).close()
+        except asyncpg.InvalidAuthorizationSpecificationError:
+            pass  # as it should: the role must give its password
+        else:
+            missing_server("the server does not ask this role for a password")
+
+        passfile = short_tmp / "pgpass"
+        passfile.write_text(f"*:*:*:{role}:{password}\n")
+        passfile.chmod(0o600)  # or asyncpg ignores it, as libpq does
+        with_passfile = PostgresStore(f"{url}{'&' if '?' in url else '?'}passfile={passfile}")
+        await with_passfile.open()
+        await with_passfile.load_key()
+        assert await with_passfile.reserve(5) == (0, 5)
+        await with_passfile.close()
+
+        wrong = PostgresStore(server.database_url(database, user=f"{role}:hunter2-{password}"))
+        with pytest.raises(StoreError) as info:
+            await wrong.open()
+        assert "hunter2" not in str(info.value)
+        assert f"{role}:***@" in str(info.value)
+        assert "password authentication failed" in str(info.value)
+    finally:
+        await server.drop_database(database)
+        await admin.execute(f"DROP ROLE {role}")
+
+
+async def test_a_reservation_whose_wait_for_a_synchronous_standby_was_cancelled_is_refused(
+    database: str, admin: asyncpg.Connection, pg_store: PostgresStore
+) -> None:
+    """Cancelled while waiting for a standby, a commit succeeds with a WARNING: committed here,
+    maybe not on the standby a failover would promote. It must not be granted from."""
+    # A cluster-wide setting: only on a server that is ours to break (.ci/postgres.sh's).
+    PostgresServer.from_environment(restartable=True)
+    before = await pg_store.reserve(10)
+    # A synchronous standby that never answers: every commit waits for it.
+    await admin.execute("ALTER SYSTEM SET synchronous_standby_names = 'tn_absent_standby'")
+    await admin.execute("SELECT pg_reload_conf()")
+    try:
+        # The setting reaches the backends a little later: until then reservations go through.
+        async with asyncio.timeout(30):
+            while True:
+                reserving = asyncio.create_task(pg_store.reserve(10))
+                pid = await backend_pid(admin, database)
+                await until_waiting(admin, pid, "SyncRep", unless=reserving)
+                if not reserving.done():
+                    break
+                before = reserving.result()
+        await admin.execute("SELECT pg_cancel_backend($1)", pid)
+        with pytest.raises(StoreError, match="warned"):
+            await reserving
+    finally:
+        await admin.execute("ALTER SYSTEM RESET synchronous_standby_names")
+        await admin.execute("SELECT pg_reload_conf()")
+
+    # The cancelled reservation is a gap: the next one starts after it, never inside it.
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                start, _ = await pg_store.reserve(10)
+                break
+            except StoreError:  # the reload has not reached the checkpointer yet
+                await asyncio.sleep(0.1)
+    assert start >= before[1] + 10
+
+
+@pytest.mark.parametrize(
+    ("ci", "outcome"),
+    [pytest.param("true", "1 error", id="ci"), pytest.param(None, "1 skipped", id="local")],
+)
+def test_without_a_server_postgresql_tests_skip_locally_and_fail_under_ci(
+    ci: str | None, outcome: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKING_TEST_POSTGRES")}
+    env.pop("CI", None)
+    if ci is not None:
+        env["CI"] = ci
+    test = f"{__file__}::test_the_session_commits_synchronously_whatever_the_database_default"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", test],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert outcome in result.stdout, result.stdout
+    assert (result.returncode != 0) == (ci is not None), result.stdout
+    if ci is not None:
+        assert "CI is set but TRACKING_TEST_POSTGRES_URL is not set" in result.stdout

@@ -1,0 +1,320 @@
+"""Two hosts, one PostgreSQL: two complete services share one counter.
+
+Each "host" is a real ``run.py`` with its own port, state directory and allocator, 2 workers,
+and the same ``postgresql://`` store. Whatever happens to one allocator or to the database,
+no number is ever issued twice, by one host or across the two.
+
+Every issued number is decoded back to its counter (the key is in the database), so the tests
+can also check that both hosts really drew from the shared counter in turn, and that every
+counter lies below the durable mark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from service.numbers import NumberFormatter, Permutation
+from tests.system.conftest import Outcome, PostgresServer, Service, load
+from tests.system.test_run import assert_valid
+
+# Small, so that the hosts' reservations interleave many times in a few seconds of load.
+RESERVE_STEP = 2000
+# Long enough for the store's reconnection back-off and the allocator's retry, with room.
+RECOVERY_TIMEOUT = 30.0
+
+
+class SharedStore:
+    """One fresh database that both hosts use as their store."""
+
+    def __init__(self, server: PostgresServer, name: str) -> None:
+        self.server = server
+        self.name = name
+        self.url = server.database_url(name)
+
+    async def fetchval(self, query: str) -> object:
+        connection = await asyncpg.connect(self.url, timeout=10)
+        try:
+            return await connection.fetchval(query)
+        finally:
+            await connection.close()
+
+    async def mark(self) -> int:
+        mark = await self.fetchval("SELECT reserved FROM tracking_counter")
+        assert isinstance(mark, int)
+        return mark
+
+    async def counters(self, numbers: list[str]) -> list[int]:
+        """The counter behind each number, decoded with the key stored beside the counter."""
+        key = await self.fetchval("SELECT key FROM tracking_counter")
+        assert isinstance(key, bytes)
+        permutation = Permutation(key)
+        counters = [permutation.invert(int(number[4:15], 36)) for number in numbers]
+        # The decoding is right only if it formats back to the very same numbers.
+        formatter = NumberFormatter(key)
+        every = max(len(numbers) // 50, 1)
+        for number, counter in list(zip(numbers, counters, strict=True))[::every]:
+            assert formatter.format("MY", "ID", counter) == number
+        return counters
+
+
+@pytest.fixture
+def server() -> PostgresServer:
+    return PostgresServer.from_environment()
+
+
+@pytest.fixture
+def shared(server: PostgresServer) -> Iterator[SharedStore]:
+    name = asyncio.run(server.create_database())
+    yield SharedStore(server, name)
+    asyncio.run(server.drop_database(name))
+
+
+@pytest.fixture
+def hosts(short_tmp: Path, shared: SharedStore) -> Iterator[tuple[Service, Service]]:
+    flags = ["--store", shared.url, "--reserve-step", str(RESERVE_STEP), "--no-access-log"]
+    services = []
+    for name in ("a", "b"):
+        state_dir = short_tmp / name
+        state_dir.mkdir()
+        services.append(Service(state_dir, 2, *flags))
+    try:
+        for service in services:
+            service.start()
+        yield services[0], services[1]
+    finally:
+        for service in services:
+            service.kill()
+
+
+class Traffic:
+    """Concurrent load on both hosts until stopped; ``outcomes`` fill in as answers arrive."""
+
+    def __init__(self, hosts: tuple[Service, Service], concurrency: int = 24) -> None:
+        self._stop = asyncio.Event()
+        self.outcomes = (Outcome(), Outcome())
+        self._tasks = [
+            asyncio.create_task(load(host.url, 10**9, concurrency, self._stop, outcome))
+            for host, outcome in zip(hosts, self.outcomes, strict=True)
+        ]
+
+    async def stop(self) -> tuple[Outcome, Outcome]:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+        return self.outcomes
+
+
+async def until_issued_from(shared: SharedStore, mark: int, outcomes: tuple[Outcome, ...]) -> None:
+    """Return once every host has issued a number from a counter at or above ``mark``."""
+    async with asyncio.timeout(RECOVERY_TIMEOUT):
+        for outcome in outcomes:
+            # Polling: recovery shows only in the numbers the hosts hand out.
+            while max(await shared.counters(outcome.numbers[-100:]), default=-1) < mark:  # noqa: ASYNC110
+                await asyncio.sleep(0.2)
+
+
+def check_no_duplicates(first: list[str], second: list[str]) -> None:
+    assert len(set(first)) == len(first), "host A issued a number twice"
+    assert len(set(second)) == len(second), "host B issued a number twice"
+    assert set(first).isdisjoint(second), "the two hosts issued the same number"
+    assert_valid(first)
+    assert_valid(second)
+
+
+def check_clean(outcome: Outcome) -> None:
+    # Every answer was a number or a JSON 503 with Retry-After, and no connection was dropped.
+    assert outcome.other == []
+    assert outcome.resets == 0, outcome.reset_errors[:3]
+
+
+def report(label: str, first: Outcome, second: Outcome, **extra: object) -> None:
+    details = "".join(f" {name}={value}" for name, value in extra.items())
+    print(
+        f"\n{label}: host A numbers={len(first.numbers)} 503s={first.unavailable} "
+        f"resets={first.resets}; host B numbers={len(second.numbers)} "
+        f"503s={second.unavailable} resets={second.resets}{details}"
+    )
+
+
+def test_two_hosts_under_concurrent_load_never_issue_the_same_number(
+    hosts: tuple[Service, Service], shared: SharedStore
+) -> None:
+    async def run() -> tuple[Outcome, Outcome, list[int], list[int], int]:
+        first, second = await asyncio.gather(*(load(h.url, 8_000, 24) for h in hosts))
+        return (
+            first,
+            second,
+            await shared.counters(first.numbers),
+            await shared.counters(second.numbers),
+            await shared.mark(),
+        )
+
+    first, second, counters_a, counters_b, mark = asyncio.run(run())
+    report("two hosts", first, second, mark=mark)
+    for outcome in (first, second):
+        check_clean(outcome)
+        assert outcome.unavailable == 0
+        assert len(outcome.numbers) == 8_000
+    check_no_duplicates(first.numbers, second.numbers)
+    # Both drew from the shared counter in turn, not one after the other…
+    assert min(counters_a) < max(counters_b)
+    assert min(counters_b) < max(counters_a)
+    # …and only below what the database holds as reserved.
+    assert max(counters_a + counters_b) < mark
+    for host in hosts:
+        assert host.stop() == 0
+
+
+def test_a_sigkilled_allocator_on_one_host_never_makes_a_duplicate(
+    hosts: tuple[Service, Service], shared: SharedStore
+) -> None:
+    host_a = hosts[0]
+
+    async def run() -> tuple[Outcome, Outcome]:
+        traffic = Traffic(hosts)
+        await asyncio.sleep(1.0)
+        (allocator_pid,) = host_a.child_pids("allocator")
+        os.kill(allocator_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        # Polling: the restart shows only in the log file.
+        while len(host_a.child_pids("allocator")) < 2 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.5)
+        return await traffic.stop()
+
+    first, second = asyncio.run(run())
+    report("SIGKILL host A's allocator", first, second)
+    assert len(host_a.child_pids("allocator")) == 2, host_a.log()
+    for outcome in (first, second):
+        check_clean(outcome)
+        assert len(outcome.numbers) > 500
+    check_no_duplicates(first.numbers, second.numbers)
+
+    # Host A issues again after its allocator came back, still unique across both hosts.
+    after = asyncio.run(load(host_a.url, 2_000))
+    assert len(after.numbers) == 2_000
+    check_no_duplicates(first.numbers + after.numbers, second.numbers)
+    for host in hosts:
+        assert host.stop() == 0
+
+
+def test_a_postgresql_restart_costs_at_most_503s_and_both_hosts_recover_by_themselves(
+    hosts: tuple[Service, Service], shared: SharedStore
+) -> None:
+    server = PostgresServer.from_environment(restartable=True)
+
+    async def run() -> tuple[Outcome, Outcome, float, int, int]:
+        traffic = Traffic(hosts)
+        await asyncio.sleep(1.0)
+        began = time.monotonic()
+        await asyncio.to_thread(server.restart)
+        restart_seconds = time.monotonic() - began
+        # Anything at or above this mark was reserved after the restart: a host that issues
+        # such a number has reconnected and reserved again, on its own.
+        mark_after_restart = await shared.mark()
+        await until_issued_from(shared, mark_after_restart, traffic.outcomes)
+        first, second = await traffic.stop()
+        return first, second, restart_seconds, mark_after_restart, await shared.mark()
+
+    first, second, restart_seconds, mark_after_restart, final_mark = asyncio.run(run())
+    failures = [
+        sum(line.get("message") == "reservation failed" for line in host.log_lines())
+        for host in hosts
+    ]
+    report(
+        "PostgreSQL restart",
+        first,
+        second,
+        restart_s=f"{restart_seconds:.2f}",
+        reservation_failures=failures,
+    )
+    for outcome in (first, second):
+        check_clean(outcome)
+    check_no_duplicates(first.numbers, second.numbers)
+    counters = asyncio.run(shared.counters(first.numbers + second.numbers))
+    assert max(counters) < final_mark
+    assert final_mark > mark_after_restart
+
+    # Recovered for good: a fresh batch on each host is served in full.
+    for host in hosts:
+        after = asyncio.run(load(host.url, 1_000))
+        assert (len(after.numbers), after.unavailable) == (1_000, 0)
+    for host in hosts:
+        assert host.stop() == 0
+
+
+def test_a_database_outage_longer_than_the_buffers_gives_json_503s_then_recovers(
+    hosts: tuple[Service, Service], shared: SharedStore
+) -> None:
+    """Workers' blocks, then the allocators' durable remainders, run dry; then 503s, never a
+    guessed number; and when the database is back, numbers flow again with nobody's help."""
+    server = PostgresServer.from_environment(restartable=True)
+
+    async def run() -> tuple[Outcome, Outcome, float, float]:
+        traffic = Traffic(hosts)
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(server.stop)
+        began = time.monotonic()
+        try:
+            async with asyncio.timeout(RECOVERY_TIMEOUT):
+                # Polling: the outage shows only in the answers.
+                while not all(o.unavailable for o in traffic.outcomes):  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)
+            dry_after = time.monotonic() - began
+        finally:
+            await asyncio.to_thread(server.start)
+        down_for = time.monotonic() - began
+        # Numbers from at or above this mark come from reservations made after the outage.
+        await until_issued_from(shared, await shared.mark(), traffic.outcomes)
+        await asyncio.sleep(0.5)
+        first, second = await traffic.stop()
+        return first, second, dry_after, down_for
+
+    first, second, dry_after, down_for = asyncio.run(run())
+    failures = [
+        sum(line.get("message") == "reservation failed" for line in host.log_lines())
+        for host in hosts
+    ]
+    report(
+        "PostgreSQL down",
+        first,
+        second,
+        dry_after_s=f"{dry_after:.2f}",
+        down_s=f"{down_for:.2f}",
+        reservation_failures=failures,
+    )
+    for outcome in (first, second):
+        check_clean(outcome)
+        assert outcome.unavailable > 0
+    assert all(failures), "both allocators saw the store fail"
+    check_no_duplicates(first.numbers, second.numbers)
+    counters = asyncio.run(shared.counters(first.numbers + second.numbers))
+    assert max(counters) < asyncio.run(shared.mark())
+
+    for host in hosts:
+        after = asyncio.run(load(host.url, 1_000))
+        assert (len(after.numbers), after.unavailable) == (1_000, 0)
+    for host in hosts:
+        assert host.stop() == 0
+
+
+def test_a_password_in_the_store_url_never_reaches_the_log(short_tmp: Path) -> None:
+    """The settings logged at start and the store's errors show the URL redacted."""
+    secret = "hunter2-do-not-log"
+    url = f"postgresql://tracking:{secret}@/tracking?host={short_tmp}/no-server&password={secret}"
+    service = Service(short_tmp, 1, "--store", url)
+    try:
+        with pytest.raises(RuntimeError):  # no database there: the allocator cannot start
+            service.start(timeout=30)
+    finally:
+        service.kill()
+    log = service.log()
+    assert "cannot connect to postgresql://tracking:***@/tracking" in log
+    assert secret not in log
