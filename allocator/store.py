@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import sqlite3
 import time
@@ -25,6 +26,8 @@ from allocator.protocol import COUNTER_LIMIT, KEY_BYTES, KeyMismatch, StoreError
 from config.settings import redact_url
 
 SCHEMA_VERSION = 1
+# Attempts to switch a new SQLite file to WAL while other processes open it too.
+WAL_ATTEMPTS = 100
 
 _T = TypeVar("_T")
 
@@ -73,10 +76,11 @@ class SQLiteStore:
             os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
             # isolation_level=None: we open and commit every transaction ourselves.
             self._db = await aiosqlite.connect(self.path, isolation_level=None)
-            await self._db.execute("PRAGMA journal_mode=WAL")
+            # First: every statement below may meet another process's lock and must wait.
+            await self._db.execute("PRAGMA busy_timeout=5000")
+            await self._enable_wal(self._db)
             # FULL: a commit is on disk (the WAL fsynced) before COMMIT returns.
             await self._db.execute("PRAGMA synchronous=FULL")
-            await self._db.execute("PRAGMA busy_timeout=5000")
             await self._db.execute(
                 "CREATE TABLE IF NOT EXISTS counter ("
                 " id INTEGER PRIMARY KEY CHECK (id = 1),"
@@ -98,6 +102,19 @@ class SQLiteStore:
         except StoreError:
             await self.close()
             raise
+
+    @staticmethod
+    async def _enable_wal(db: aiosqlite.Connection) -> None:
+        # Switching a new file to WAL takes an exclusive lock, and SQLite may refuse it at once
+        # (busy handler or not) while another process opens the same new file: try again.
+        for attempt in itertools.count():
+            try:
+                await db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt >= WAL_ATTEMPTS:
+                    raise
+                await asyncio.sleep(0.05)
 
     def _connection(self) -> aiosqlite.Connection:
         if self._db is None:
