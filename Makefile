@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format clean
+.PHONY: run test lint format clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,3 +28,7 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) state .pytest_cache
+
+# Performance, side by side with the aiohttp ceiling: writes docs/performance.{md,json}.
+bench: $(STAMP)
+	$(PY) -m tests.benchmark.bench

@@ -18,8 +18,6 @@ import stat
 import time
 from collections.abc import Callable
 
-import uvloop
-
 from allocator import protocol
 from allocator.protocol import (
     COUNTER_LIMIT,
@@ -40,7 +38,7 @@ from allocator.protocol import (
     WorkerCounters,
 )
 from allocator.store import Store, open_store
-from config import logs
+from config import lifecycle, logs
 from config.lifecycle import until_stop_requested
 from config.settings import Config
 
@@ -415,7 +413,7 @@ async def serve(config: Config, ready: Callable[[], None] = lambda: None) -> Non
 def main(config: Config, ready: Callable[[], None]) -> None:
     """The allocator process: the supervisor's child target."""
     logs.configure(config.log_level)
-    uvloop.run(serve(config, ready))
+    lifecycle.run(serve(config, ready), config.event_loop)
 
 
 async def raise_reserved(config: Config, value: int) -> int:

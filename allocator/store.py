@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import signal
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +31,22 @@ SCHEMA_VERSION = 1
 WAL_ATTEMPTS = 100
 
 _T = TypeVar("_T")
+
+# Test-only fault injection, for tests/system/test_faults.py; production never sets it.
+# TRACKING_FAULT=POINT:FILE makes the allocator SIGKILL itself at POINT of a SQLite reservation
+# ("reserve-before-commit" or "reserve-after-commit", that is before granting from it), once
+# each time the test creates FILE. Unset, it costs one string comparison per reservation.
+_FAULT_POINT, _, _FAULT_TRIGGER = os.environ.get("TRACKING_FAULT", "").partition(":")
+
+
+def _fault(point: str) -> None:
+    if point != _FAULT_POINT:
+        return
+    try:
+        os.unlink(_FAULT_TRIGGER)  # armed once: only one process gets to remove it
+    except FileNotFoundError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Store(Protocol):
@@ -158,7 +175,9 @@ class SQLiteStore:
                     row = await cursor.fetchone()
                 if row is None:
                     raise StoreError("the counter space is exhausted")
+                _fault("reserve-before-commit")
                 await db.execute("COMMIT")
+                _fault("reserve-after-commit")
             except BaseException:
                 await _rollback(db)
                 raise

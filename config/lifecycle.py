@@ -7,6 +7,10 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Coroutine
+from typing import Any
+
+import uvloop
 
 log = logging.getLogger("lifecycle")
 
@@ -25,3 +29,11 @@ async def until_stop_requested(parent_pid: int) -> None:
                 await asyncio.wait_for(stopping.wait(), 1.0)
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
+
+
+def run(main: Coroutine[Any, Any, None], event_loop: str) -> None:
+    """Run a child process's main coroutine on the configured event loop."""
+    if event_loop == "uvloop":
+        uvloop.run(main)
+    else:
+        asyncio.run(main)

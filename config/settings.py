@@ -12,7 +12,7 @@ import re
 import tomllib
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -48,6 +48,10 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     admin_token: str = ""
     lease_timeout: Seconds = 2.0
     shutdown_timeout: Seconds = 10.0
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    # Slow clients (service/limits.py, docs/reliability.md).
+    header_timeout: Seconds = 10.0
+    keepalive_timeout: Seconds = 75.0
 
     @property
     def allocator_socket(self) -> str:
@@ -76,6 +80,11 @@ HELP: dict[str, str] = {
     "admin_token": "bearer token that opens the operator endpoints to non-loopback clients",
     "lease_timeout": "seconds a request may wait for the allocator when a worker has no numbers",
     "shutdown_timeout": "seconds workers get to drain before they are killed",
+    "event_loop": "uvloop (fast) or asyncio (the standard library's, for comparison)",
+    "header_timeout": "seconds a client may take to send a request's line and headers, from "
+    "connecting or from the first byte of a request; then the connection is closed",
+    "keepalive_timeout": "seconds an idle keep-alive connection is kept open (longer than a "
+    "load balancer's idle timeout)",
 }
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")

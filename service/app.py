@@ -11,7 +11,7 @@ from aiohttp import web
 
 from allocator.client import AllocatorClient
 from config.settings import Config
-from service import admin, views
+from service import admin, verify, views
 from service.access_log import AccessLog
 from service.correlation import HEADERS as CORRELATION_HEADERS
 from service.correlation import CorrelationIds
@@ -25,6 +25,7 @@ ROUTES = (
     ("/health", views.health),
     ("/metrics", admin.metrics_endpoint),
     ("/allocator/status", admin.allocator_status),
+    ("/tracking-numbers/{number}", verify.verify),
     ("/openapi.json", openapi),
 )
 

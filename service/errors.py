@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Coroutine
 from http import HTTPStatus
 from typing import Any
 
@@ -19,6 +20,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from service.correlation import from_headers
+from service.limits import HeaderTimeoutRequestHandler
 from service.observe import record, route_of
 
 RETRY_AFTER_SECONDS = 1
@@ -85,7 +87,8 @@ def method_not_allowed(allowed: str, correlation_id: str) -> web.Response:
     return json_error(405, "Method not allowed", correlation_id, headers={"Allow": allowed})
 
 
-class JsonErrorRequestHandler(RequestHandler):
+# The base bounds how long a request head may take (service/limits.py): slow clients.
+class JsonErrorRequestHandler(HeaderTimeoutRequestHandler):
     """aiohttp's connection handler, with its plain-text and HTML error pages made JSON."""
 
     app: web.Application
@@ -106,6 +109,32 @@ class JsonErrorRequestHandler(RequestHandler):
         response = json_error(status, phrase, correlation_id)
         response.force_close()
         return response
+
+    def finish_response(
+        self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> Coroutine[Any, Any, tuple[web.StreamResponse, bool]]:
+        # aiohttp's own HTTP exceptions reach the client as text/plain: the router raises
+        # HTTPNotFound for a target that no route can match ("OPTIONS *", "CONNECT host:443",
+        # "GET http://host" with no path). Our handlers never raise them, so the hot path pays
+        # one isinstance; a plain def (not async) adds no coroutine per request.
+        if isinstance(resp, web.HTTPException):
+            correlation_id = from_headers(request.headers) or str(uuid.uuid4())
+            record(
+                self.app,
+                request,
+                route_of(request),
+                resp.status,
+                time.perf_counter_ns(),
+                correlation_id,
+            )
+            allow = resp.headers.get("Allow")
+            resp = json_error(
+                resp.status,
+                HTTPStatus(resp.status).phrase,
+                correlation_id,
+                headers={"Allow": allow} if allow is not None else None,
+            )
+        return super().finish_response(request, resp, start_time)
 
 
 class JsonErrorServer(web.Server):

@@ -80,28 +80,29 @@ class Permutation:
         self.domain = 1 << (2 * half_bits)
         self._half_bits = half_bits
         self._mask = (1 << half_bits) - 1
-        # Keying BLAKE2b costs more than hashing four bytes, so key once and copy per round.
+        # Keying BLAKE2b costs more than hashing four bytes, so key once and copy per round
+        # (through the bound copy methods: this is the hottest loop of a request).
         self._rounds = tuple(
-            hashlib.blake2b(key=key, digest_size=4, person=b"tracking-round%d" % r)
+            hashlib.blake2b(key=key, digest_size=4, person=b"tracking-round%d" % r).copy
             for r in range(ROUNDS)
         )
 
     def __call__(self, counter: int) -> int:
-        bits, mask = self._half_bits, self._mask
+        bits, mask, from_bytes = self._half_bits, self._mask, int.from_bytes
         left, right = counter >> bits, counter & mask
         for keyed in self._rounds:
-            h = keyed.copy()
+            h = keyed()
             h.update(right.to_bytes(4, "little"))
-            left, right = right, left ^ (int.from_bytes(h.digest(), "little") & mask)
+            left, right = right, left ^ (from_bytes(h.digest(), "little") & mask)
         return (left << bits) | right
 
     def invert(self, value: int) -> int:
-        bits, mask = self._half_bits, self._mask
+        bits, mask, from_bytes = self._half_bits, self._mask, int.from_bytes
         left, right = value >> bits, value & mask
         for keyed in reversed(self._rounds):
-            h = keyed.copy()
+            h = keyed()
             h.update(left.to_bytes(4, "little"))
-            left, right = right ^ (int.from_bytes(h.digest(), "little") & mask), left
+            left, right = right ^ (from_bytes(h.digest(), "little") & mask), left
         return (left << bits) | right
 
 

@@ -14,6 +14,7 @@ from allocator.protocol import AllocatorStatus
 from service.errors import ErrorBody
 from service.observe import observed
 from service.params import COUNTRY_CODES, EXAMPLE, FIELDS, RULES, TrackingRequest
+from service.verify import Verdict
 from service.views import JSON, Health, IssuedNumber
 
 VERSION = "0.1.0"
@@ -38,6 +39,10 @@ def _parameters(request_schema: dict[str, Any]) -> list[dict[str, Any]]:
         if name.endswith("_country_id"):
             # Lower case is accepted too, and upper-cased.
             schema["enum"] = COUNTRY_CODES + [code.lower() for code in COUNTRY_CODES]
+        if name == "created_at":
+            # The pattern alone admits 2018-02-30; the service checks the calendar too, as
+            # JSON Schema's date-time (RFC 3339) does. Found by schemathesis.
+            schema["format"] = "date-time"
         description = RULES[name][0].upper() + RULES[name][1:] + "."
         if name == "customer_name":
             description += " Leading and trailing spaces are trimmed first. Never logged."
@@ -59,8 +64,9 @@ def _json(ref: dict[str, Any], description: str, **extra: Any) -> dict[str, Any]
 
 
 def build() -> dict[str, Any]:
-    (_, issued, error, health, status), components = msgspec.json.schema_components(
-        [TrackingRequest, IssuedNumber, ErrorBody, Health, AllocatorStatus], ref_template=REF
+    (_, issued, error, health, status, verdict), components = msgspec.json.schema_components(
+        [TrackingRequest, IssuedNumber, ErrorBody, Health, AllocatorStatus, Verdict],
+        ref_template=REF,
     )
     request_schema = components.pop("TrackingRequest")
     request_id = {
@@ -155,6 +161,43 @@ def build() -> dict[str, Any]:
                     "responses": {
                         "200": _json(status, "The allocator's state", headers=request_id),
                         **operator_only,
+                    },
+                }
+            },
+            "/tracking-numbers/{number}": {
+                "get": {
+                    "operationId": "verifyTrackingNumber",
+                    "summary": "Check a tracking number someone typed or scanned",
+                    "description": "Whether the number is valid (assigned country codes, a "
+                    "serial in range, the right check character) and if not, why not; its "
+                    "origin and destination. When it is not valid and exactly one swap of "
+                    "lookalike characters (0/O, 1/I, 5/S, ...) makes it valid, that fix is "
+                    "suggested. Operator clients (loopback, or the admin "
+                    "token) also learn whether this service issued it.",
+                    "parameters": [
+                        correlation,
+                        {
+                            "name": "number",
+                            "in": "path",
+                            "required": True,
+                            "description": "The tracking number; lower case is read as upper case.",
+                            "schema": {"type": "string", "pattern": "^[A-Za-z0-9]{16}$"},
+                            "example": "MYIDI45OOV7PPDV7",
+                        },
+                    ],
+                    "responses": {
+                        "200": _json(verdict, "The verdict", headers=request_id),
+                        "400": _json(
+                            error,
+                            "Not 16 letters and digits: details say what is wrong",
+                            headers=request_id,
+                        ),
+                        **not_allowed,
+                        "503": _json(
+                            error,
+                            "An operator asked, and the allocator cannot be reached",
+                            headers=retry,
+                        ),
                     },
                 }
             },

@@ -8,12 +8,14 @@ first.
 
 from __future__ import annotations
 
-import datetime
+import contextlib
 import re
 from typing import Annotated, Literal
 from urllib.parse import unquote_to_bytes
 
 import msgspec
+from multidict import MultiMapping
+from yarl import URL
 
 # ISO 3166-1 alpha-2: the 249 officially assigned codes. User-assigned codes (AA, QM to QZ,
 # XA to XZ, ZZ) and reserved ones are not countries and are rejected. All lower case ("my") is
@@ -80,9 +82,17 @@ class TrackingRequest(msgspec.Struct, frozen=True):
     def __post_init__(self) -> None:
         # The pattern admits 2018-02-30; only the calendar knows. Days up to 28 always exist.
         if self.created_at[8:10] > "28":
-            datetime.date(
-                int(self.created_at[:4]), int(self.created_at[5:7]), int(self.created_at[8:10])
-            )
+            year, month, day = (int(part) for part in self.created_at[:10].split("-"))
+            if day > _days_in_month(year, month):
+                raise ValueError("no such day")
+
+
+def _days_in_month(year: int, month: int) -> int:
+    """The proleptic Gregorian calendar of RFC 3339 (its year 0000 is a leap year, which
+    datetime, starting at year 1, cannot say)."""
+    if month == 2:
+        return 29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28
+    return 30 if month in (4, 6, 9, 11) else 31
 
 
 FIELDS = tuple(field.name for field in msgspec.structs.fields(TrackingRequest))
@@ -117,7 +127,6 @@ EXAMPLE = {
 
 Errors = dict[str, list[str]]
 
-_FIELD_SET = frozenset(FIELDS)
 # What trimming removes from names: Unicode's spaces, but not the whitespace that is also a
 # control character (tab, newline, U+0085...), which the name rule must get to see and reject.
 _SPACES = (
@@ -134,25 +143,38 @@ def _unquote(text: str) -> str:
     return unquote_to_bytes(text.replace("+", " ")).decode()
 
 
-def split_query(raw: str) -> tuple[dict[str, str], Errors]:
-    """Decode our fields from a raw query string; unknown parameters are ignored."""
-    values: dict[str, str] = {}
-    errors: Errors = {}
+def _strictly(raw: str, field: str) -> str:
+    """The value of ``field`` in ``raw``, decoded strictly (raises ValueError)."""
     for pair in raw.split("&"):
         name, _, value = pair.partition("=")
-        if "%" in name or "+" in name:
-            try:
-                name = _unquote(name)
-            except ValueError:
-                continue  # not one of our names, whatever it is
-        if name not in _FIELD_SET:
+        with contextlib.suppress(ValueError):
+            if _unquote(name) == field:
+                return _unquote(value)
+    raise ValueError("not found")  # cannot happen: yarl found it
+
+
+def split_query(raw: str, parsed: MultiMapping[str] | None = None) -> tuple[dict[str, str], Errors]:
+    """Decode our fields from a raw query string; unknown parameters are ignored.
+
+    yarl's C parser does the work (``parsed`` is its result when the caller has it already).
+    It is lenient where we are strict: it keeps a stray % and turns bytes that are not UTF-8
+    into U+FFFD. A decoded value with either in it (rare: an encoded "%" or "\ufffd" looks the
+    same) is decoded again, strictly, from the raw query.
+    """
+    query = URL.build(query_string=raw, encoded=True).query if parsed is None else parsed
+    values: dict[str, str] = {}
+    errors: Errors = {}
+    for name in FIELDS:
+        found = query.getall(name, None)
+        if found is None:
             continue
-        if name in values or name in errors:
+        if len(found) > 1:
             errors[name] = [REPEATED]
             continue
-        if "%" in value or "+" in value:
+        value = found[0]
+        if "%" in value or "\ufffd" in value:
             try:
-                value = _unquote(value)
+                value = _strictly(raw, name)
             except ValueError:
                 errors[name] = [BAD_ENCODING]
                 continue
@@ -171,9 +193,9 @@ def _normalise(values: dict[str, str]) -> None:
         values["customer_name"] = name.strip(_SPACES)
 
 
-def validate(raw_query: str) -> TrackingRequest | Errors:
+def validate(raw_query: str, parsed: MultiMapping[str] | None = None) -> TrackingRequest | Errors:
     """The validated request, or every bad or missing field with what is wrong with it."""
-    values, errors = split_query(raw_query)
+    values, errors = split_query(raw_query, parsed)
     _normalise(values)
     if not errors and len(values) == len(FIELDS):
         try:

@@ -6,10 +6,9 @@ import os
 import socket
 from collections.abc import Callable
 
-import uvloop
 from aiohttp import web
 
-from config import logs
+from config import lifecycle, logs
 from config.lifecycle import until_stop_requested
 from config.settings import Config
 from service.app import create_app
@@ -25,6 +24,8 @@ async def serve(
         create_app(config),
         access_log=None,
         shutdown_timeout=config.shutdown_timeout,
+        # aiohttp's own default is an hour: idle connections would pile up (slow clients).
+        keepalive_timeout=config.keepalive_timeout,
     )
     await runner.setup()
     try:
@@ -38,4 +39,4 @@ async def serve(
 def main(config: Config, sock: socket.socket, ready: Callable[[], None]) -> None:
     """The worker process: the supervisor's child target."""
     logs.configure(config.log_level)
-    uvloop.run(serve(config, sock, ready))
+    lifecycle.run(serve(config, sock, ready), config.event_loop)

@@ -4,16 +4,18 @@ PostgreSQL server that several of them share."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pwd
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -21,6 +23,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from service.numbers import NumberFormatter, Permutation
 from tests.conftest import CANONICAL_QUERY
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,10 +46,12 @@ class Service:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = state_dir / "service.log"
         self.env: dict[str, str] = {}  # added to run.py's environment
+        self.prefix: list[str] = []  # run.py is started through this command (faketime …)
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> None:
         command = [
+            *self.prefix,
             sys.executable,
             "run.py",
             "--config", "/dev/null",
@@ -105,6 +110,28 @@ class Service:
             if line.get("message") == "child started" and line.get("tracking.child") == name
         ]
 
+    def wait_for_child(self, name: str, starts: int, timeout: float = 20.0) -> int:
+        """The pid of the ``starts``-th start of a child, once the supervisor has logged it."""
+        deadline = time.monotonic() + timeout
+        while len(pids := self.child_pids(name)) < starts:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{name} was not started {starts} times:\n{self.log()}")
+            time.sleep(0.05)
+        return pids[starts - 1]
+
+    def wait_for_message(self, message: str, count: int, timeout: float = 20.0) -> dict[str, Any]:
+        """The ``count``-th log line whose message is ``message``, once it is there."""
+        deadline = time.monotonic() + timeout
+        while len(found := [x for x in self.log_lines() if x.get("message") == message]) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {count} x {message!r} in the log:\n{self.log()}")
+            time.sleep(0.05)
+        return found[count - 1]
+
+    def access_lines(self, start: int = 0) -> list[dict[str, Any]]:
+        """The access log (one line per request, with the answering worker's pid)."""
+        return [line for line in self.log_lines(start) if line.get("log.logger") == "access"]
+
 
 @pytest.fixture
 def service(short_tmp: Path) -> Iterator[Service]:
@@ -130,15 +157,24 @@ async def load(
     concurrency: int = 64,
     stop: asyncio.Event | None = None,
     outcome: Outcome | None = None,
+    *,
+    fresh_connections: bool = False,
+    retry_resets: bool = True,
 ) -> Outcome:
     """``total`` canonical requests from ``concurrency`` clients (or until ``stop`` is set).
 
-    Answers are added to ``outcome`` as they arrive, when one is given to watch.
+    Answers are added to ``outcome`` as they arrive, when one is given to watch. With
+    ``fresh_connections`` every request has a connection of its own, so that the workers share
+    the requests rather than each keeping the connections it happened to accept. Without
+    ``retry_resets``, a GET whose connection is reset is counted as a reset, rather than sent
+    again once by aiohttp (RFC 9112's retry of idempotent requests), which hides it.
     """
     outcome = Outcome() if outcome is None else outcome
     remaining = total
-    connector = aiohttp.TCPConnector(limit=concurrency)
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=fresh_connections)
     async with aiohttp.ClientSession(url, connector=connector) as session:
+        if not retry_resets:
+            session._retry_connection = False  # no public switch for it (aiohttp 3.14)
 
         async def client() -> None:
             nonlocal remaining
@@ -164,6 +200,46 @@ async def load(
 
         await asyncio.gather(*(client() for _ in range(concurrency)))
     return outcome
+
+
+def sqlite_state(path: Path) -> tuple[bytes, int]:
+    """The permutation key and the durable reservation mark in a SQLite store, read directly."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        key, mark = db.execute("SELECT key, reserved FROM counter").fetchone()
+    return bytes(key), mark
+
+
+def counters_of(key: bytes, numbers: Sequence[str]) -> list[int]:
+    """The counter behind each number: the permutation, inverted on the serial."""
+    permutation = Permutation(key)
+    counters = [permutation.invert(int(number[4:15], 36)) for number in numbers]
+    # The decoding is right only if it formats back to the very same numbers.
+    formatter = NumberFormatter(key)
+    for number, counter in list(zip(numbers, counters, strict=True))[:: max(len(numbers) // 50, 1)]:
+        assert formatter.format(number[:2], number[2:4], counter) == number
+    return counters
+
+
+def alive(pid: int) -> bool:
+    """Running, and not a zombie waiting for its parent to reap it."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def check_unsurprising(outcome: Outcome) -> None:
+    """Every answer was a number or a JSON 503 with Retry-After; no reset, nothing else."""
+    assert outcome.other == [], outcome.other[:3]
+    assert outcome.resets == 0, outcome.reset_errors[:3]
+
+
+def unavailable_here(what: str, hint: str) -> NoReturn:
+    """A tool this test needs is missing: a skip on a developer's machine, a failure in CI."""
+    if running_in_ci():
+        pytest.fail(f"CI is set but {what}: {hint}", pytrace=False)
+    pytest.skip(f"{what} ({hint})")
 
 
 # --- PostgreSQL, for the store contract tests and the two-host tests --------------------------

@@ -245,6 +245,18 @@ def test_operator_endpoints_refuse_remote_clients_without_the_token(
                     remote + "/next-tracking-number", params=CANONICAL_QUERY
                 ) as r:
                     assert r.status == 200  # the API itself is for everyone
+                    number = (await r.json())["tracking_number"]
+                # Anyone may check a number; only operators learn whether we issued it.
+                async with session.get(f"{remote}/tracking-numbers/{number}") as anonymous:
+                    verdict = await anonymous.json()
+                    assert verdict["valid"] is True
+                    assert "issued" not in verdict
+                if token:
+                    async with session.get(
+                        f"{remote}/tracking-numbers/{number}",
+                        headers={"Authorization": f"Bearer {token}"},
+                    ) as operator:
+                        assert (await operator.json())["issued"] is True
 
         asyncio.run(check())
         assert service.stop() == 0

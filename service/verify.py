@@ -1,0 +1,114 @@
+"""Checking a number someone typed or scanned: ``GET /tracking-numbers/{number}``.
+
+A number that is not 16 letters and digits is malformed: a 400. Anything else gets a verdict:
+valid or not, and why not (a country code that is not assigned, a serial beyond the counter
+space, a wrong check character), with its origin and destination. Operators (the same access
+as /allocator/status) also learn whether this service issued it: the serial is turned back
+into its counter with the permutation's inverse, and a counter below the allocator's ``next``
+was leased.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from aiohttp import web
+
+from allocator.protocol import COUNTER_LIMIT, AllocatorError
+from service import errors
+from service.admin import refusal
+from service.keys import CLIENT
+from service.numbers import ALPHABET, NUMBER_LENGTH, Permutation, check_character
+from service.observe import observed
+from service.params import COUNTRY_CODES
+from service.views import JSON
+
+MALFORMED = "Malformed tracking number"
+_COUNTRIES = frozenset(COUNTRY_CODES)
+_CHARACTERS = frozenset(ALPHABET)
+# Characters people and scanners mistake for one another. A typo fix is suggested only when
+# exactly one of these swaps makes the number valid: any character swapped for any other would
+# almost always offer one valid fix per position, which helps nobody.
+LOOKALIKES = ("0O", "0Q", "0D", "1I", "1L", "2Z", "5S", "6G", "8B", "UV")
+_SWAPS = {
+    char: "".join(pair.replace(char, "") for pair in LOOKALIKES if char in pair)
+    for pair in LOOKALIKES
+    for char in pair
+}
+
+
+class Verdict(msgspec.Struct, omit_defaults=True):
+    tracking_number: str
+    valid: bool
+    origin_country: str
+    destination_country: str
+    correlation_id: str
+    # Why it is not valid (empty when it is).
+    problems: list[str] = msgspec.field(default_factory=list)
+    # The one likely typo fix, when the number is not valid and there is exactly one.
+    suggestion: str | None = None
+    # Operators only: whether this service issued the number.
+    issued: bool | None = None
+
+
+def malformed(number: str) -> list[str]:
+    """Why ``number`` (upper case expected) is not even shaped like a number; empty if it is."""
+    if len(number) != NUMBER_LENGTH:
+        return [f"must be {NUMBER_LENGTH} characters long, not {len(number)}"]
+    if not set(number) <= _CHARACTERS:
+        return ["must hold only the letters A-Z and the digits 0-9"]
+    return []
+
+
+def problems(number: str) -> list[str]:
+    """Why a well-shaped ``number`` cannot be one we issue; empty when it is valid."""
+    found = []
+    if number[:2] not in _COUNTRIES:
+        found.append("characters 1 and 2 are not an assigned ISO 3166-1 alpha-2 country code")
+    if number[2:4] not in _COUNTRIES:
+        found.append("characters 3 and 4 are not an assigned ISO 3166-1 alpha-2 country code")
+    if serial_of(number) >= COUNTER_LIMIT:
+        found.append("characters 5 to 15 are beyond the range of any number ever issued")
+    if check_character(number[:15]) != number[15]:
+        found.append("the check character (the last) does not match the other 15")
+    return found
+
+
+def serial_of(number: str) -> int:
+    return int(number[4:15], 36)
+
+
+def suggestion(number: str) -> str | None:
+    """The valid number one lookalike swap away, if there is exactly one."""
+    swapped = {
+        number[:position] + swap + number[position + 1 :]
+        for position, char in enumerate(number)
+        for swap in _SWAPS.get(char, "")
+    }
+    fixes = [candidate for candidate in swapped if not problems(candidate)]
+    return fixes[0] if len(fixes) == 1 else None
+
+
+@observed()
+async def verify(request: web.Request, correlation_id: str) -> web.Response:
+    typed = request.match_info["number"]
+    number = typed.upper() if typed.isascii() else typed
+    if found := malformed(number):
+        return errors.json_error(400, MALFORMED, correlation_id, details={"number": found})
+    found = problems(number)
+    verdict = Verdict(number, not found, number[:2], number[2:4], correlation_id, found)
+    if found:
+        verdict.suggestion = suggestion(number)
+    if refusal(request, correlation_id) is None:
+        client = request.app[CLIENT]
+        try:
+            status = await client.status()
+        except AllocatorError:
+            return errors.unavailable(correlation_id)
+        assert client.key is not None  # a status answer comes after the key
+        counter = Permutation(client.key).invert(serial_of(number))
+        verdict.issued = verdict.valid and counter < status.allocator.next
+    return web.Response(
+        body=msgspec.json.encode(verdict),
+        content_type=JSON,
+        headers={"X-Request-ID": correlation_id},
+    )

@@ -1,0 +1,196 @@
+"""The allocator socket under hostile clients, beyond tests/allocator/test_server.py: requests
+out of bounds, many bad clients at once, and the per-connection cap on requests in flight.
+
+None of it crashes the allocator, grants a number, or keeps the good clients waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import struct
+import time
+
+import msgspec
+import pytest
+
+from allocator import protocol
+from allocator.client import AllocatorClient
+from allocator.protocol import Granted, Hello, Lease, StatusQuery
+from allocator.server import HELLO_TIMEOUT, MAX_INFLIGHT_PER_CONNECTION, Allocator
+from config.settings import Config
+from tests.allocator.test_server import raw_exchange
+
+
+def frame(payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + payload
+
+
+HELLO = protocol.encode(Hello(id=1, pid=1))
+OUT_OF_BOUNDS = {
+    "lease of 0": HELLO + frame(msgspec.msgpack.encode(["Lease", 2, 0])),
+    "lease past the cap": HELLO
+    + frame(msgspec.msgpack.encode(["Lease", 2, protocol.MAX_LEASE + 1])),
+    "negative lease": HELLO + frame(msgspec.msgpack.encode(["Lease", 2, -5])),
+    "negative id": HELLO + frame(msgspec.msgpack.encode(["Lease", -1, 5])),
+    "id past 2**63": HELLO + frame(msgspec.msgpack.encode(["Lease", 2**64 - 1, 5])),
+    "lease count as text": HELLO + frame(msgspec.msgpack.encode(["Lease", 2, "5"])),
+    "a response sent as a request": HELLO + frame(msgspec.msgpack.encode(["Granted", 2, 0, 10**9])),
+    "status before hello": protocol.encode(StatusQuery(id=1)),
+    "a report of garbage": HELLO + frame(msgspec.msgpack.encode(["Report", 2, ["x"]])),
+    "an empty frame": HELLO + frame(b""),
+    "a map, not an array": HELLO + frame(msgspec.msgpack.encode({"type": "Lease", "id": 2})),
+}
+
+
+@pytest.mark.parametrize("data", OUT_OF_BOUNDS.values(), ids=OUT_OF_BOUNDS.keys())
+async def test_requests_out_of_bounds_are_dropped_without_a_grant(
+    allocator: Allocator, config: Config, data: bytes
+) -> None:
+    before = allocator.leased_numbers_total
+    answer = await raw_exchange(config.allocator_socket, data)
+    reader = asyncio.StreamReader()
+    reader.feed_data(answer)
+    reader.feed_eof()
+    while (payload := await protocol.read_frame(reader)) is not None:
+        assert not isinstance(protocol.decode_response(payload), Granted)
+    assert allocator.leased_numbers_total == before
+    client = AllocatorClient(config.allocator_socket, timeout=5)
+    assert await client.lease(1)
+    await client.close()
+
+
+async def test_many_bad_clients_at_once_do_not_hold_up_a_worker(
+    allocator: Allocator, config: Config
+) -> None:
+    path = config.allocator_socket
+    bad: list[asyncio.StreamWriter] = []
+
+    async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_unix_connection(path)
+        bad.append(writer)
+        return reader, writer
+
+    async def hung_up(reader: asyncio.StreamReader) -> bytes:
+        try:
+            return await reader.read()
+        except OSError:  # reset while our bytes were still arriving: hung up all the same
+            return b""
+
+    async def garbage() -> bytes:
+        reader, writer = await connect()
+        writer.write(b"\x00\x00\x00\x05\xc1\xc1\xc1\xc1\xc1")
+        return await hung_up(reader)
+
+    async def oversized() -> bytes:
+        reader, writer = await connect()
+        writer.write(struct.pack(">I", 2**32 - 1) + b"x" * 1000)
+        return await hung_up(reader)
+
+    async def trickle() -> None:
+        _, writer = await connect()
+        for byte in HELLO[:-1]:  # never a whole frame
+            writer.write(bytes([byte]))
+            await asyncio.sleep(0.05)
+
+    async def silent() -> None:
+        await connect()
+
+    async def worker() -> list[tuple[int, int, float]]:
+        client = AllocatorClient(path, timeout=5)
+        grants = []
+        for _ in range(100):
+            began = time.monotonic()
+            start, stop = await client.lease(10)
+            grants.append((start, stop, time.monotonic() - began))
+            await asyncio.sleep(0.005)
+        await client.close()
+        return grants
+
+    leased_before = allocator.leased_numbers_total
+    attackers = [
+        *(garbage() for _ in range(50)),
+        *(oversized() for _ in range(50)),
+        *(trickle() for _ in range(50)),
+        *(silent() for _ in range(100)),
+    ]
+    results = await asyncio.gather(worker(), worker(), *attackers)
+    grants: list[tuple[int, int, float]] = results[0] + results[1]
+    dropped = [answer for answer in results[2:102] if answer == b""]
+    for writer in bad:
+        writer.close()
+
+    assert len(dropped) == 100  # every garbage and oversized client was dropped
+    assert max(latency for _, _, latency in grants) < 0.5
+    blocks = sorted((start, stop) for start, stop, _ in grants)
+    assert all(a_stop <= b_start for (_, a_stop), (b_start, _) in itertools.pairwise(blocks))
+    # Nothing was granted to anyone but the two workers.
+    granted = sum(stop - start for start, stop in blocks)
+    assert allocator.leased_numbers_total - leased_before == granted == 2 * 100 * 10
+
+
+async def test_a_silent_client_is_dropped_after_the_hello_timeout(
+    allocator: Allocator, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("allocator.server.HELLO_TIMEOUT", 0.3)
+    reader, writer = await asyncio.open_unix_connection(config.allocator_socket)
+    began = time.monotonic()
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    assert 0.25 < time.monotonic() - began < 2
+    assert HELLO_TIMEOUT == 10.0  # the real value, documented in docs/reliability.md
+    writer.close()
+
+
+async def test_requests_in_flight_are_capped_per_connection_and_others_go_on(
+    allocator: Allocator, config: Config
+) -> None:
+    gated_count = 7  # leases of this size wait at the gate; others pass
+    gate = asyncio.Event()
+    waiting = 0
+    original = allocator.lease
+
+    async def gated_lease(count: int) -> tuple[int, int]:
+        nonlocal waiting
+        if count == gated_count:
+            waiting += 1
+            try:
+                await gate.wait()
+            finally:
+                waiting -= 1
+        return await original(count)
+
+    allocator.lease = gated_lease  # type: ignore[method-assign]
+    reader, writer = await asyncio.open_unix_connection(config.allocator_socket)
+    requests = 5 * MAX_INFLIGHT_PER_CONNECTION
+    writer.write(HELLO)
+    for request_id in range(2, 2 + requests):
+        writer.write(protocol.encode(Lease(id=request_id, count=gated_count)))
+    await writer.drain()
+    async with asyncio.timeout(5):
+        while waiting < MAX_INFLIGHT_PER_CONNECTION:  # noqa: ASYNC110 - the gate is ours
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)
+    # The cap holds: the allocator stopped reading this connection at 16 requests in flight.
+    assert waiting == MAX_INFLIGHT_PER_CONNECTION
+
+    # Another worker's connection is not held up by it.
+    other = AllocatorClient(config.allocator_socket, timeout=2)
+    start, stop = await other.lease(3)
+    assert stop - start == 3
+    await other.close()
+
+    gate.set()
+    answered = set()
+    async with asyncio.timeout(5):
+        first = await protocol.read_frame(reader)
+        assert first is not None
+        assert isinstance(protocol.decode_response(first), protocol.Welcome)
+        while len(answered) < requests:
+            payload = await protocol.read_frame(reader)
+            assert payload is not None
+            response = protocol.decode_response(payload)
+            assert isinstance(response, Granted)
+            assert response.stop - response.start == gated_count
+            answered.add(response.id)
+    assert answered == set(range(2, 2 + requests))
+    writer.close()

@@ -1,0 +1,143 @@
+"""GET /tracking-numbers/{number}: checking a number someone typed or scanned."""
+
+import pytest
+from aiohttp.test_utils import TestClient
+from stdnum.iso7064 import mod_37_36
+
+from allocator.protocol import COUNTER_LIMIT
+from allocator.server import Allocator
+from service.numbers import NumberFormatter
+from service.verify import problems, suggestion
+from tests.conftest import CANONICAL_QUERY
+
+
+async def issue(client: TestClient) -> str:
+    response = await client.get("/next-tracking-number", params=CANONICAL_QUERY)
+    assert response.status == 200
+    return (await response.json())["tracking_number"]
+
+
+async def verify(client: TestClient, number: str, **headers: str) -> tuple[int, dict]:
+    response = await client.get(f"/tracking-numbers/{number}", headers=headers)
+    assert response.content_type == "application/json"
+    return response.status, await response.json()
+
+
+def with_check(body: str) -> str:
+    return body + mod_37_36.calc_check_digit(body)
+
+
+async def test_an_issued_number_is_valid_and_known_to_operators(client: TestClient) -> None:
+    number = await issue(client)
+    status, verdict = await verify(client, number, **{"X-Request-ID": "v-1"})
+    assert status == 200
+    assert verdict == {
+        "tracking_number": number,
+        "valid": True,
+        "origin_country": "MY",
+        "destination_country": "ID",
+        "correlation_id": "v-1",
+        "issued": True,  # the test client is a loopback client: an operator
+    }
+
+
+async def test_lower_case_is_read_as_upper_case(client: TestClient) -> None:
+    number = await issue(client)
+    status, verdict = await verify(client, number.lower())
+    assert status == 200
+    assert verdict["tracking_number"] == number
+    assert verdict["valid"] is True
+
+
+async def test_a_valid_number_this_service_never_issued_is_not_issued(
+    client: TestClient, allocator: Allocator
+) -> None:
+    await issue(client)
+    # The serial of a counter far beyond anything leased, with the service's own key.
+    never = NumberFormatter(allocator.key).format("MY", "ID", allocator.next + 10**9)
+    status, verdict = await verify(client, never)
+    assert status == 200
+    assert verdict["valid"] is True
+    assert verdict["issued"] is False
+
+
+async def test_a_wrong_check_character_is_invalid_not_malformed(client: TestClient) -> None:
+    number = await issue(client)
+    wrong = number[:15] + ("A" if number[15] != "A" else "B")
+    status, verdict = await verify(client, wrong)
+    assert status == 200
+    assert verdict["valid"] is False
+    assert verdict["issued"] is False
+    assert verdict["problems"] == ["the check character (the last) does not match the other 15"]
+
+
+async def test_a_lookalike_typo_gets_the_fix_suggested(client: TestClient) -> None:
+    valid = with_check("MYIDAAAAAAA0AAA")  # its only lookalike character is the 0
+    typo = valid[:11] + "O" + valid[12:]
+    status, verdict = await verify(client, typo)
+    assert status == 200
+    assert verdict["valid"] is False
+    assert verdict["suggestion"] == valid
+    assert verdict["issued"] is False
+
+
+def test_a_suggestion_is_made_only_when_exactly_one_lookalike_fix_exists() -> None:
+    # Built so that the only lookalike characters are where we put them.
+    valid = with_check("MYIDAAAAAAA0AAA")
+    typo = valid[:11] + "O" + valid[12:]
+    assert suggestion(typo) == valid
+    assert suggestion(valid[:15] + ("M" if valid[15] != "M" else "N")) in (None, valid)
+    # Nothing to swap: no suggestion, whatever is wrong.
+    plain = with_check("MYIDAAAAAAAAAAA")
+    assert suggestion(plain[:15] + ("X" if plain[15] != "X" else "Y")) is None
+
+
+@pytest.mark.parametrize(
+    ("number", "problem"),
+    [
+        ("MYID123", "16 characters"),
+        ("MYID0123456789ABCD", "16 characters"),
+        ("MYID0123-456789A", "letters A-Z and the digits"),
+        ("MYIDÄ123456789AB", "letters A-Z and the digits"),
+    ],
+)
+async def test_a_malformed_number_is_a_400_that_says_what_is_wrong(
+    client: TestClient, number: str, problem: str
+) -> None:
+    status, body = await verify(client, number)
+    assert status == 400
+    assert body["error"] == "Malformed tracking number"
+    assert any(problem in message for message in body["details"]["number"])
+
+
+@pytest.mark.parametrize(
+    ("number", "problem"),
+    [
+        (with_check("XXID0123456789A"), "characters 1 and 2"),
+        (with_check("MYZZ0123456789A"), "characters 3 and 4"),
+        (with_check("MYIDZZZZZZZZZZZ"), "beyond the range"),
+    ],
+)
+async def test_a_number_we_could_never_issue_is_invalid_and_says_why(
+    client: TestClient, number: str, problem: str
+) -> None:
+    status, verdict = await verify(client, number)
+    assert status == 200
+    assert verdict["valid"] is False
+    assert verdict["issued"] is False
+    assert any(problem in message for message in verdict["problems"])
+    assert not any("check character" in message for message in verdict["problems"])
+
+
+def test_serials_up_to_the_counter_limit_can_be_valid() -> None:
+    assert problems(with_check("MYID" + base36(COUNTER_LIMIT - 1))) == []
+    beyond = problems(with_check("MYID" + base36(COUNTER_LIMIT)))
+    assert any("beyond" in problem for problem in beyond)
+
+
+def base36(value: int) -> str:
+    digits = ""
+    while value:
+        value, digit = divmod(value, 36)
+        digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"[digit] + digits
+    return digits.rjust(11, "0")

@@ -1,0 +1,96 @@
+"""schemathesis against the real run.py: the OpenAPI document tells the truth.
+
+Every operation of ``/openapi.json`` gets generated requests that fit the document (positive)
+and, where there are parameters to break, requests that do not (negative). Each response must
+be no 5xx and conform to the document: status code, content type, headers and body schema;
+requests that fit must be accepted, requests that do not must be rejected. The number of
+examples is bounded so that this takes seconds, not minutes, in CI.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+
+from service.openapi import build
+from tests.system.conftest import Service
+
+# Examples per operation and mode. The hot path has the parameters worth exploring.
+EXAMPLES = {"/next-tracking-number": 100}
+DEFAULT_EXAMPLES = 25
+# Only operations with parameters of a constrained type can be sent data that breaks them
+# (X-Request-ID is any string: nothing breaks it).
+NEGATIVE = ("/next-tracking-number",)
+PATHS = list(build()["paths"])
+
+
+@pytest.fixture(scope="module")
+def running() -> Iterator[Service]:
+    """One real run.py for the whole module; every operation is fuzzed against it."""
+    state_dir = Path(tempfile.mkdtemp(prefix="tn-", dir="/tmp"))
+    service = Service(state_dir, 2, "--no-access-log")
+    try:
+        service.start()
+        yield service
+        assert service.stop() == 0
+    finally:
+        service.kill()
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def schema(running: Service) -> schemathesis.schemas.BaseSchema:
+    # The document as the service serves it. (from_url would leave out the document's own
+    # path, /openapi.json, which is an operation like the others.)
+    with urllib.request.urlopen(running.url + "/openapi.json", timeout=10) as response:
+        document = json.load(response)
+    return schemathesis.openapi.from_dict(document)
+
+
+def fuzz(running: Service, schema: schemathesis.schemas.BaseSchema, path: str, mode: str) -> None:
+    (operation,) = [
+        result.ok()
+        for result in schema.get_all_operations()
+        if result.ok().path == path and result.ok().method.upper() == "GET"
+    ]
+
+    @settings(
+        max_examples=EXAMPLES.get(path, DEFAULT_EXAMPLES),
+        deadline=None,
+        database=None,
+        # Small, enumerable schemas (an operation without parameters) are fine to repeat.
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=operation.as_strategy(generation_mode=GenerationMode(mode)))
+    def call_and_check(case: schemathesis.Case) -> None:
+        case.call_and_validate(base_url=running.url, timeout=10)
+
+    call_and_check()
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_requests_that_fit_the_document_get_documented_answers(
+    running: Service, schema: schemathesis.schemas.BaseSchema, path: str
+) -> None:
+    fuzz(running, schema, path, "positive")
+
+
+@pytest.mark.parametrize("path", NEGATIVE)
+def test_requests_that_break_the_document_are_rejected_with_documented_answers(
+    running: Service, schema: schemathesis.schemas.BaseSchema, path: str
+) -> None:
+    fuzz(running, schema, path, "negative")
+
+
+def test_every_documented_path_is_fuzzed() -> None:
+    assert set(NEGATIVE) <= set(PATHS)
+    assert {"/next-tracking-number", "/health", "/metrics", "/allocator/status"} <= set(PATHS)
