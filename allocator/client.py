@@ -24,7 +24,11 @@ from allocator.protocol import (
     Lease,
     LeaseRefused,
     ProtocolError,
+    Recall,
+    Recalled,
     Refused,
+    Remember,
+    Remembered,
     Report,
     Status,
     StatusQuery,
@@ -68,6 +72,37 @@ class AllocatorClient:
         if not isinstance(response, Status):
             raise ProtocolError(f"unexpected answer to a status query: {response!r}")
         return response
+
+    async def recall(self, key: str) -> Remembered | None:
+        """The answer kept under an idempotency key, if a live one is."""
+        return self._remembered(await self._ask(Recall(id=next(self._ids), key=key)))
+
+    async def remember(self, key: str, fingerprint: bytes, response: bytes) -> Remembered:
+        """Keep an answer under an idempotency key, durably; the answer that stands."""
+        remembered = self._remembered(
+            await self._ask(
+                Remember(id=next(self._ids), key=key, fingerprint=fingerprint, response=response)
+            )
+        )
+        if remembered is None:
+            raise ProtocolError("the allocator kept nothing under an idempotency key")
+        return remembered
+
+    @staticmethod
+    def _remembered(response: protocol.Response) -> Remembered | None:
+        match response:
+            case Recalled(fingerprint=bytes() as fingerprint, response=bytes() as answer):
+                return Remembered(fingerprint, answer)
+            case Recalled():
+                return None
+            case Refused(reason=reason):
+                raise LeaseRefused(reason)
+        raise ProtocolError(f"unexpected answer about an idempotency key: {response!r}")
+
+    async def _ask(self, request: Recall | Remember) -> protocol.Response:
+        async with self._deadline():
+            await self._ensure_connected()
+            return await self._call(request)
 
     def report(self, counters: WorkerCounters) -> bool:
         """Send counters without waiting; False (nothing sent) while not connected."""
@@ -125,7 +160,9 @@ class AllocatorClient:
                 raise KeyMismatch("the allocator's permutation key changed; restart the worker")
             self.key = welcome.key
 
-    async def _call(self, request: Lease | Hello | StatusQuery) -> protocol.Response:
+    async def _call(
+        self, request: Lease | Hello | StatusQuery | Recall | Remember
+    ) -> protocol.Response:
         writer = self._writer
         if writer is None or writer.is_closing():
             raise AllocatorUnavailable("not connected to the allocator")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import struct
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import msgspec
 
@@ -32,6 +32,7 @@ _HEADER = struct.Struct(">I")
 RequestId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 Counter = Annotated[int, msgspec.Meta(ge=0, le=COUNTER_LIMIT)]
 LeaseCount = Annotated[int, msgspec.Meta(ge=1, le=MAX_LEASE)]
+IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 
 
 class AllocatorError(Exception):
@@ -126,6 +127,13 @@ class AllocatorStatus(msgspec.Struct):
     reservation_seconds: Histogram
 
 
+class Remembered(NamedTuple):
+    """An answer kept under an idempotency key, and the fingerprint of its request."""
+
+    fingerprint: bytes
+    response: bytes
+
+
 class Message(msgspec.Struct, tag=True, frozen=True, array_like=True):
     id: RequestId
 
@@ -153,6 +161,21 @@ class StatusQuery(Message):
     """Ask for the allocator's state and everyone's counters (for /metrics and the status)."""
 
 
+class Recall(Message):
+    """Ask for the answer kept under an idempotency key. Answered with Recalled."""
+
+    key: IdempotencyKey
+
+
+class Remember(Message):
+    """Keep an answer under an idempotency key, durably. Answered with Recalled: the answer
+    that stands, this one or one kept first under the same key."""
+
+    key: IdempotencyKey
+    fingerprint: bytes
+    response: bytes
+
+
 # Allocator -> worker.
 class Welcome(Message):
     key: bytes
@@ -174,8 +197,15 @@ class Status(Message):
     workers: WorkerCounters
 
 
-Request = Hello | Lease | Report | StatusQuery
-Response = Welcome | Granted | Refused | Status
+class Recalled(Message):
+    """The answer kept under a key and its request's fingerprint; both None when there is none."""
+
+    fingerprint: bytes | None
+    response: bytes | None
+
+
+Request = Hello | Lease | Report | StatusQuery | Recall | Remember
+Response = Welcome | Granted | Refused | Status | Recalled
 
 _encoder = msgspec.msgpack.Encoder()
 _request_decoder = msgspec.msgpack.Decoder(Request)

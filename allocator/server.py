@@ -16,7 +16,7 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from allocator import protocol
 from allocator.protocol import (
@@ -29,7 +29,11 @@ from allocator.protocol import (
     Histogram,
     Lease,
     ProtocolError,
+    Recall,
+    Recalled,
     Refused,
+    Remember,
+    Remembered,
     Report,
     Status,
     StatusQuery,
@@ -55,6 +59,8 @@ MAX_STEP = 1 << 40
 STORE_RETRY_DELAY = 1.0
 # The issue rate is averaged over this many seconds of worker reports.
 RATE_WINDOW = 60.0
+# Expired idempotency keys are dropped from the store this often.
+PURGE_INTERVAL = 600.0
 
 
 class Allocator:
@@ -211,9 +217,11 @@ class Allocator:
 class AllocatorServer:
     """Serves an Allocator over a Unix socket: one task per connection, bounded in flight."""
 
-    def __init__(self, allocator: Allocator, path: str) -> None:
+    def __init__(self, allocator: Allocator, path: str, idempotency_ttl: float = 86400.0) -> None:
         self.allocator = allocator
         self.path = path
+        self.idempotency_ttl = idempotency_ttl
+        self._purging: asyncio.Task[None] | None = None
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._leases_by_worker: dict[int, int] = {}  # connected workers, by pid
@@ -224,8 +232,13 @@ class AllocatorServer:
     async def start(self) -> None:
         sock = bind_unix_socket(self.path)
         self._server = await asyncio.start_unix_server(self._serve, sock=sock)
+        self._purging = asyncio.create_task(self._purge_expired_keys())
 
     async def close(self) -> None:
+        if self._purging is not None:
+            self._purging.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purging
         if self._server is not None:
             self._server.close()
         # Hang up rather than cancel: each connection's task then ends on its own.
@@ -296,6 +309,18 @@ class AllocatorServer:
                 self.worker_totals.add(counters)
                 self._issued.append((time.monotonic(), counters.issued))
                 return  # reports are one-way
+            case Recall(id=request_id, key=key):
+                response = await self._idempotency(
+                    request_id, self.allocator.store.recall(key, time.time())
+                )
+            case Remember(id=request_id, key=key, fingerprint=fingerprint, response=answer):
+                now = time.time()
+                response = await self._idempotency(
+                    request_id,
+                    self.allocator.store.remember(
+                        key, fingerprint, answer, now + self.idempotency_ttl, now
+                    ),
+                )
             case StatusQuery(id=request_id):
                 response = Status(
                     id=request_id, allocator=self.status(), workers=self.worker_totals
@@ -304,6 +329,29 @@ class AllocatorServer:
                 response = Welcome(id=request_id, key=self.allocator.key)
         if not writer.is_closing():
             writer.write(protocol.encode(response))
+
+    async def _idempotency(
+        self, request_id: int, store_call: Awaitable[Remembered | None]
+    ) -> protocol.Message:
+        try:
+            remembered = await store_call
+        except StoreError as exc:
+            log.warning(
+                "idempotency key store failed",
+                extra={"error.type": type(exc).__name__, "error.message": str(exc)},
+            )
+            return Refused(id=request_id, reason=str(exc))
+        if remembered is None:
+            return Recalled(id=request_id, fingerprint=None, response=None)
+        return Recalled(
+            id=request_id, fingerprint=remembered.fingerprint, response=remembered.response
+        )
+
+    async def _purge_expired_keys(self) -> None:
+        while True:
+            await asyncio.sleep(PURGE_INTERVAL)
+            with contextlib.suppress(StoreError):  # the next round tries again
+                await self.allocator.store.forget_expired(time.time())
 
     def issue_rate(self) -> float:
         """Numbers issued per second over the last RATE_WINDOW seconds, from worker reports."""
@@ -396,7 +444,7 @@ async def serve(config: Config, ready: Callable[[], None] = lambda: None) -> Non
     parent_pid = os.getppid()
     allocator = Allocator(open_store(config.store), config.reserve_step)
     await allocator.start(read_key_file(config.key_file) if config.key_file else None)
-    server = AllocatorServer(allocator, config.allocator_socket)
+    server = AllocatorServer(allocator, config.allocator_socket, config.idempotency_ttl)
     try:
         await server.start()
         ready()

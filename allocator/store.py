@@ -23,14 +23,16 @@ from typing import Protocol, TypeVar
 import aiosqlite
 import asyncpg
 
-from allocator.protocol import COUNTER_LIMIT, KEY_BYTES, KeyMismatch, StoreError
+from allocator.protocol import COUNTER_LIMIT, KEY_BYTES, KeyMismatch, Remembered, StoreError
 from config.settings import redact_url
 
-SCHEMA_VERSION = 1
+# 1: the counter and the key. 2: idempotency keys (created when missing: 1 upgrades in place).
+SCHEMA_VERSION = 2
 # Attempts to switch a new SQLite file to WAL while other processes open it too.
 WAL_ATTEMPTS = 100
 
 _T = TypeVar("_T")
+
 
 # Test-only fault injection, for tests/system/test_faults.py; production never sets it.
 # TRACKING_FAULT=POINT:FILE makes the allocator SIGKILL itself at POINT of a SQLite reservation
@@ -75,6 +77,18 @@ class Store(Protocol):
     async def raise_mark(self, value: int) -> int:
         """Raise the mark to ``value`` if it is lower (never lower it); the mark after."""
 
+    async def recall(self, key: str, now: float) -> Remembered | None:
+        """The answer remembered under an idempotency key, unless there is none or it expired."""
+
+    async def remember(
+        self, key: str, fingerprint: bytes, response: bytes, expires_at: float, now: float
+    ) -> Remembered:
+        """Durably keep ``response`` under ``key``, unless a live answer is there already:
+        the answer that stands, ours or the one that was first."""
+
+    async def forget_expired(self, now: float) -> int:
+        """Drop the answers that expired; how many."""
+
     async def close(self) -> None: ...
 
 
@@ -87,6 +101,8 @@ class SQLiteStore:
     def __init__(self, path: str) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
+        # One connection: a transaction must not take in a statement of another caller.
+        self._one_at_a_time = asyncio.Lock()
 
     async def open(self) -> None:
         try:
@@ -103,6 +119,13 @@ class SQLiteStore:
                 " id INTEGER PRIMARY KEY CHECK (id = 1),"
                 f" reserved INTEGER NOT NULL CHECK (reserved BETWEEN 0 AND {COUNTER_LIMIT}),"
                 f" key BLOB NOT NULL CHECK (length(key) = {KEY_BYTES}))"
+            )
+            await self._db.execute(
+                "CREATE TABLE IF NOT EXISTS idempotency ("
+                " key TEXT PRIMARY KEY,"
+                " fingerprint BLOB NOT NULL,"
+                " response BLOB NOT NULL,"
+                " expires_at REAL NOT NULL)"
             )
             async with self._db.execute("PRAGMA user_version") as cursor:
                 (version,) = await cursor.fetchone()  # type: ignore[misc]
@@ -163,6 +186,10 @@ class SQLiteStore:
         return row[0] if row else 0
 
     async def reserve(self, count: int) -> tuple[int, int]:
+        async with self._one_at_a_time:
+            return await self._reserve(count)
+
+    async def _reserve(self, count: int) -> tuple[int, int]:
         db = self._connection()
         try:
             await db.execute("BEGIN IMMEDIATE")
@@ -189,9 +216,10 @@ class SQLiteStore:
     async def release(self, start: int, stop: int) -> bool:
         db = self._connection()
         try:
-            cursor = await db.execute(
-                "UPDATE counter SET reserved = ? WHERE id = 1 AND reserved = ?", (start, stop)
-            )
+            async with self._one_at_a_time:
+                cursor = await db.execute(
+                    "UPDATE counter SET reserved = ? WHERE id = 1 AND reserved = ?", (start, stop)
+                )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot release: {exc}") from exc
         return cursor.rowcount == 1
@@ -199,16 +227,74 @@ class SQLiteStore:
     async def raise_mark(self, value: int) -> int:
         db = self._connection()
         try:
-            async with db.execute(
-                "UPDATE counter SET reserved = MAX(reserved, ?) WHERE id = 1 RETURNING reserved",
-                (value,),
-            ) as cursor:
+            async with (
+                self._one_at_a_time,
+                db.execute(
+                    "UPDATE counter SET reserved = MAX(reserved, ?) WHERE id = 1"
+                    " RETURNING reserved",
+                    (value,),
+                ) as cursor,
+            ):
                 row = await cursor.fetchone()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot raise the mark: {exc}") from exc
         if row is None:
             raise StoreError("the store has no counter yet")
         return row[0]
+
+    async def recall(self, key: str, now: float) -> Remembered | None:
+        db = self._connection()
+        try:
+            async with (
+                self._one_at_a_time,
+                db.execute(
+                    "SELECT fingerprint, response FROM idempotency"
+                    " WHERE key = ? AND expires_at > ?",
+                    (key, now),
+                ) as cursor,
+            ):
+                row = await cursor.fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot recall an idempotency key: {exc}") from exc
+        return Remembered(bytes(row[0]), bytes(row[1])) if row else None
+
+    async def remember(
+        self, key: str, fingerprint: bytes, response: bytes, expires_at: float, now: float
+    ) -> Remembered:
+        db = self._connection()
+        try:
+            async with self._one_at_a_time:
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    # An expired answer is replaced; a live one stays and is returned.
+                    await db.execute(
+                        "INSERT INTO idempotency VALUES (?, ?, ?, ?)"
+                        " ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint,"
+                        " response = excluded.response, expires_at = excluded.expires_at"
+                        " WHERE idempotency.expires_at <= ?",
+                        (key, fingerprint, response, expires_at, now),
+                    )
+                    async with db.execute(
+                        "SELECT fingerprint, response FROM idempotency WHERE key = ?", (key,)
+                    ) as cursor:
+                        row = await cursor.fetchone()
+                    await db.execute("COMMIT")
+                except BaseException:
+                    await _rollback(db)
+                    raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot remember an idempotency key: {exc}") from exc
+        assert row is not None  # just written, in this transaction
+        return Remembered(bytes(row[0]), bytes(row[1]))
+
+    async def forget_expired(self, now: float) -> int:
+        db = self._connection()
+        try:
+            async with self._one_at_a_time:
+                cursor = await db.execute("DELETE FROM idempotency WHERE expires_at <= ?", (now,))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot forget expired idempotency keys: {exc}") from exc
+        return cursor.rowcount
 
     async def close(self) -> None:
         if self._db is not None:
@@ -269,6 +355,15 @@ CREATE TABLE IF NOT EXISTS tracking_counter (
     id smallint PRIMARY KEY CHECK (id = 1),
     reserved bigint NOT NULL CHECK (reserved BETWEEN 0 AND {COUNTER_LIMIT}),
     key bytea NOT NULL CHECK (length(key) = {KEY_BYTES})
+);
+"""
+# Version 2 (and a version 1 store, upgraded in place).
+_IDEMPOTENCY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tracking_idempotency (
+    key text PRIMARY KEY,
+    fingerprint bytea NOT NULL,
+    response bytea NOT NULL,
+    expires_at double precision NOT NULL
 );
 """
 
@@ -384,6 +479,49 @@ class PostgresStore:
             raise StoreError("the store has no counter yet")
         return after
 
+    async def recall(self, key: str, now: float) -> Remembered | None:
+        row = await self._run(
+            "recall an idempotency key",
+            lambda db: db.fetchrow(
+                "SELECT fingerprint, response FROM tracking_idempotency"
+                " WHERE key = $1 AND expires_at > $2",
+                key,
+                now,
+            ),
+        )
+        return Remembered(bytes(row[0]), bytes(row[1])) if row else None
+
+    async def remember(
+        self, key: str, fingerprint: bytes, response: bytes, expires_at: float, now: float
+    ) -> Remembered:
+        async def insert_then_read(db: asyncpg.Connection) -> asyncpg.Record:
+            async with db.transaction():
+                # An expired answer is replaced; a live one (another host's too) stays.
+                await db.execute(
+                    "INSERT INTO tracking_idempotency VALUES ($1, $2, $3, $4)"
+                    " ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint,"
+                    " response = excluded.response, expires_at = excluded.expires_at"
+                    " WHERE tracking_idempotency.expires_at <= $5",
+                    key,
+                    fingerprint,
+                    response,
+                    expires_at,
+                    now,
+                )
+                return await db.fetchrow(
+                    "SELECT fingerprint, response FROM tracking_idempotency WHERE key = $1", key
+                )
+
+        row = await self._run("remember an idempotency key", insert_then_read)
+        return Remembered(bytes(row[0]), bytes(row[1]))
+
+    async def forget_expired(self, now: float) -> int:
+        status = await self._run(
+            "forget expired idempotency keys",
+            lambda db: db.execute("DELETE FROM tracking_idempotency WHERE expires_at <= $1", now),
+        )
+        return int(status.split()[-1])
+
     async def close(self) -> None:
         if self._db is not None:
             db, self._db = self._db, None
@@ -471,7 +609,15 @@ async def _create_schema(db: asyncpg.Connection) -> int | None:
         )
         if missing:
             await db.execute(_SCHEMA)
-        return await db.fetchval("SELECT version FROM tracking_schema WHERE id = 1")
+        version = await db.fetchval("SELECT version FROM tracking_schema WHERE id = 1")
+        if version is not None and version > SCHEMA_VERSION:
+            return version  # a newer release's: not ours to touch
+        if await db.fetchval("SELECT to_regclass('tracking_idempotency') IS NULL"):
+            await db.execute(_IDEMPOTENCY_SCHEMA)
+        if version is not None and version < SCHEMA_VERSION:
+            await db.execute("UPDATE tracking_schema SET version = $1 WHERE id = 1", SCHEMA_VERSION)
+            version = SCHEMA_VERSION
+        return version
 
 
 def _describe(exc: BaseException) -> str:

@@ -42,6 +42,7 @@ class AccessLine(
         "destination": "tracking.destination",
         "customer_id": "customer.id",
         "customer_slug": "customer.slug",
+        "numbers": "tracking.numbers",
     },
 ):
     timestamp: str
@@ -61,6 +62,8 @@ class AccessLine(
     destination: str | None = None
     customer_id: str | None = None
     customer_slug: str | None = None
+    # Every number of a request with a count (``number`` is the first).
+    numbers: list[str] | None = None
 
 
 class _Clock:
@@ -106,6 +109,7 @@ class AccessLog:
         destination: str | None = None,
         customer_id: str | None = None,
         customer_slug: str | None = None,
+        numbers: list[str] | None = None,
     ) -> None:
         if not self.enabled:
             return
@@ -126,6 +130,7 @@ class AccessLog:
             destination,
             customer_id,
             customer_slug,
+            numbers,
         )
         self._encoder.encode_into(line, self._buffer, -1)
         self._buffer.extend(b"\n")

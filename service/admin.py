@@ -15,9 +15,9 @@ from aiohttp import web
 
 from allocator.protocol import AllocatorError, Status
 from service import errors, metrics
+from service.issuing import JSON
 from service.keys import CLIENT, CONFIG, METRICS
 from service.observe import observed
-from service.views import JSON
 
 
 def _is_loopback(remote: str | None) -> bool:

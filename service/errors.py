@@ -116,8 +116,9 @@ class JsonErrorRequestHandler(HeaderTimeoutRequestHandler):
         # aiohttp's own HTTP exceptions reach the client as text/plain: the router raises
         # HTTPNotFound for a target that no route can match ("OPTIONS *", "CONNECT host:443",
         # "GET http://host" with no path). Our handlers never raise them, so the hot path pays
-        # one isinstance; a plain def (not async) adds no coroutine per request.
-        if isinstance(resp, web.HTTPException):
+        # one attribute test (aiohttp's own mark: isinstance would go through ABCMeta, 1 µs);
+        # a plain def (not async) adds no coroutine per request.
+        if getattr(resp, "__http_exception__", False):
             correlation_id = from_headers(request.headers) or str(uuid.uuid4())
             record(
                 self.app,

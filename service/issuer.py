@@ -61,9 +61,20 @@ class Issuer:
 
     async def issue(self, origin: str, destination: str) -> str:
         """Wait, at most the lease timeout, for a block; raises AllocatorError when none comes."""
+        (number,) = await self.issue_many(origin, destination, 1)
+        return number
+
+    async def issue_many(self, origin: str, destination: str, count: int) -> list[str]:
+        """``count`` numbers, waiting for blocks as needed, all within one lease timeout;
+        raises AllocatorError when they do not come (values already taken become a gap)."""
+        numbers: list[str] = []
         try:
             async with asyncio.timeout(self._timeout):
-                while (number := self.issue_nowait(origin, destination)) is None:
+                while len(numbers) < count:
+                    number = self.issue_nowait(origin, destination)
+                    if number is not None:
+                        numbers.append(number)
+                        continue
                     refill = self._refill
                     if refill is None:  # the last refill failed and none is running
                         raise self.last_error or AllocatorUnavailable("no block available")
@@ -72,7 +83,7 @@ class Issuer:
                         raise self.last_error  # fail fast: the allocator just said no
         except TimeoutError:
             raise AllocatorUnavailable("no block from the allocator in time") from None
-        return number
+        return numbers
 
     def prefetch(self) -> None:
         """Ask for a block now if none is in hand or on its way."""

@@ -15,6 +15,7 @@ from aiohttp import web
 from service.keys import ACCESS_LOG, CORRELATION_IDS, METRICS
 
 ISSUE_ROUTE = "/next-tracking-number"
+Audit = tuple[str, str, str, str, str, list[str] | None]
 UNMATCHED_ROUTE = "unmatched"  # the metrics label of requests that matched no route
 
 
@@ -26,12 +27,12 @@ def record(
     started_ns: int,
     correlation_id: str,
     path: str | None = None,
-    audit: tuple[str, str, str, str, str] | None = None,
+    audit: Audit | None = None,
 ) -> None:
     """Count a finished request and write its access line.
 
-    ``audit`` is what the line of an issued number carries: the number, origin, destination,
-    customer id and customer slug.
+    ``audit`` is what the line of issued numbers carries: the (first) number, origin,
+    destination, customer id, customer slug, and all the numbers of a request with a count.
     """
     elapsed = time.perf_counter_ns() - started_ns
     method = request.method

@@ -11,11 +11,13 @@ import msgspec
 from aiohttp import web
 
 from allocator.protocol import AllocatorStatus
+from service import idempotency
 from service.errors import ErrorBody
+from service.issuing import JSON, IssuedNumber, IssuedNumbers
 from service.observe import observed
-from service.params import COUNTRY_CODES, EXAMPLE, FIELDS, RULES, TrackingRequest
+from service.params import COUNTRY_CODES, EXAMPLE, FIELDS, REQUIRED, RULES, TrackingRequest
 from service.verify import Verdict
-from service.views import JSON, Health, IssuedNumber
+from service.views import Health
 
 VERSION = "0.1.0"
 REF = "#/components/schemas/{name}"
@@ -36,6 +38,8 @@ def _parameters(request_schema: dict[str, Any]) -> list[dict[str, Any]]:
     parameters = []
     for name in FIELDS:
         schema = dict(request_schema["properties"][name])
+        if "anyOf" in schema:  # an optional field: in a query it is absent, never null
+            schema = next(s for s in schema["anyOf"] if s.get("type") != "null")
         if name.endswith("_country_id"):
             # Lower case is accepted too, and upper-cased.
             schema["enum"] = COUNTRY_CODES + [code.lower() for code in COUNTRY_CODES]
@@ -46,14 +50,20 @@ def _parameters(request_schema: dict[str, Any]) -> list[dict[str, Any]]:
         description = RULES[name][0].upper() + RULES[name][1:] + "."
         if name == "customer_name":
             description += " Leading and trailing spaces are trimmed first. Never logged."
+        if name == "count":
+            description = (
+                "How many numbers to issue at once. " + description + " With it, the answer "
+                "also carries `tracking_numbers`, the list; without it, the answer has exactly "
+                "the single number's shape."
+            )
         parameters.append(
             {
                 "name": name,
                 "in": "query",
-                "required": True,
+                "required": name in REQUIRED,
                 "description": description,
                 "schema": schema,
-                "example": EXAMPLE[name],
+                "example": EXAMPLE.get(name, "20"),
             }
         )
     return parameters
@@ -64,10 +74,19 @@ def _json(ref: dict[str, Any], description: str, **extra: Any) -> dict[str, Any]
 
 
 def build() -> dict[str, Any]:
-    (_, issued, error, health, status, verdict), components = msgspec.json.schema_components(
-        [TrackingRequest, IssuedNumber, ErrorBody, Health, AllocatorStatus, Verdict],
+    schemas, components = msgspec.json.schema_components(
+        [
+            TrackingRequest,
+            IssuedNumber,
+            IssuedNumbers,
+            ErrorBody,
+            Health,
+            AllocatorStatus,
+            Verdict,
+        ],
         ref_template=REF,
     )
+    _, one, several, error, health, status, verdict = schemas
     request_schema = components.pop("TrackingRequest")
     request_id = {
         "X-Request-ID": {"description": "The correlation id", "schema": {"type": "string"}}
@@ -86,6 +105,22 @@ def build() -> dict[str, Any]:
         "schema": {"type": "string"},
     }
     not_allowed = {"405": _json(error, "Only GET and HEAD are allowed")}
+    idempotency_key = {
+        "name": idempotency.HEADER,
+        "in": "header",
+        "required": False,
+        "description": 'Makes retries safe (IETF draft "The Idempotency-Key HTTP Header '
+        'Field"): the same key with the same parameters within 24 hours gets the same '
+        "answer, the same numbers, and consumes none; with other parameters, a 422. "
+        + idempotency.KEY_RULE[0].upper()
+        + idempotency.KEY_RULE[1:]
+        + ".",
+        "schema": {
+            "type": "string",
+            "pattern": '^(?:"[!#-\\[\\]-~]{1,255}"|[!#-\\[\\]-~]{1,255})$',
+        },
+        "example": '"8e03978e-40d5-43e8-bc93-6894a57f9324"',
+    }
     operator_only = {
         "401": _json(error, "A token is configured and this one is missing or wrong"),
         "403": _json(error, "Not a loopback client, and no admin token is configured"),
@@ -112,15 +147,37 @@ def build() -> dict[str, Any]:
                     "description": "Every parameter is required and given once; unknown "
                     "parameters are ignored. The number is 16 characters: origin, destination, "
                     "11 base-36 characters, and an ISO/IEC 7064 MOD 37,36 check character.",
-                    "parameters": [correlation, *_parameters(request_schema)],
+                    "parameters": [
+                        correlation,
+                        idempotency_key,
+                        *_parameters(request_schema),
+                    ],
                     "responses": {
-                        "200": _json(issued, "A number, issued once", headers=request_id),
+                        "200": _json(
+                            {"anyOf": [one, several]},
+                            "Numbers issued once (a list too when `count` was given); or, for "
+                            "a retry with the same Idempotency-Key and parameters, the first "
+                            "answer again",
+                            headers={
+                                **request_id,
+                                idempotency.REPLAYED: {
+                                    "description": "`true` when this is the kept answer to an "
+                                    "earlier request with the same Idempotency-Key",
+                                    "schema": {"type": "string", "enum": ["true"]},
+                                },
+                            },
+                        ),
                         "400": _json(
                             error,
                             "Invalid or missing parameters, every one listed in details",
                             headers=request_id,
                         ),
                         **not_allowed,
+                        "422": _json(
+                            error,
+                            "The Idempotency-Key was already used with other parameters",
+                            headers=request_id,
+                        ),
                         "503": _json(
                             error, "No number can be issued right now; retry", headers=retry
                         ),

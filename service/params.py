@@ -68,6 +68,8 @@ CustomerName = Annotated[
     str, msgspec.Meta(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f-\x9f]*\Z")
 ]
 Slug = Annotated[str, msgspec.Meta(max_length=255, pattern=r"^[a-z0-9]+(?:-[a-z0-9]+)*\Z")]
+MAX_COUNT = 1000
+Count = Annotated[str, msgspec.Meta(pattern=r"^(?:[1-9][0-9]{0,2}|1000)\Z")]
 
 
 class TrackingRequest(msgspec.Struct, frozen=True):
@@ -78,6 +80,9 @@ class TrackingRequest(msgspec.Struct, frozen=True):
     customer_id: Uuid
     customer_name: CustomerName
     customer_slug: Slug
+    # Optional: how many numbers to issue at once. Absent, one, and the answer's shape is the
+    # single number's.
+    count: Count | None = None
 
     def __post_init__(self) -> None:
         # The pattern admits 2018-02-30; only the calendar knows. Days up to 28 always exist.
@@ -96,6 +101,7 @@ def _days_in_month(year: int, month: int) -> int:
 
 
 FIELDS = tuple(field.name for field in msgspec.structs.fields(TrackingRequest))
+REQUIRED = tuple(field.name for field in msgspec.structs.fields(TrackingRequest) if field.required)
 
 # What a client is told about a field that breaks its rule.
 RULES = {
@@ -109,6 +115,7 @@ RULES = {
     "customer_name": "must be 1 to 255 characters after trimming, without control characters",
     "customer_slug": "must be kebab case (a-z and 0-9 in words joined by single hyphens), "
     "at most 255 characters, such as redbox-logistics",
+    "count": f"must be a whole number from 1 to {MAX_COUNT}, such as 20",
 }
 MISSING = "is required"
 REPEATED = "must be given only once"
@@ -197,7 +204,8 @@ def validate(raw_query: str, parsed: MultiMapping[str] | None = None) -> Trackin
     """The validated request, or every bad or missing field with what is wrong with it."""
     values, errors = split_query(raw_query, parsed)
     _normalise(values)
-    if not errors and len(values) == len(FIELDS):
+    # values holds only our fields: every required one is there when the count adds up.
+    if not errors and len(values) == len(REQUIRED) + ("count" in values):
         try:
             return msgspec.convert(values, TrackingRequest)
         except msgspec.ValidationError:
@@ -206,7 +214,8 @@ def validate(raw_query: str, parsed: MultiMapping[str] | None = None) -> Trackin
         if name in errors:
             continue
         if name not in values:
-            errors[name] = [MISSING]
+            if name in REQUIRED:
+                errors[name] = [MISSING]
             continue
         try:
             msgspec.convert({**EXAMPLE, name: values[name]}, TrackingRequest)

@@ -16,11 +16,11 @@ from aiohttp import web
 from allocator.protocol import COUNTER_LIMIT, AllocatorError
 from service import errors
 from service.admin import refusal
+from service.issuing import JSON
 from service.keys import CLIENT
 from service.numbers import ALPHABET, NUMBER_LENGTH, Permutation, check_character
 from service.observe import observed
 from service.params import COUNTRY_CODES
-from service.views import JSON
 
 MALFORMED = "Malformed tracking number"
 _COUNTRIES = frozenset(COUNTRY_CODES)

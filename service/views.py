@@ -8,33 +8,17 @@ handlers get the same through the ``observed`` decorator.
 
 from __future__ import annotations
 
-import datetime
 import time
 
 import msgspec
 from aiohttp import web
 
 from allocator.protocol import AllocatorError
-from service import errors
+from service import errors, idempotency
+from service.issuing import JSON, audit_of, body_for, numbers_for
 from service.keys import CORRELATION_IDS, ISSUER, METRICS
 from service.observe import ISSUE_ROUTE, UNMATCHED_ROUTE, observed, record
-from service.params import TrackingRequest, validate
-
-JSON = "application/json"
-
-
-class RequestMetadata(msgspec.Struct):
-    origin_country: str
-    destination_country: str
-    weight_kg: str
-    customer_slug: str
-
-
-class IssuedNumber(msgspec.Struct):
-    tracking_number: str
-    created_at: datetime.datetime
-    correlation_id: str
-    request_metadata: RequestMetadata
+from service.params import validate
 
 
 class Health(msgspec.Struct, omit_defaults=True):
@@ -46,22 +30,6 @@ class Health(msgspec.Struct, omit_defaults=True):
 
 
 _encoder = msgspec.json.Encoder()
-_zones: dict[str, datetime.timezone] = {}
-
-
-def _zone_of(timestamp: str) -> datetime.timezone:
-    """The UTC offset at the end of a validated RFC 3339 timestamp, as a timezone."""
-    offset = "Z" if timestamp[-1] in "Zz" else timestamp[-6:]
-    zone = _zones.get(offset)
-    if zone is None:
-        if offset == "Z":
-            zone = datetime.UTC
-        else:
-            sign = -1 if offset[0] == "-" else 1
-            delta = datetime.timedelta(hours=int(offset[1:3]), minutes=int(offset[4:6]))
-            zone = datetime.timezone(sign * delta)
-        _zones[offset] = zone  # at most 24 * 60 * 2 + 1 entries
-    return zone
 
 
 async def next_tracking_number(request: web.Request) -> web.Response:
@@ -71,39 +39,29 @@ async def next_tracking_number(request: web.Request) -> web.Response:
     correlation_id = app[CORRELATION_IDS].of(request.headers)
     url = request.rel_url
     query = validate(url.raw_query_string, url.query)
-    if not isinstance(query, TrackingRequest):
+    if isinstance(query, dict):  # the errors (a builtin type test is the cheapest)
         response = errors.invalid_parameters(query, correlation_id)
         record(app, request, ISSUE_ROUTE, 400, started, correlation_id, ISSUE_ROUTE)
         return response
-    origin, destination = query.origin_country_id, query.destination_country_id
+    if idempotency.HEADER in request.headers:
+        return await idempotency.answer(request, query, correlation_id, started)
     issuer = app[ISSUER]
-    number = issuer.issue_nowait(origin, destination)
-    if number is None:
+    number = None
+    if query.count is None:  # one number, most often from the blocks in hand: no await
+        number = issuer.issue_nowait(query.origin_country_id, query.destination_country_id)
+    if number is not None:
+        numbers = [number]
+    else:
         try:
-            number = await issuer.issue(origin, destination)
+            numbers = await numbers_for(issuer, query)
         except AllocatorError:
             app[METRICS].lease_failed()
             record(app, request, ISSUE_ROUTE, 503, started, correlation_id, ISSUE_ROUTE)
             return errors.unavailable(correlation_id)
-    body = _encoder.encode(
-        IssuedNumber(
-            number,
-            datetime.datetime.now(_zone_of(query.created_at)),
-            correlation_id,
-            RequestMetadata(origin, destination, query.weight, query.customer_slug),
-        )
-    )
-    app[METRICS].issued()
-    record(
-        app,
-        request,
-        ISSUE_ROUTE,
-        200,
-        started,
-        correlation_id,
-        ISSUE_ROUTE,
-        (number, origin, destination, query.customer_id, query.customer_slug),
-    )
+    body = body_for(query, numbers, correlation_id)
+    app[METRICS].issued(len(numbers))
+    audit = audit_of(query, numbers)
+    record(app, request, ISSUE_ROUTE, 200, started, correlation_id, ISSUE_ROUTE, audit)
     response = web.Response(body=body, content_type=JSON)
     response.headers["X-Request-ID"] = correlation_id  # cheaper than a headers= dict
     return response

@@ -60,7 +60,12 @@ class Allocators:
         self._running: dict[Allocator, AllocatorServer | None] = {}
 
     async def start(
-        self, *, store: str | None = None, reserve_step: int = 0, serve: bool = True
+        self,
+        *,
+        store: str | None = None,
+        reserve_step: int = 0,
+        serve: bool = True,
+        idempotency_ttl: float | None = None,
     ) -> Allocator:
         """An allocator on ``store`` (the config's by default), serving on the config's
         socket unless ``serve`` is False."""
@@ -68,7 +73,11 @@ class Allocators:
         await allocator.start()
         server = None
         if serve:
-            server = AllocatorServer(allocator, self.config.allocator_socket)
+            server = AllocatorServer(
+                allocator,
+                self.config.allocator_socket,
+                idempotency_ttl or self.config.idempotency_ttl,
+            )
             await server.start()
         self._running[allocator] = server
         return allocator

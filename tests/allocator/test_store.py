@@ -144,3 +144,20 @@ async def test_a_store_from_a_newer_release_is_left_alone(db_path: str) -> None:
     await store.close()
     with pytest.raises(StoreError, match="newer"):
         await opened(db_path)
+
+
+async def test_a_version_1_store_is_upgraded_in_place(db_path: str) -> None:
+    store = await opened(db_path)
+    await store.load_key()
+    await store.reserve(700)
+    # What version 1 was: the counter alone.
+    await store._connection().execute("DROP TABLE idempotency")
+    await store._connection().execute("PRAGMA user_version=1")
+    await store.close()
+
+    store = await opened(db_path)
+    assert await store.durable_mark() == 700
+    assert await store.recall("k", now=0.0) is None
+    async with store._connection().execute("PRAGMA user_version") as cursor:
+        assert (await cursor.fetchone())[0] == 2
+    await store.close()

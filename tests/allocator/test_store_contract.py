@@ -22,7 +22,7 @@ import asyncpg
 import pytest
 
 from allocator import store as store_module
-from allocator.protocol import COUNTER_LIMIT, KeyMismatch, StoreError
+from allocator.protocol import COUNTER_LIMIT, KeyMismatch, Remembered, StoreError
 from allocator.server import STORE_RETRY_DELAY, Allocator
 from allocator.store import SCHEMA_VERSION, PostgresStore, SQLiteStore, Store, open_store
 from tests.system.conftest import REPO, PostgresServer, missing_server
@@ -200,6 +200,38 @@ async def test_concurrent_reservers_get_monotonic_disjoint_ranges(
     assert everything[-1][1] == mark == 4 * 3 * sum(counts)
 
 
+async def test_an_answer_is_kept_under_its_key_until_it_expires(
+    locations: Locations, url: str
+) -> None:
+    store = await locations.open(url)
+    await store.load_key()
+    assert await store.recall("k-1", now=100.0) is None
+    kept = await store.remember("k-1", b"print", b'{"a":1}', expires_at=200.0, now=100.0)
+    assert kept == Remembered(b"print", b'{"a":1}')
+    await store.close()
+
+    reopened = await locations.open(url)  # kept durably
+    assert await reopened.recall("k-1", now=150.0) == Remembered(b"print", b'{"a":1}')
+    assert await reopened.recall("k-1", now=200.0) is None  # expired
+    assert await reopened.recall("k-2", now=150.0) is None
+
+
+async def test_a_live_answer_is_never_replaced_but_an_expired_one_is(
+    locations: Locations, url: str
+) -> None:
+    store = await locations.open(url)
+    await store.load_key()
+    first = await store.remember("k", b"one", b"first", expires_at=200.0, now=100.0)
+    # A racing twin, or another host: the first answer stands and comes back.
+    assert await store.remember("k", b"two", b"second", expires_at=210.0, now=110.0) == first
+    assert await store.remember("k", b"two", b"second", expires_at=400.0, now=300.0) == (
+        Remembered(b"two", b"second")
+    )
+    assert await store.forget_expired(now=399.0) == 0
+    assert await store.forget_expired(now=400.0) == 1
+    assert await store.recall("k", now=0.0) is None
+
+
 def test_open_store_chooses_the_store_by_url() -> None:
     assert isinstance(open_store("sqlite:////var/lib/tracking/t.sqlite3"), SQLiteStore)
     for url in (
@@ -299,8 +331,27 @@ async def test_the_schema_version_is_kept_in_the_database_and_a_newer_one_is_ref
     finally:
         await connection.close()
     newer = PostgresStore(url)
-    with pytest.raises(StoreError, match="schema version 2 is newer"):
+    with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1} is newer"):
         await newer.open()
+
+
+async def test_a_version_1_database_is_upgraded_in_place(
+    server: PostgresServer, database: str, pg_store: PostgresStore
+) -> None:
+    url = server.database_url(database)
+    await pg_store.load_key()
+    connection = await asyncpg.connect(url)
+    try:
+        # What version 1 was: the counter alone.
+        await connection.execute("DROP TABLE tracking_idempotency")
+        await connection.execute("UPDATE tracking_schema SET version = 1")
+        upgraded = PostgresStore(url)
+        await upgraded.open()
+        assert await upgraded.recall("k", now=0.0) is None
+        await upgraded.close()
+        assert await connection.fetchval("SELECT version FROM tracking_schema") == 2
+    finally:
+        await connection.close()
 
 
 async def test_the_session_commits_synchronously_whatever_the_database_default(

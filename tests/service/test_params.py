@@ -13,6 +13,7 @@ from service.params import (
     FIELDS,
     MISSING,
     REPEATED,
+    REQUIRED,
     RULES,
     Errors,
     TrackingRequest,
@@ -53,7 +54,7 @@ def rejected(raw: str) -> Errors:
 
 
 def as_dict(request: TrackingRequest) -> dict[str, str]:
-    return {name: getattr(request, name) for name in FIELDS}
+    return {name: getattr(request, name) for name in REQUIRED}
 
 
 def assert_valid(field: str, value: str, expected: str | None = None) -> None:
@@ -65,9 +66,10 @@ def assert_invalid(field: str, value: str) -> None:
     assert rejected(query(**{field: value})) == {field: [RULES[field]]}
 
 
-def test_fields_are_those_of_the_design() -> None:
-    assert set(FIELDS) == DESIGN_FIELDS
-    assert set(RULES) == DESIGN_FIELDS
+def test_fields_are_those_of_the_design_and_the_optional_count() -> None:
+    assert set(FIELDS) == DESIGN_FIELDS | {"count"}
+    assert set(REQUIRED) == DESIGN_FIELDS
+    assert set(RULES) == DESIGN_FIELDS | {"count"}
     assert set(EXAMPLE) == DESIGN_FIELDS
 
 
@@ -495,3 +497,26 @@ def test_trimming_removes_every_unicode_space_but_no_control_character() -> None
         if char.isspace() and unicodedata.category(char) != "Cc"
     }
     assert set(params._SPACES) == spaces
+
+
+@pytest.mark.parametrize("value", ["1", "9", "20", "999", "1000"])
+def test_counts_from_1_to_1000_are_accepted(value: str) -> None:
+    result = validate(query(count=value))
+    assert isinstance(result, TrackingRequest)
+    assert result.count == value
+
+
+@pytest.mark.parametrize("value", ["0", "1001", "01", "-1", "+5", "1e2", "2.0", " 5", "", "ten"])
+def test_other_counts_are_rejected(value: str) -> None:
+    assert validate(query(count=value)) == {"count": [RULES["count"]]}
+
+
+def test_without_a_count_there_is_none() -> None:
+    result = validate(query())
+    assert isinstance(result, TrackingRequest)
+    assert result.count is None
+
+
+def test_a_count_does_not_stand_in_for_a_missing_field() -> None:
+    raw = urlencode({**{k: v for k, v in EXAMPLE.items() if k != "weight"}, "count": "5"})
+    assert validate(raw) == {"weight": [MISSING]}

@@ -1,0 +1,121 @@
+"""Idempotency-Key: a retry gets the first answer, durably, and consumes no numbers."""
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from config.settings import Config
+from service.idempotency import KEY_RULE, MISMATCH
+from service.keys import ISSUER
+from tests.conftest import CANONICAL_QUERY, Allocators
+from tests.service.conftest import ClientFactory
+
+PATH = "/next-tracking-number"
+
+
+async def request(
+    client: TestClient, key: str, **overrides: str
+) -> tuple[int, dict[str, str], dict]:
+    response = await client.get(
+        PATH, params={**CANONICAL_QUERY, **overrides}, headers={"Idempotency-Key": key}
+    )
+    return response.status, dict(response.headers), await response.json()
+
+
+async def test_a_retry_gets_the_same_answer_without_consuming_numbers(
+    client: TestClient,
+) -> None:
+    status, headers, first = await request(client, '"order-4711"')
+    assert status == 200
+    assert "Idempotent-Replayed" not in headers
+    issuer = client.server.app[ISSUER]
+    in_hand = issuer.buffered
+
+    status, headers, again = await request(client, '"order-4711"')
+    assert status == 200
+    assert again == first  # the same numbers, the same correlation id, the same time
+    assert headers["Idempotent-Replayed"] == "true"
+    assert issuer.buffered == in_hand
+
+
+async def test_normalised_parameters_are_the_same_parameters(client: TestClient) -> None:
+    _, _, first = await request(client, "k-norm")
+    status, _, again = await request(
+        client, "k-norm", origin_country_id="my", customer_name="  RedBox Logistics "
+    )
+    assert status == 200
+    assert again == first
+
+
+async def test_the_same_key_with_other_parameters_is_a_422(client: TestClient) -> None:
+    await request(client, "k-reuse")
+    status, _, body = await request(client, "k-reuse", weight="9.5")
+    assert status == 422
+    assert body["error"] == MISMATCH
+
+
+async def test_different_keys_get_different_numbers(client: TestClient) -> None:
+    _, _, first = await request(client, "k-a")
+    _, _, second = await request(client, "k-b")
+    assert first["tracking_number"] != second["tracking_number"]
+
+
+async def test_a_batch_is_replayed_whole(client: TestClient) -> None:
+    _, _, first = await request(client, "k-batch", count="30")
+    _, _, again = await request(client, "k-batch", count="30")
+    assert again["tracking_numbers"] == first["tracking_numbers"]
+    assert len(first["tracking_numbers"]) == 30
+    status, _, _ = await request(client, "k-batch", count="31")
+    assert status == 422
+
+
+@pytest.mark.parametrize("key", ['""', "has space", 'with"quote', "x" * 256, "é"])
+async def test_a_malformed_key_is_a_bad_request(client: TestClient, key: str) -> None:
+    status, _, body = await request(client, key)
+    assert status == 400
+    assert body["details"] == {"Idempotency-Key": [KEY_RULE]}
+
+
+async def test_racing_twins_both_get_the_first_answer(client: TestClient) -> None:
+    results = await asyncio.gather(*(request(client, "k-race") for _ in range(8)))
+    bodies = [body for status, _, body in results if status == 200]
+    assert len(bodies) == 8
+    assert all(body == bodies[0] for body in bodies)
+
+
+async def test_an_answer_survives_an_allocator_restart(
+    allocators: Allocators, config: Config, make_client: ClientFactory
+) -> None:
+    allocator = await allocators.start()
+    client = await make_client(config)
+    _, _, first = await request(client, "k-restart")
+    await allocators.stop(allocator)
+    await allocators.start()
+    status, headers, again = await request(client, "k-restart")
+    assert status == 200
+    assert again == first
+    assert headers["Idempotent-Replayed"] == "true"
+
+
+async def test_an_answer_expires(
+    allocators: Allocators, config: Config, make_client: ClientFactory
+) -> None:
+    await allocators.start(idempotency_ttl=0.3)
+    client = await make_client(config)
+    _, _, first = await request(client, "k-ttl")
+    await asyncio.sleep(0.4)
+    status, headers, later = await request(client, "k-ttl")
+    assert status == 200
+    assert "Idempotent-Replayed" not in headers
+    assert later["tracking_number"] != first["tracking_number"]
+
+
+async def test_without_an_allocator_an_idempotent_request_is_a_503(
+    make_config: Callable[..., Config], make_client: ClientFactory
+) -> None:
+    client = await make_client(make_config("--lease-timeout", "0.3"))
+    status, headers, _ = await request(client, "k-down")
+    assert status == 503
+    assert headers["Retry-After"] == "1"
