@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+from collections.abc import Callable
 
 import msgspec
 from aiohttp import web
@@ -52,30 +53,39 @@ async def _status(request: web.Request) -> Status:
     return await request.app[CLIENT].status()
 
 
-@observed()
-async def metrics_endpoint(request: web.Request, correlation_id: str) -> web.Response:
+async def _answer(
+    request: web.Request, correlation_id: str, render: Callable[[Status], web.Response]
+) -> web.Response:
+    """An operator endpoint's answer: the refusal, a 503, or ``render`` of the status."""
     if (refused := refusal(request, correlation_id)) is not None:
         return refused
     try:
         status = await _status(request)
     except AllocatorError:
         return errors.unavailable(correlation_id)
-    return web.Response(
-        body=metrics.render(status),
-        headers={"Content-Type": metrics.CONTENT_TYPE, "X-Request-ID": correlation_id},
+    return render(status)
+
+
+@observed()
+async def metrics_endpoint(request: web.Request, correlation_id: str) -> web.Response:
+    return await _answer(
+        request,
+        correlation_id,
+        lambda status: web.Response(
+            body=metrics.render(status),
+            headers={"Content-Type": metrics.CONTENT_TYPE, "X-Request-ID": correlation_id},
+        ),
     )
 
 
 @observed()
 async def allocator_status(request: web.Request, correlation_id: str) -> web.Response:
-    if (refused := refusal(request, correlation_id)) is not None:
-        return refused
-    try:
-        status = await _status(request)
-    except AllocatorError:
-        return errors.unavailable(correlation_id)
-    return web.Response(
-        body=msgspec.json.encode(status.allocator),
-        content_type=JSON,
-        headers={"X-Request-ID": correlation_id},
+    return await _answer(
+        request,
+        correlation_id,
+        lambda status: web.Response(
+            body=msgspec.json.encode(status.allocator),
+            content_type=JSON,
+            headers={"X-Request-ID": correlation_id},
+        ),
     )

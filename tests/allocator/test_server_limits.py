@@ -19,7 +19,7 @@ from allocator.client import AllocatorClient
 from allocator.protocol import Granted, Hello, Lease, StatusQuery
 from allocator.server import HELLO_TIMEOUT, MAX_INFLIGHT_PER_CONNECTION, Allocator
 from config.settings import Config
-from tests.allocator.test_server import raw_exchange
+from tests.allocator.test_server import assert_dropped_without_a_grant
 
 
 def frame(payload: bytes) -> bytes:
@@ -47,17 +47,7 @@ OUT_OF_BOUNDS = {
 async def test_requests_out_of_bounds_are_dropped_without_a_grant(
     allocator: Allocator, config: Config, data: bytes
 ) -> None:
-    before = allocator.leased_numbers_total
-    answer = await raw_exchange(config.allocator_socket, data)
-    reader = asyncio.StreamReader()
-    reader.feed_data(answer)
-    reader.feed_eof()
-    while (payload := await protocol.read_frame(reader)) is not None:
-        assert not isinstance(protocol.decode_response(payload), Granted)
-    assert allocator.leased_numbers_total == before
-    client = AllocatorClient(config.allocator_socket, timeout=5)
-    assert await client.lease(1)
-    await client.close()
+    await assert_dropped_without_a_grant(allocator, config, data)
 
 
 async def test_many_bad_clients_at_once_do_not_hold_up_a_worker(
