@@ -447,6 +447,7 @@ async def serve(config: Config, ready: Callable[[], None] = lambda: None) -> Non
     server = AllocatorServer(allocator, config.allocator_socket, config.idempotency_ttl)
     try:
         await server.start()
+        log.info("allocator listening", extra={"tracking.socket": config.allocator_socket})
         ready()
         await until_stop_requested(parent_pid)
     finally:

@@ -32,7 +32,7 @@ def test_the_real_allocator_socket_is_0600_in_a_directory_only_its_user_enters(
     # ...and so it stays after the allocator was killed and started again.
     (allocator,) = service.child_pids("allocator")
     os.kill(allocator, signal.SIGKILL)
-    service.wait_for_message("allocator started", 2)
+    service.wait_for_message("allocator listening", 2)
     assert stat.S_IMODE(os.stat(runtime_dir / "allocator.sock").st_mode) == 0o600
     assert stat.S_IMODE(os.stat(runtime_dir).st_mode) == 0o700
     assert service.stop() == 0
