@@ -15,8 +15,10 @@ from aiohttp import web
 from service.keys import ACCESS_LOG, CORRELATION_IDS, METRICS
 
 ISSUE_ROUTE = "/next-tracking-number"
-Audit = tuple[str, str, str, str, str, list[str] | None]
 UNMATCHED_ROUTE = "unmatched"  # the metrics label of requests that matched no route
+# The audit trail of issued numbers: (first) number, origin, destination, customer id,
+# customer slug, and every number of a request with a count.
+Audit = tuple[str, str, str, str, str, list[str] | None]
 
 
 def record(
