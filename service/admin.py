@@ -16,7 +16,7 @@ from aiohttp import web
 
 from allocator.protocol import AllocatorError, Status
 from service import errors, metrics
-from service.issuing import JSON
+from service.answers import JsonAnswer
 from service.keys import CLIENT, CONFIG, METRICS
 from service.observe import observed
 
@@ -83,9 +83,5 @@ async def allocator_status(request: web.Request, correlation_id: str) -> web.Res
     return await _answer(
         request,
         correlation_id,
-        lambda status: web.Response(
-            body=msgspec.json.encode(status.allocator),
-            content_type=JSON,
-            headers={"X-Request-ID": correlation_id},
-        ),
+        lambda status: JsonAnswer(msgspec.json.encode(status.allocator), correlation_id),
     )

@@ -19,6 +19,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from service.answers import JsonAnswer
 from service.correlation import from_headers
 from service.limits import HeaderTimeoutRequestHandler
 from service.observe import record, route_of
@@ -45,11 +46,7 @@ def json_error(
     headers: dict[str, str] | None = None,
 ) -> web.Response:
     body = _encoder.encode(ErrorBody(message, details, correlation_id))
-    response = web.Response(
-        status=status, body=body, content_type="application/json", headers=headers
-    )
-    response.headers["X-Request-ID"] = correlation_id
-    return response
+    return JsonAnswer(body, correlation_id, status=status, headers=headers)
 
 
 def invalid_parameters(details: dict[str, list[str]], correlation_id: str) -> web.Response:

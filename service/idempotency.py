@@ -19,7 +19,8 @@ from aiohttp import web
 
 from allocator.protocol import AllocatorError
 from service import errors
-from service.issuing import JSON, audit_of, body_for, numbers_for
+from service.answers import JsonAnswer
+from service.issuing import audit_of, body_for, numbers_for
 from service.keys import CLIENT, ISSUER, METRICS
 from service.observe import ISSUE_ROUTE, Audit, record
 from service.params import TrackingRequest
@@ -74,8 +75,5 @@ async def answer(
         return done(503, errors.unavailable(correlation_id))
     if kept.fingerprint != digest:
         return done(422, errors.json_error(422, MISMATCH, correlation_id))
-    response = web.Response(body=kept.response, content_type=JSON)
-    response.headers["X-Request-ID"] = correlation_id
-    if audit is None:
-        response.headers[REPLAYED] = "true"
-    return done(200, response, audit)
+    headers = {REPLAYED: "true"} if audit is None else None
+    return done(200, JsonAnswer(kept.response, correlation_id, headers=headers), audit)

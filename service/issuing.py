@@ -13,8 +13,6 @@ from service.issuer import Issuer
 from service.observe import Audit
 from service.params import TrackingRequest
 
-JSON = "application/json"
-
 
 class RequestMetadata(msgspec.Struct):
     origin_country: str

@@ -12,8 +12,9 @@ from aiohttp import web
 
 from allocator.protocol import AllocatorStatus
 from service import idempotency
+from service.answers import JSON, JsonAnswer
 from service.errors import ErrorBody
-from service.issuing import JSON, IssuedNumber, IssuedNumbers
+from service.issuing import IssuedNumber, IssuedNumbers
 from service.observe import observed
 from service.params import COUNTRY_CODES, EXAMPLE, FIELDS, REQUIRED, RULES, TrackingRequest
 from service.verify import Verdict
@@ -285,4 +286,4 @@ DOCUMENT = msgspec.json.encode(build())
 
 @observed()
 async def openapi(request: web.Request, correlation_id: str) -> web.Response:
-    return web.Response(body=DOCUMENT, content_type=JSON, headers={"X-Request-ID": correlation_id})
+    return JsonAnswer(DOCUMENT, correlation_id)

@@ -16,7 +16,7 @@ from aiohttp import web
 from allocator.protocol import COUNTER_LIMIT, AllocatorError
 from service import errors
 from service.admin import refusal
-from service.issuing import JSON
+from service.answers import JsonAnswer
 from service.keys import CLIENT
 from service.numbers import ALPHABET, NUMBER_LENGTH, Permutation, check_character
 from service.observe import observed
@@ -107,8 +107,4 @@ async def verify(request: web.Request, correlation_id: str) -> web.Response:
         assert client.key is not None  # a status answer comes after the key
         counter = Permutation(client.key).invert(serial_of(number))
         verdict.issued = verdict.valid and counter < status.allocator.next
-    return web.Response(
-        body=msgspec.json.encode(verdict),
-        content_type=JSON,
-        headers={"X-Request-ID": correlation_id},
-    )
+    return JsonAnswer(msgspec.json.encode(verdict), correlation_id)

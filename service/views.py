@@ -15,7 +15,8 @@ from aiohttp import web
 
 from allocator.protocol import AllocatorError
 from service import errors, idempotency
-from service.issuing import JSON, audit_of, body_for, numbers_for
+from service.answers import JsonAnswer
+from service.issuing import audit_of, body_for, numbers_for
 from service.keys import CORRELATION_IDS, ISSUER, METRICS
 from service.observe import ISSUE_ROUTE, UNMATCHED_ROUTE, observed, record
 from service.params import validate
@@ -62,9 +63,7 @@ async def next_tracking_number(request: web.Request) -> web.Response:
     app[METRICS].issued(len(numbers))
     audit = audit_of(query, numbers)
     record(app, request, ISSUE_ROUTE, 200, started, correlation_id, ISSUE_ROUTE, audit)
-    response = web.Response(body=body, content_type=JSON)
-    response.headers["X-Request-ID"] = correlation_id  # cheaper than a headers= dict
-    return response
+    return JsonAnswer(body, correlation_id)
 
 
 @observed()
@@ -77,13 +76,16 @@ async def health(request: web.Request, correlation_id: str) -> web.Response:
         allocator_connected=issuer.connected,
         correlation_id=correlation_id,
     )
-    headers = {"X-Request-ID": correlation_id}
     if issuer.can_issue:
-        return web.Response(body=_encoder.encode(body), content_type=JSON, headers=headers)
+        return JsonAnswer(_encoder.encode(body), correlation_id)
     body.status = "unavailable"
     body.error = "No numbers in hand and the allocator cannot be reached"
-    headers["Retry-After"] = str(errors.RETRY_AFTER_SECONDS)
-    return web.Response(status=503, body=_encoder.encode(body), content_type=JSON, headers=headers)
+    return JsonAnswer(
+        _encoder.encode(body),
+        correlation_id,
+        status=503,
+        headers={"Retry-After": str(errors.RETRY_AFTER_SECONDS)},
+    )
 
 
 @observed(UNMATCHED_ROUTE)
