@@ -21,6 +21,7 @@ from aiohttp.web_request import BaseRequest
 
 from service.answers import JsonAnswer
 from service.correlation import from_headers
+from service.dispatch import issuing_first
 from service.limits import HeaderTimeoutRequestHandler
 from service.observe import record, route_of
 
@@ -149,14 +150,15 @@ class JsonErrorServer(web.Server):
 
 
 class AppRunner(web.AppRunner):
-    """``web.AppRunner`` whose connections answer aiohttp's own errors in JSON."""
+    """``web.AppRunner`` whose connections answer aiohttp's own errors in JSON, and the
+    issuing route before the router (service/dispatch.py)."""
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         kwargs: dict[str, Any] = server._kwargs
         return JsonErrorServer(
             self.app,
-            server.request_handler,
+            issuing_first(self.app, server.request_handler),
             request_factory=server.request_factory,
             handler_cancellation=server.handler_cancellation,
             loop=server._loop,

@@ -1,0 +1,54 @@
+"""The issuing route, matched before aiohttp's router.
+
+aiohttp resolves every request through its router and application: an index lookup, a new
+match-info object, its freezing, an ``Expect`` check, then the handler, all in Python. Nearly
+all of our traffic is ``GET /next-tracking-number``, so that is matched first, by two string
+comparisons, and given the match info the router would give it, resolved once at start-up
+(it is frozen, and holds no per-request state). Everything else, ``HEAD`` of the same path
+included, goes through aiohttp as usual. See docs/performance.md.
+
+It sets ``Request._match_info``, as aiohttp's ``Application._handle`` does;
+tests/service/test_dispatch.py fails if a new aiohttp changes that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import hdrs, web
+from aiohttp.web_urldispatcher import UrlMappingMatchInfo
+
+from service.observe import ISSUE_ROUTE
+
+RequestHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def issuing_first(app: web.Application, handle: RequestHandler) -> RequestHandler:
+    """``handle`` (the application's own request handler), with ``GET`` of the issuing route
+    answered before it. Not with middlewares, which the shortcut would skip."""
+    if app.middlewares:
+        return handle
+    route = next(
+        route
+        for route in app.router.routes()
+        if route.method == hdrs.METH_GET
+        and route.resource is not None
+        and route.resource.canonical == ISSUE_ROUTE
+    )
+    match_info = UrlMappingMatchInfo({}, route)
+    match_info.add_app(app)
+    match_info.freeze()
+    issue = route.handler
+
+    def dispatch(request: web.Request) -> Awaitable[web.StreamResponse]:
+        # The router compares the same decoded path; an Expect header needs its handler.
+        if (
+            request.method == hdrs.METH_GET
+            and request.rel_url.path_safe == ISSUE_ROUTE
+            and hdrs.EXPECT not in request.headers
+        ):
+            request._match_info = match_info
+            return issue(request)
+        return handle(request)
+
+    return dispatch
