@@ -31,7 +31,7 @@ def _is_loopback(remote: str | None) -> bool:
     return address.is_loopback
 
 
-def refusal(request: web.Request, correlation_id: str) -> web.Response | None:
+def refusal(request: web.Request, correlation_id: str) -> web.StreamResponse | None:
     """None if this client may use the operator endpoints, else the JSON 401 or 403."""
     if _is_loopback(request.remote):
         return None
@@ -54,8 +54,8 @@ async def _status(request: web.Request) -> Status:
 
 
 async def _answer(
-    request: web.Request, correlation_id: str, render: Callable[[Status], web.Response]
-) -> web.Response:
+    request: web.Request, correlation_id: str, render: Callable[[Status], web.StreamResponse]
+) -> web.StreamResponse:
     """An operator endpoint's answer: the refusal, a 503, or ``render`` of the status."""
     if (refused := refusal(request, correlation_id)) is not None:
         return refused
@@ -67,7 +67,7 @@ async def _answer(
 
 
 @observed()
-async def metrics_endpoint(request: web.Request, correlation_id: str) -> web.Response:
+async def metrics_endpoint(request: web.Request, correlation_id: str) -> web.StreamResponse:
     return await _answer(
         request,
         correlation_id,
@@ -79,7 +79,7 @@ async def metrics_endpoint(request: web.Request, correlation_id: str) -> web.Res
 
 
 @observed()
-async def allocator_status(request: web.Request, correlation_id: str) -> web.Response:
+async def allocator_status(request: web.Request, correlation_id: str) -> web.StreamResponse:
     return await _answer(
         request,
         correlation_id,

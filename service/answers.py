@@ -1,16 +1,17 @@
 """``JsonAnswer``: every JSON answer of the service, the hot path's included.
 
 aiohttp's ``web.Response`` builds its head through several layers on every request: a header
-multidict, content type and length bookkeeping, then serialisation. For a body we already hold
-in bytes, with headers we know in advance, that is about a third of what a worker spends on a
-request (docs/performance.md). So a plain request (GET over HTTP/1.1, keep-alive) gets its head
-from one format string, written with the body in one write. Every other request (HEAD,
-HTTP/1.0, a connection to close) goes through aiohttp's own ``prepare``, with the same headers.
+multidict, content type and length bookkeeping, the response signals, then serialisation. On a
+minimal app that is about a third of what aiohttp spends on a request besides the socket
+(docs/performance.md), and our answers need none of it: the body is bytes already and the
+headers are known. So a plain request (GET over HTTP/1.1, keep-alive) gets its head from one
+format string, written with the body in one write. Every other request (HEAD, HTTP/1.0, a
+connection to close) goes through aiohttp's own ``prepare``, with the same headers.
 
 The response signals (``on_response_prepare``, which aiohttp-cors uses) run on both paths, and
-any headers they add are sent. It reads three private attributes that ``StreamResponse`` itself
-uses (``_payload_writer``, ``_req``, ``_eof_sent``); tests/service/test_answers.py fails if a
-new aiohttp changes them.
+any headers they add are sent. The plain path sets the private attributes that
+``StreamResponse`` sets itself, and reads the request's ``_payload_writer`` and
+``_prepare_hook``; tests/service/test_answers.py fails if a new aiohttp changes them.
 """
 
 from __future__ import annotations

@@ -45,16 +45,16 @@ def json_error(
     *,
     details: dict[str, list[str]] | None = None,
     headers: dict[str, str] | None = None,
-) -> web.Response:
+) -> JsonAnswer:
     body = _encoder.encode(ErrorBody(message, details, correlation_id))
     return JsonAnswer(body, correlation_id, status=status, headers=headers)
 
 
-def invalid_parameters(details: dict[str, list[str]], correlation_id: str) -> web.Response:
+def invalid_parameters(details: dict[str, list[str]], correlation_id: str) -> JsonAnswer:
     return json_error(400, INVALID_PARAMETERS, correlation_id, details=details)
 
 
-def unavailable(correlation_id: str) -> web.Response:
+def unavailable(correlation_id: str) -> JsonAnswer:
     """Any AllocatorError: no number can be issued right now; retry shortly."""
     return json_error(
         503,
@@ -64,7 +64,7 @@ def unavailable(correlation_id: str) -> web.Response:
     )
 
 
-def unauthorized(correlation_id: str) -> web.Response:
+def unauthorized(correlation_id: str) -> JsonAnswer:
     return json_error(
         401,
         "A valid admin bearer token is required",
@@ -73,15 +73,15 @@ def unauthorized(correlation_id: str) -> web.Response:
     )
 
 
-def forbidden(correlation_id: str) -> web.Response:
+def forbidden(correlation_id: str) -> JsonAnswer:
     return json_error(403, "Operator endpoints answer loopback clients only", correlation_id)
 
 
-def not_found(correlation_id: str) -> web.Response:
+def not_found(correlation_id: str) -> JsonAnswer:
     return json_error(404, "Not found", correlation_id)
 
 
-def method_not_allowed(allowed: str, correlation_id: str) -> web.Response:
+def method_not_allowed(allowed: str, correlation_id: str) -> JsonAnswer:
     return json_error(405, "Method not allowed", correlation_id, headers={"Allow": allowed})
 
 
@@ -129,7 +129,7 @@ class JsonErrorRequestHandler(HeaderTimeoutRequestHandler):
         status: int,
         phrase: str,
         headers: dict[str, str] | None = None,
-    ) -> web.Response:
+    ) -> JsonAnswer:
         """One of aiohttp's own answers in our JSON shape, counted and logged like ours.
         aiohttp keeps to itself when such a request began: its access line says 0 ns."""
         correlation_id = from_headers(request.headers) or str(uuid.uuid4())

@@ -48,11 +48,11 @@ def fingerprint(query: TrackingRequest) -> bytes:
 
 async def answer(
     request: web.Request, query: TrackingRequest, correlation_id: str, started: int
-) -> web.Response:
+) -> web.StreamResponse:
     """The answer to a valid request that carries an Idempotency-Key."""
     app = request.app
 
-    def done(status: int, response: web.Response, audit: Audit | None = None) -> web.Response:
+    def done(status: int, response: JsonAnswer, audit: Audit | None = None) -> JsonAnswer:
         record(app, request, ISSUE_ROUTE, status, started, correlation_id, ISSUE_ROUTE, audit)
         return response
 

@@ -285,5 +285,5 @@ DOCUMENT = msgspec.json.encode(build())
 
 
 @observed()
-async def openapi(request: web.Request, correlation_id: str) -> web.Response:
+async def openapi(request: web.Request, correlation_id: str) -> web.StreamResponse:
     return JsonAnswer(DOCUMENT, correlation_id)

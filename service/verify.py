@@ -89,7 +89,7 @@ def suggestion(number: str) -> str | None:
 
 
 @observed()
-async def verify(request: web.Request, correlation_id: str) -> web.Response:
+async def verify(request: web.Request, correlation_id: str) -> web.StreamResponse:
     typed = request.match_info["number"]
     number = typed.upper() if typed.isascii() else typed
     if found := malformed(number):

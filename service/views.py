@@ -33,7 +33,7 @@ class Health(msgspec.Struct, omit_defaults=True):
 _encoder = msgspec.json.Encoder()
 
 
-async def next_tracking_number(request: web.Request) -> web.Response:
+async def next_tracking_number(request: web.Request) -> web.StreamResponse:
     """The hot path. It records its own metrics and access line (see the module docstring)."""
     started = time.perf_counter_ns()
     app = request.app
@@ -67,7 +67,7 @@ async def next_tracking_number(request: web.Request) -> web.Response:
 
 
 @observed()
-async def health(request: web.Request, correlation_id: str) -> web.Response:
+async def health(request: web.Request, correlation_id: str) -> web.StreamResponse:
     issuer = request.app[ISSUER]
     issuer.prefetch()  # a probe may be the only traffic: let it find out about the allocator
     body = Health(
@@ -89,10 +89,10 @@ async def health(request: web.Request, correlation_id: str) -> web.Response:
 
 
 @observed(UNMATCHED_ROUTE)
-async def not_found(request: web.Request, correlation_id: str) -> web.Response:
+async def not_found(request: web.Request, correlation_id: str) -> web.StreamResponse:
     return errors.not_found(correlation_id)
 
 
 @observed()
-async def method_not_allowed(request: web.Request, correlation_id: str) -> web.Response:
+async def method_not_allowed(request: web.Request, correlation_id: str) -> web.StreamResponse:
     return errors.method_not_allowed("GET, HEAD", correlation_id)

@@ -121,7 +121,8 @@ async def test_a_line_break_in_a_header_is_refused(
 def test_aiohttp_keeps_the_private_attributes_the_plain_way_uses() -> None:
     # If a new aiohttp renames them, the plain way would break: this says where.
     answer = JsonAnswer(BODY, CORRELATION_ID)
-    for name in ("_payload_writer", "_req", "_eof_sent", "_keep_alive", "_must_be_empty_body"):
+    private = ("_payload_writer", "_req", "_eof_sent", "_keep_alive", "_must_be_empty_body")
+    for name in (*private, "_body_length", "_headers"):
         assert hasattr(answer, name), name
     request = make_mocked_request("GET", "/")
     assert hasattr(request, "_payload_writer")
