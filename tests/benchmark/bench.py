@@ -330,17 +330,20 @@ def with_ratios(results: list[Result]) -> None:
 def table(results: list[Result], costs: dict[str, float]) -> str:
     rows = [
         "| scenario | workers | conns | loop | req/s | ratio | p50 ms | p99 ms | p99.9 ms "
-        "| allocator CPU | reservations/s | leases per 1M | RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| worker CPU µs per request | allocator CPU | reservations/s | leases per 1M | RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         s = r.scenario
         total_cpu = sum(r.cpu_seconds.values()) or 1
         allocator = r.cpu_seconds.get("allocator")
+        # The ratio's other side: what one request costs the workers, wrk's share left out.
+        workers_cpu = sum(cpu for name, cpu in r.cpu_seconds.items() if name.startswith("worker"))
         rows.append(
             f"| {s.name} | {s.workers} | {s.connections} | {s.loop} | {r.rps:,.0f} | "
             + (f"{r.ratio:.2f}" if r.ratio else "1.00" if s.server == "ceiling" else "")
             + f" | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.p999_ms:.2f} | "
+            + f"{workers_cpu / (r.rps * r.extra['seconds']) * 1e6:.0f} | "
             + (f"{allocator / total_cpu:.2%}" if allocator is not None else "")
             + " | "
             + (f"{r.reservations / r.extra['seconds']:.2f}" if s.server == "service" else "")
