@@ -6,7 +6,8 @@ minimal app that is about a third of what aiohttp spends on a request besides th
 (docs/performance.md), and our answers need none of it: the body is bytes already and the
 headers are known. So a plain request (GET over HTTP/1.1, keep-alive) gets its head from one
 format string, written with the body in one write. Every other request (HEAD, HTTP/1.0, a
-connection to close) goes through aiohttp's own ``prepare``, with the same headers.
+connection to close), and an answer given cookies, compression or chunking, goes through
+aiohttp's own ``prepare``, with the same headers.
 
 The response signals (``on_response_prepare``, which aiohttp-cors uses) run on both paths, and
 any headers they add are sent. The plain path sets the private attributes that
@@ -71,6 +72,7 @@ class JsonAnswer(web.StreamResponse):
             return await super().prepare(request)  # already prepared: aiohttp's answer
         if (
             self._keep_alive is None  # force_close() was not called
+            and not (self._cookies or self._compression or self._chunked)  # aiohttp's work
             and request.keep_alive
             and request.method == "GET"
             and request.version == HttpVersion11

@@ -118,11 +118,27 @@ async def test_a_line_break_in_a_header_is_refused(
         await _exchange(client, request_bytes)
 
 
+async def test_cookies_and_compression_take_aiohttps_way(aiohttp_client: type) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        answer = JsonAnswer(BODY, CORRELATION_ID)
+        answer.set_cookie("session", "s1")
+        answer.enable_compression(web.ContentCoding.gzip)
+        return answer
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    client = await aiohttp_client(app)
+    response = await client.get("/", headers={"Accept-Encoding": "gzip"})
+    assert response.headers["Content-Encoding"] == "gzip"
+    assert response.cookies["session"].value == "s1"
+    assert await response.read() == BODY  # the client decompresses
+
+
 def test_aiohttp_keeps_the_private_attributes_the_plain_way_uses() -> None:
     # If a new aiohttp renames them, the plain way would break: this says where.
     answer = JsonAnswer(BODY, CORRELATION_ID)
     private = ("_payload_writer", "_req", "_eof_sent", "_keep_alive", "_must_be_empty_body")
-    for name in (*private, "_body_length", "_headers"):
+    for name in (*private, "_body_length", "_headers", "_cookies", "_compression", "_chunked"):
         assert hasattr(answer, name), name
     request = make_mocked_request("GET", "/")
     assert hasattr(request, "_payload_writer")
