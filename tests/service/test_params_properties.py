@@ -172,3 +172,14 @@ def test_year_0000_is_judged_the_same_whatever_the_day() -> None:
         for created_at in ("0000-01-28T00:00:00Z", "0000-01-31T00:00:00Z", "0000-02-29T00:00:00Z")
     }
     assert all(accepted.values()), accepted
+
+
+def test_created_at_knows_every_day_of_a_400_year_cycle() -> None:
+    # Exhaustive where the properties above sample: the calendar lives in the pattern.
+    for year in [*range(400), 1900, 2000, 2100, 9999]:
+        for month in range(14):
+            for day in range(33):
+                value = f"{year:04d}-{month:02d}-{day:02d}T00:00:00Z"
+                raw = query_of({**CANONICAL_QUERY, "created_at": value})
+                valid = isinstance(validate(raw), TrackingRequest)
+                assert valid == design_rules.created_at(value), value
