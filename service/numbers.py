@@ -16,7 +16,7 @@ COUNTER_BITS = 56
 ROUNDS = 4
 
 _VALUE = {char: value for value, char in enumerate(ALPHABET)}
-_CHUNK = 36**3
+_PAIR = 36**2
 
 
 # ISO/IEC 7064 MOD 37,36 (a hybrid system, M = 36): the state after each character is
@@ -44,25 +44,23 @@ def check_character(text: str) -> str:
     return _final(_state_after(text))
 
 
-def _chunk_tables() -> tuple[list[str], bytes, bytes]:
-    """Three-character base-36 digits, and the check state after two or three characters.
+def _pair_tables() -> tuple[list[str], bytes, bytes]:
+    """Two-character base-36 digits, and the check state after one or two more characters.
 
-    Formatting then costs four table look-ups instead of eleven divisions and fifteen check
-    steps: 1.7 MB per process, built once.
+    Formatting then costs six table look-ups instead of eleven divisions and fifteen check
+    steps. The tables take 48 KB: the permuted serials are random, so each look-up lands
+    anywhere in them, and under load larger tables (three characters: 4.9 MB with their
+    strings) miss the caches; see docs/performance.md.
     """
-    digits = [
-        ALPHABET[i // 1296] + ALPHABET[i // 36 % 36] + ALPHABET[i % 36] for i in range(_CHUNK)
-    ]
-    # rows[state][value] is the state after one more character; longer tables are rows joined.
+    digits = [ALPHABET[i // 36] + ALPHABET[i % 36] for i in range(_PAIR)]
+    # rows[state][value] is the state after one more character; after_two is rows joined.
     rows = [bytes(_step(state, value) for value in range(36)) for state in range(36)]
+    after_one = b"".join(rows)
     after_two = b"".join(rows[rows[state][a]] for state in range(36) for a in range(36))
-    after_three = b"".join(
-        rows[after_two[state * 1296 + ab]] for state in range(36) for ab in range(1296)
-    )
-    return digits, after_two, after_three
+    return digits, after_one, after_two
 
 
-_DIGITS, _AFTER_TWO, _AFTER_THREE = _chunk_tables()
+_DIGITS, _AFTER_ONE, _AFTER_TWO = _pair_tables()
 _FINAL = [_final(state) for state in range(36)]
 
 
@@ -119,13 +117,20 @@ class NumberFormatter:
         state = self._route_states.get(route)
         if state is None:
             state = self._route_states[route] = _state_after(route)
-        # 11 base-36 digits = 2 + 3 + 3 + 3, most significant first.
-        rest, d = divmod(self.permute(counter), _CHUNK)
-        rest, c = divmod(rest, _CHUNK)
-        a, b = divmod(rest, _CHUNK)
-        state = _AFTER_TWO[state * 1296 + a]
-        state = _AFTER_THREE[state * _CHUNK + b]
-        state = _AFTER_THREE[state * _CHUNK + c]
-        state = _AFTER_THREE[state * _CHUNK + d]
+        # 11 base-36 digits = 1 + 2 + 2 + 2 + 2 + 2, most significant first.
+        rest, f = divmod(self.permute(counter), _PAIR)
+        rest, e = divmod(rest, _PAIR)
+        rest, d = divmod(rest, _PAIR)
+        rest, c = divmod(rest, _PAIR)
+        a, b = divmod(rest, _PAIR)
+        state = _AFTER_ONE[state * 36 + a]
+        state = _AFTER_TWO[state * _PAIR + b]
+        state = _AFTER_TWO[state * _PAIR + c]
+        state = _AFTER_TWO[state * _PAIR + d]
+        state = _AFTER_TWO[state * _PAIR + e]
+        state = _AFTER_TWO[state * _PAIR + f]
         digits = _DIGITS
-        return route + digits[a][1:] + digits[b] + digits[c] + digits[d] + _FINAL[state]
+        return (
+            route + ALPHABET[a] + digits[b] + digits[c] + digits[d] + digits[e] + digits[f]
+            + _FINAL[state]
+        )  # fmt: skip

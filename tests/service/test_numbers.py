@@ -210,3 +210,21 @@ def test_route_changes_only_the_prefix_and_check_character() -> None:
         assert [n[:4] for n in numbers] == [o + d for o, d in ROUTES]
         fresh = [NumberFormatter(KEY).format(o, d, counter) for o, d in reversed(ROUTES)]
         assert fresh == numbers[::-1]
+
+
+# Numbers issued under a key must never change: a new formula could turn a counter issued after
+# an upgrade into a number issued before it. These were issued by the first release.
+@pytest.mark.parametrize(
+    ("origin", "destination", "counter", "number"),
+    [
+        ("MY", "ID", 0, "MYIDD1KHIRJ69PXY"),
+        ("MY", "ID", 1, "MYID29540UAVNEF7"),
+        ("SG", "US", 2**20 + 7, "SGUS0OO5PTLD62DI"),
+        ("DE", "FR", 10**15 + 3, "DEFRDDAMFAJKRNNI"),
+        ("ZW", "AD", DOMAIN - 1, "ZWAD53Z48NF2ZXOC"),
+    ],
+)
+def test_numbers_of_a_key_never_change(
+    origin: str, destination: str, counter: int, number: str
+) -> None:
+    assert NumberFormatter(KEY).format(origin, destination, counter) == number
