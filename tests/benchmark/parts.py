@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
-import sys
 import tempfile
 import time
 import types
@@ -135,9 +134,9 @@ async def main() -> None:
             await answer_requests(runner, 1000)  # warm up; the first blocks are leased
             for name, (stub, real) in stubs(app[ACCESS_LOG]).items():
                 saved = []
-                for round in range(ROUNDS):
+                for turn in range(ROUNDS):
                     costs = {}
-                    for stubbed in (False, True) if round % 2 else (True, False):
+                    for stubbed in (False, True) if turn % 2 else (True, False):
                         (stub if stubbed else real)()
                         started = time.process_time()
                         await answer_requests(runner, REQUESTS)
@@ -157,4 +156,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(uvloop.run(main()))
+    uvloop.run(main())

@@ -213,7 +213,8 @@ def test_route_changes_only_the_prefix_and_check_character() -> None:
 
 
 # Numbers issued under a key must never change: a new formula could turn a counter issued after
-# an upgrade into a number issued before it. These were issued by the first release.
+# an upgrade into a number issued before it. These pin the formula: a change that alters one of
+# them must not ship.
 @pytest.mark.parametrize(
     ("origin", "destination", "counter", "number"),
     [
