@@ -66,9 +66,10 @@ class MemoryTransport(asyncio.Transport):
 
 def stubs(access_log: AccessLog) -> dict[str, tuple[Callable[[], None], Callable[[], None]]]:
     """Each part: (put the stub in, put the real part back)."""
-    query = params.validate(QUERY, URL(PATH).query)
+    parsed = URL(PATH).query
+    query = params.validate(QUERY, parsed)
     assert isinstance(query, params.TrackingRequest)
-    fields, _ = params.split_query(QUERY, URL(PATH).query)
+    fields, _ = params.split_query(QUERY, parsed)
     fake_msgspec = types.SimpleNamespace(
         convert=lambda values, type: query, ValidationError=msgspec.ValidationError
     )
