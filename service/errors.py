@@ -9,7 +9,6 @@ requests, oversized headers) are answered in the same shape by ``JsonErrorReques
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Coroutine
 from http import HTTPStatus
 from typing import Any
@@ -20,8 +19,8 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from service.answers import JsonAnswer
-from service.correlation import from_headers
 from service.dispatch import issuing_first
+from service.keys import CORRELATION_IDS
 from service.limits import HeaderTimeoutRequestHandler
 from service.observe import record, route_of
 
@@ -132,7 +131,7 @@ class JsonErrorRequestHandler(HeaderTimeoutRequestHandler):
     ) -> JsonAnswer:
         """One of aiohttp's own answers in our JSON shape, counted and logged like ours.
         aiohttp keeps to itself when such a request began: its access line says 0 ns."""
-        correlation_id = from_headers(request.headers) or str(uuid.uuid4())
+        correlation_id = self.app[CORRELATION_IDS].of(request.headers)
         started = time.perf_counter_ns()
         record(self.app, request, route_of(request), status, started, correlation_id)
         return json_error(status, phrase, correlation_id, headers=headers)
