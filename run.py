@@ -313,10 +313,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run.py: {exc}", file=sys.stderr)
         return 2
     logs.configure(config.log_level)
-    if commands.raise_reserved_to is not None:
-        from allocator.server import raise_reserved
+    if commands.given:
+        from allocator.server import run_commands
 
-        return asyncio.run(raise_reserved(config, commands.raise_reserved_to))
+        return asyncio.run(run_commands(config, commands))
     _log_configuration(config)
     try:
         listener = bind_listener(config)

@@ -44,7 +44,7 @@ from allocator.protocol import (
 from allocator.store import Store, open_store
 from config import lifecycle, logs
 from config.lifecycle import until_stop_requested
-from config.settings import Config
+from config.settings import Commands, Config, private_directory
 
 log = logging.getLogger("allocator")
 
@@ -97,6 +97,10 @@ class Allocator:
     async def start(self, supplied_key: bytes | None = None) -> None:
         await self.store.open()
         self.key = await self.store.load_key(supplied_key)
+        if self.store.created:
+            # Said out loud: a store that appears where one was expected (a wrong path, a lost
+            # volume) starts the counter again, under a new random key.
+            log.warning("new store created, with a new random key", extra=_where(self.store))
         # Everything below the durable mark may have been handed out before: start above it.
         self.next = self.reserved = await self.store.durable_mark()
         log.info(
@@ -396,9 +400,7 @@ def bind_unix_socket(path: str) -> socket.socket:
     A leftover file is removed only if it is a socket nobody listens on: a live allocator
     keeps its socket, and we never unlink something that is not a socket.
     """
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    os.chmod(directory, 0o700)
+    private_directory(os.path.dirname(path))
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
@@ -426,7 +428,14 @@ def bind_unix_socket(path: str) -> socket.socket:
 
 
 def read_key_file(path: str) -> bytes:
+    """The operator's key; refused, as ssh refuses a private key, if others may read it."""
     with open(path) as file:
+        mode = stat.S_IMODE(os.fstat(file.fileno()).st_mode)
+        if mode & 0o077:
+            raise PermissionError(
+                f"{path} is open to other users (mode {mode:04o}); the key must be readable by "
+                "this user only: chmod 600 it"
+            )
         text = file.read().strip()
     try:
         key = bytes.fromhex(text)
@@ -442,7 +451,10 @@ def read_key_file(path: str) -> bytes:
 async def serve(config: Config, ready: Callable[[], None] = lambda: None) -> None:
     """Run the allocator until SIGTERM, or until the supervisor disappears."""
     parent_pid = os.getppid()
-    allocator = Allocator(open_store(config.store), config.reserve_step)
+    # With the operator's key, a missing store is an error: a new one would issue every number
+    # of the lost one again, exactly (see --init-store).
+    store = open_store(config.store, create=not config.key_file)
+    allocator = Allocator(store, config.reserve_step)
     await allocator.start(read_key_file(config.key_file) if config.key_file else None)
     server = AllocatorServer(allocator, config.allocator_socket, config.idempotency_ttl)
     try:
@@ -465,31 +477,48 @@ def main(config: Config, ready: Callable[[], None]) -> None:
     lifecycle.run(serve(config, ready), config.event_loop)
 
 
-async def raise_reserved(config: Config, value: int) -> int:
-    """The ``--raise-reserved-to`` command: raise the store's mark, never lower it.
+def _where(store: Store) -> dict[str, str]:
+    return {"tracking.store": store.kind, "tracking.store_location": store.location}
 
+
+async def run_commands(config: Config, commands: Commands) -> int:
+    """``--init-store`` then ``--raise-reserved-to``; the exit status.
+
+    ``--init-store`` creates the store, with the key of ``key_file`` when set; on an existing
+    store it only checks that key. ``--raise-reserved-to`` raises the mark, never lowers it,
+    and never creates a store: after a failed restore it must not leave a new one behind.
     Safe while the service runs: the store raises the mark in one atomic statement, and the
-    allocator reserves from the stored mark, so its next reservation starts above ``value``.
+    allocator reserves from the stored mark, so its next reservation starts above the value.
     """
-    if not 0 <= value <= COUNTER_LIMIT:
+    value = commands.raise_reserved_to
+    if value is not None and not 0 <= value <= COUNTER_LIMIT:
         log.error("the mark must be between 0 and 2**56", extra={"tracking.reserved": value})
         return 2
-    store = open_store(config.store)
+    action = "initialise the store" if commands.init_store else "raise the reservation mark"
+    store = open_store(config.store, create=commands.init_store)
     try:
+        key = read_key_file(config.key_file) if config.key_file else None
         await store.open()
-        await store.load_key()  # creates the row of a new store
-        before = await store.durable_mark()
-        after = await store.raise_mark(value)
-    except AllocatorError as exc:
+        await store.load_key(key)
+        if commands.init_store:
+            log.info(
+                "store initialised" if store.created else "store already initialised",
+                extra={**_where(store), "tracking.key_source": "key_file" if key else "random"},
+            )
+        if value is not None:
+            before = await store.durable_mark()
+            after = await store.raise_mark(value)
+            raised = "reservation mark raised"
+            log.info(
+                raised if after > before else "reservation mark already high enough",
+                extra={"tracking.reserved_before": before, "tracking.reserved": after},
+            )
+    except (AllocatorError, OSError, ValueError) as exc:  # OSError, ValueError: the key file
         log.error(
-            "cannot raise the reservation mark",
-            extra={"error.type": type(exc).__name__, "error.message": str(exc)},
+            f"cannot {action}",
+            extra={"error.type": type(exc).__name__, "error.message": str(exc), **_where(store)},
         )
         return 1
     finally:
         await store.close()
-    log.info(
-        "reservation mark raised" if after > before else "reservation mark already high enough",
-        extra={"tracking.reserved_before": before, "tracking.reserved": after},
-    )
     return 0

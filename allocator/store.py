@@ -24,7 +24,7 @@ import aiosqlite
 import asyncpg
 
 from allocator.protocol import COUNTER_LIMIT, KEY_BYTES, KeyMismatch, Remembered, StoreError
-from config.settings import redact_url
+from config.settings import private_directory, redact_url
 
 # 1: the counter and the key. 2: idempotency keys (created when missing: 1 upgrades in place).
 SCHEMA_VERSION = 2
@@ -51,18 +51,38 @@ def _fault(point: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+class StoreMissing(StoreError):
+    """There is no store holding a key where the configuration says, and none may be created."""
+
+
+def _missing(where: str) -> StoreMissing:
+    return StoreMissing(
+        f"there is no store holding a key at {where}, and it is not created implicitly: "
+        "restore it, or create it with `run.py --init-store`"
+    )
+
+
 class Store(Protocol):
     kind: str
     # Values per reservation when the operator sets none and the rate asks for less.
     default_step: int
+    # Whether open() and load_key() may create a new store. A store created by mistake (a wrong
+    # path, a lost volume) restarts the counter at 0; under an operator's key_file, that would
+    # issue every earlier number again.
+    create: bool
+    # True once load_key() has created the store's key (a new store).
+    created: bool
+    # Where it is, as it may be logged: a path, or the URL without its secrets.
+    location: str
 
     async def open(self) -> None:
-        """Connect, and create the schema if it is missing."""
+        """Connect, and create the schema if it is missing (StoreMissing if ``create`` is off)."""
 
     async def load_key(self, supplied: bytes | None = None) -> bytes:
         """The permutation key, created at first use (``supplied``, else random bytes).
 
-        Raises KeyMismatch if ``supplied`` differs from the key already stored.
+        Raises KeyMismatch if ``supplied`` differs from the key already stored, and StoreMissing
+        if there is none and ``create`` is off.
         """
 
     async def durable_mark(self) -> int:
@@ -98,19 +118,27 @@ class SQLiteStore:
     kind = "sqlite"
     default_step = 100_000
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, path: str, create: bool = True) -> None:
+        self.path = self.location = path
+        self.create = create
+        self.created = False
         self._db: aiosqlite.Connection | None = None
         # One connection: a transaction must not take in a statement of another caller.
         self._one_at_a_time = asyncio.Lock()
 
     async def open(self) -> None:
         try:
-            os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
+            self._private_file()
             # isolation_level=None: we open and commit every transaction ourselves.
             self._db = await aiosqlite.connect(self.path, isolation_level=None)
             # First: every statement below may meet another process's lock and must wait.
             await self._db.execute("PRAGMA busy_timeout=5000")
+            if not self.create:
+                async with self._db.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'counter'"
+                ) as cursor:
+                    if await cursor.fetchone() is None:
+                        raise _missing(self.location)  # an empty file, say: make no tables in it
             await self._enable_wal(self._db)
             # FULL: a commit is on disk (the WAL fsynced) before COMMIT returns.
             await self._db.execute("PRAGMA synchronous=FULL")
@@ -143,6 +171,23 @@ class SQLiteStore:
             await self.close()
             raise
 
+    def _private_file(self) -> None:
+        """The database file, 0600 in a 0700 directory whatever the umask: it holds the key.
+
+        SQLite gives the -wal and -shm files the database file's mode.
+        """
+        if not self.create and not os.path.exists(self.path):
+            raise _missing(self.location)
+        private_directory(os.path.dirname(os.path.abspath(self.path)))
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # also tightens a file that an older release made 0644
+        finally:
+            os.close(fd)
+        for leftover in (self.path + "-wal", self.path + "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(leftover, 0o600)
+
     @staticmethod
     async def _enable_wal(db: aiosqlite.Connection) -> None:
         # Switching a new file to WAL takes an exclusive lock, and SQLite may refuse it at once
@@ -164,14 +209,19 @@ class SQLiteStore:
     async def load_key(self, supplied: bytes | None = None) -> bytes:
         db = self._connection()
         try:
-            await db.execute(
-                "INSERT OR IGNORE INTO counter (id, reserved, key) VALUES (1, 0, ?)",
-                (supplied or os.urandom(KEY_BYTES),),
-            )
+            if self.create:
+                cursor = await db.execute(
+                    "INSERT OR IGNORE INTO counter (id, reserved, key) VALUES (1, 0, ?)",
+                    (supplied or os.urandom(KEY_BYTES),),
+                )
+                self.created = cursor.rowcount == 1
             async with db.execute("SELECT key FROM counter WHERE id = 1") as cursor:
-                (key,) = await cursor.fetchone()  # type: ignore[misc]
+                row = await cursor.fetchone()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot load the key: {exc}") from exc
+        if row is None:
+            raise _missing(self.location)
+        (key,) = row
         if supplied is not None and key != supplied:
             raise KeyMismatch("the configured key differs from the key stored with the counter")
         return bytes(key)
@@ -384,9 +434,11 @@ class PostgresStore:
     # Hosts share one row: a larger step keeps that row cold (see docs/scaling.md).
     default_step = 1_000_000
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, create: bool = True) -> None:
         self.url = url
-        self.display_url = redact_url(url)
+        self.create = create
+        self.created = False
+        self.display_url = self.location = redact_url(url)
         self._db: asyncpg.Connection | None = None
         self._backoff = 0.0
         self._retry_at = 0.0
@@ -396,7 +448,9 @@ class PostgresStore:
         self._one_at_a_time = asyncio.Lock()
 
     async def open(self) -> None:
-        version = await self._run("create the schema", _create_schema)
+        version = await self._run(
+            "create the schema", lambda db: _create_schema(db, self.create, self.location)
+        )
         # A later release migrates older schemas here. A newer one is not ours to touch.
         if version is None or version > SCHEMA_VERSION:
             await self.close()
@@ -408,16 +462,20 @@ class PostgresStore:
             )
 
     async def load_key(self, supplied: bytes | None = None) -> bytes:
-        async def insert_once_then_read(db: asyncpg.Connection) -> bytes:
-            # Hosts starting at once each offer a key; the first insert wins and all read it.
-            await db.execute(
-                "INSERT INTO tracking_counter (id, reserved, key) VALUES (1, 0, $1)"
-                " ON CONFLICT (id) DO NOTHING",
-                supplied or os.urandom(KEY_BYTES),
-            )
+        async def insert_once_then_read(db: asyncpg.Connection) -> bytes | None:
+            if self.create:
+                # Hosts starting at once each offer a key; the first insert wins and all read it.
+                status = await db.execute(
+                    "INSERT INTO tracking_counter (id, reserved, key) VALUES (1, 0, $1)"
+                    " ON CONFLICT (id) DO NOTHING",
+                    supplied or os.urandom(KEY_BYTES),
+                )
+                self.created = status == "INSERT 0 1"
             return await db.fetchval("SELECT key FROM tracking_counter WHERE id = 1")
 
         key = await self._run("load the key", insert_once_then_read)
+        if key is None:
+            raise _missing(self.location)
         if supplied is not None and key != supplied:
             raise KeyMismatch("the configured key differs from the key stored with the counter")
         return bytes(key)
@@ -598,8 +656,9 @@ class PostgresStore:
         self._server_warnings.append(str(message))
 
 
-async def _create_schema(db: asyncpg.Connection) -> int | None:
-    """Create the tables if they are missing; the stored schema version."""
+async def _create_schema(db: asyncpg.Connection, create: bool, where: str) -> int | None:
+    """Create the tables if they are missing (StoreMissing unless ``create``); the stored
+    schema version."""
     async with db.transaction():
         await db.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
         # Only when missing: a role without CREATE can still use tables a DBA made for it.
@@ -608,6 +667,8 @@ async def _create_schema(db: asyncpg.Connection) -> int | None:
             " OR to_regclass('tracking_counter') IS NULL"
         )
         if missing:
+            if not create:
+                raise _missing(where)
             await db.execute(_SCHEMA)
         version = await db.fetchval("SELECT version FROM tracking_schema WHERE id = 1")
         if version is not None and version > SCHEMA_VERSION:
@@ -628,11 +689,11 @@ def _describe(exc: BaseException) -> str:
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
-def open_store(url: str) -> Store:
-    """The store for a ``store`` setting (not yet opened)."""
+def open_store(url: str, *, create: bool = True) -> Store:
+    """The store for a ``store`` setting (not yet opened); ``create``: see ``Store.create``."""
     prefix = "sqlite:///"
     if url.startswith(prefix):
-        return SQLiteStore(url[len(prefix) :])
+        return SQLiteStore(url[len(prefix) :], create)
     if url.startswith(POSTGRES_SCHEMES):
-        return PostgresStore(url)
+        return PostgresStore(url, create)
     raise StoreError(f"unsupported store {redact_url(url)!r}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
+import stat
 import tomllib
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -116,11 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(flag, dest=name, metavar=name.upper(), help=HELP[name])
     commands = parser.add_argument_group("one-shot commands (run, then exit)")
     commands.add_argument(
+        "--init-store",
+        action="store_true",
+        help="create the store (with the key of key_file when set) and exit; with key_file "
+        "set, the service never creates a store by itself",
+    )
+    commands.add_argument(
         "--raise-reserved-to",
         type=int,
         metavar="N",
         help="raise the store's reservation mark to N if it is lower (never lowers it): "
-        "after restoring a backup, so that no number issued since the backup is issued again",
+        "after restoring a backup, so that no number issued since the backup is issued again; "
+        "refuses when there is no store (add --init-store to create one first)",
     )
     return parser
 
@@ -128,7 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
 class Commands(msgspec.Struct, frozen=True):
     """One-shot commands from the command line; they are not settings."""
 
+    init_store: bool = False
     raise_reserved_to: int | None = None
+
+    @property
+    def given(self) -> bool:
+        return self.init_store or self.raise_reserved_to is not None
 
 
 def _read_toml(path: str, explicit: bool) -> dict[str, Any]:
@@ -196,7 +208,7 @@ def _check(config: Config) -> Config:
     if not config.store.startswith(("sqlite:///", "postgresql://", "postgres://")):
         raise ConfigError("store must be sqlite:///PATH or postgresql://…")
     try:
-        urllib.parse.urlsplit(config.store).port  # noqa: B018 (parsing it is the check)
+        _check_ports(config.store)
     except ValueError as exc:
         # The message names the bad part, never the URL: it may hold a password.
         raise ConfigError(f"store is not a valid URL: {exc}") from None
@@ -206,6 +218,22 @@ def _check(config: Config) -> Config:
             f"{MAX_SOCKET_PATH} bytes; set runtime_dir to a shorter directory"
         )
     return config
+
+
+def _check_ports(url: str) -> None:
+    """Raise ValueError for a port that is not a number in a URL's host list.
+
+    libpq's (and asyncpg's) multi-host form names a port per host, ``db1:5432,db2:5433``,
+    which ``urlsplit().port`` cannot parse, so each host is checked on its own.
+    """
+    hosts = urllib.parse.urlsplit(url).netloc.rpartition("@")[2]  # raises on a bad [IPv6]
+    for host in hosts.split(","):
+        port = host.rpartition("]")[2] if host.startswith("[") else host
+        _, colon, digits = port.rpartition(":")
+        valid = not digits or (digits.isascii() and digits.isdigit() and int(digits) <= 65535)
+        if colon and not valid:
+            # The text is not repeated: a misplaced password could be what stands there.
+            raise ValueError("a host's port is not a number from 0 to 65535")
 
 
 def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
@@ -219,7 +247,9 @@ def parse(
     """The Config (see ``load``) and the one-shot commands given on the command line."""
     env = os.environ if env is None else env
     args = vars(build_parser().parse_args(argv))
-    commands = Commands(raise_reserved_to=args.pop("raise_reserved_to"))
+    commands = Commands(
+        init_store=args.pop("init_store"), raise_reserved_to=args.pop("raise_reserved_to")
+    )
     config_file = args.pop("config") or env.get(ENV_PREFIX + "CONFIG")
     values = _read_toml(config_file or DEFAULT_CONFIG_FILE, explicit=bool(config_file))
     values.update(_from_env(env))
@@ -230,6 +260,36 @@ def parse(
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid configuration: {exc}") from None
     return _check(config), commands
+
+
+class NotPrivate(OSError):
+    """A directory that other users may enter, or that belongs to another user."""
+
+
+def private_directory(path: str) -> None:
+    """Make sure ``path`` is a directory only this user can enter (for the store, the socket).
+
+    A missing one is created 0700 whatever the umask. An existing one is never changed: it may
+    be shared (``/tmp``, a home directory), so one that is not private is refused instead.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    else:
+        os.chmod(path, 0o700)  # the umask may have taken bits away from 0700
+        return
+    info = os.stat(path)
+    mode = stat.S_IMODE(info.st_mode)
+    if not stat.S_ISDIR(info.st_mode):
+        raise NotPrivate(f"{path} is not a directory")
+    if info.st_uid != os.geteuid() or mode & 0o077:
+        raise NotPrivate(
+            f"{path} is not private (mode {mode:04o}, owner uid {info.st_uid}); it must belong "
+            f"to uid {os.geteuid()} with mode 0700: the service does not change the mode of a "
+            "directory it did not create, so chmod 700 it or choose another one"
+        )
 
 
 SECRETS = ("admin_token",)
@@ -245,16 +305,33 @@ def describe(config: Config) -> dict[str, Any]:
     return described
 
 
-_QUERY_PASSWORD = re.compile(r"(?<=[?&])(password=)[^&#]*", re.IGNORECASE)
+# libpq's connection parameters that hold a secret, in the query string of a URL. The other
+# ones name files (passfile, sslkey, sslcert, sslrootcert, service) or settings: a path is
+# not a secret, and an operator needs to see it to tell which file was used.
+SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any password in it (``user:PASSWORD@`` or ``?password=``) shown as ``***``."""
+    """``url`` with every secret in it (``user:PASSWORD@``, ``?password=``, ``?sslpassword=``)
+    shown as ``***``."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
-    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
-    userinfo, at, host = rest[:end].rpartition("@")
+    # The user info ends at the last @ before the query, and the query starts at the first ? or
+    # # after the first @: a password with an unencoded /, ? or # is hidden whole. Hiding too
+    # much is harmless; too little is a leak.
+    first_at = max(rest.find("@"), 0)
+    end = min((i for i in (rest.find(c, first_at) for c in "?#") if i >= 0), default=len(rest))
+    head, query = rest[:end], rest[end:]
+    userinfo, at, hosts = head.rpartition("@")
     if at and ":" in userinfo:
-        rest = userinfo.split(":", 1)[0] + ":***@" + host + rest[end:]
-    return scheme + sep + _QUERY_PASSWORD.sub(r"\1***", rest)
+        head = userinfo.split(":", 1)[0] + ":***@" + hosts
+    query, hash_sign, fragment = query.partition("#")
+    parts = []
+    for part in query[1:].split("&") if query else ():
+        name, eq, _ = part.partition("=")
+        # Compared decoded and in any case, as libpq and asyncpg decode names (%70assword=).
+        secret = eq and urllib.parse.unquote(name).lower() in SECRET_PARAMETERS
+        parts.append(name + "=***" if secret else part)
+    query = query[:1] + "&".join(parts)
+    return scheme + sep + head + query + hash_sign + fragment

@@ -210,6 +210,11 @@ def test_unsupported_store_url_is_rejected(store: str) -> None:
         "postgresql://tracking@db.example:5432/tracking",
         "postgres://tracking@db.example/tracking",
         "postgresql:///tracking?host=/run/postgresql",
+        # libpq's multi-host form, a port per host (asyncpg takes it too): failover.
+        "postgresql://tracking@db1:5432,db2:5433/tracking?target_session_attrs=read-write",
+        "postgresql://tracking:pw@[::1]:5432,[fd00::2]:5433,db3/tracking",
+        "postgresql://tracking@db1,db2:5433/tracking",
+        "postgresql://tracking@db1:,db2/tracking",  # an empty port: the default
     ],
 )
 def test_postgresql_store_urls_are_accepted_as_given(store: str) -> None:
@@ -221,6 +226,49 @@ def test_a_malformed_store_url_is_rejected_without_repeating_its_password() -> N
     with pytest.raises(ConfigError, match="store") as info:
         load_no_file("--store", "postgresql://tracking:hunter2@db.example:54x32/tracking")
     assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "store",
+    [
+        "postgresql://tracking:hunter2@db1:5432,db2:54x32/tracking",
+        "postgresql://tracking@db1:5432,db2:65536/tracking",
+        "postgresql://tracking@db1:,db2:-1/tracking",
+        "postgresql://tracking@db1:5432,db2:5433x/tracking",
+    ],
+)
+def test_a_bad_port_of_one_host_in_a_multi_host_url_is_rejected(store: str) -> None:
+    with pytest.raises(ConfigError, match="port") as info:
+        load_no_file("--store", store)
+    assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        # Every parameter of libpq that holds a secret, whatever the case or %-encoding.
+        (
+            "postgresql://app@db/t?sslmode=verify-full&sslpassword=s3cret&sslkey=/etc/k.pem",
+            "postgresql://app@db/t?sslmode=verify-full&sslpassword=***&sslkey=/etc/k.pem",
+        ),
+        ("postgresql://db/t?PASSWORD=s3cret", "postgresql://db/t?PASSWORD=***"),
+        ("postgresql://db/t?%70assword=s3cret&x=1", "postgresql://db/t?%70assword=***&x=1"),
+        ("postgresql://db/t?ssl%70assword=s3cret", "postgresql://db/t?ssl%70assword=***"),
+        # Paths are not secrets: an operator needs to see which file was used.
+        (
+            "postgresql://app@/t?host=/run/pg&passfile=/etc/tracking/pgpass",
+            "postgresql://app@/t?host=/run/pg&passfile=/etc/tracking/pgpass",
+        ),
+        # A password of several hosts' URL, and one with characters it should have encoded.
+        (
+            "postgresql://app:s3cret@db1:5432,db2:5433/t?target_session_attrs=read-write",
+            "postgresql://app:***@db1:5432,db2:5433/t?target_session_attrs=read-write",
+        ),
+        ("postgresql://app:s3/c?r#et@db/t?x=1", "postgresql://app:***@db/t?x=1"),
+    ],
+)
+def test_redact_url_hides_every_secret_libpq_knows(url: str, shown: str) -> None:
+    assert settings.redact_url(url) == shown
 
 
 def test_the_loggable_settings_hide_a_password_in_the_store_url() -> None:

@@ -199,7 +199,7 @@ async def test_a_live_allocator_socket_is_never_taken_over(
 
 
 def test_a_stale_socket_is_replaced_but_other_files_are_not(config: Config) -> None:
-    os.makedirs(config.runtime_dir, exist_ok=True)
+    os.makedirs(config.runtime_dir, mode=0o700, exist_ok=True)
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(config.allocator_socket)
     stale.close()  # bound, never listening: what a killed allocator leaves behind

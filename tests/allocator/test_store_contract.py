@@ -24,7 +24,14 @@ import pytest
 from allocator import store as store_module
 from allocator.protocol import COUNTER_LIMIT, KeyMismatch, Remembered, StoreError
 from allocator.server import STORE_RETRY_DELAY, Allocator
-from allocator.store import SCHEMA_VERSION, PostgresStore, SQLiteStore, Store, open_store
+from allocator.store import (
+    SCHEMA_VERSION,
+    PostgresStore,
+    SQLiteStore,
+    Store,
+    StoreMissing,
+    open_store,
+)
 from tests.system.conftest import REPO, PostgresServer, missing_server
 
 KINDS = ["sqlite", "postgresql"]
@@ -51,11 +58,25 @@ class Locations:
         self._databases.append(name)
         return self.server.database_url(name)
 
-    async def open(self, url: str) -> Store:
-        store = open_store(url)
+    async def open(self, url: str, *, create: bool = True) -> Store:
+        store = open_store(url, create=create)
         self._stores.append(store)
         await store.open()
         return store
+
+    async def holds_anything(self, url: str) -> bool:
+        """Whether anything of a store (a file, a table) exists at ``url``."""
+        if self.server is None:
+            return Path(url.removeprefix("sqlite:///")).parent.exists()
+        connection = await asyncpg.connect(url, timeout=10)
+        try:
+            return bool(
+                await connection.fetchval(
+                    "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'tracking%'"
+                )
+            )
+        finally:
+            await connection.close()
 
     async def cleanup(self) -> None:
         for store in self._stores:
@@ -124,6 +145,52 @@ async def test_a_supplied_key_that_differs_from_the_stored_one_is_refused(
     with pytest.raises(KeyMismatch):
         await store.load_key(bytes(32))
     assert await store.load_key() == stored
+
+
+async def test_a_store_that_may_not_create_refuses_a_missing_store_and_makes_nothing(
+    locations: Locations, url: str
+) -> None:
+    # Refused at open already: no file, no table is made for a store that is not there.
+    with pytest.raises(StoreMissing, match="--init-store"):
+        await locations.open(url, create=False)
+    assert not await locations.holds_anything(url)
+
+    # The same location is still new to a store that may create one.
+    creating = await locations.open(url)
+    assert not creating.created
+    await creating.load_key()
+    assert creating.created
+
+
+async def test_a_store_that_may_not_create_refuses_a_schema_without_a_key(
+    locations: Locations, url: str
+) -> None:
+    # Tables but no counter: an interrupted first start, or a DBA who made the tables.
+    await (await locations.open(url)).close()
+    store = await locations.open(url, create=False)
+    with pytest.raises(StoreMissing):
+        await store.load_key(bytes(32))
+    with pytest.raises(StoreMissing):
+        await store.load_key()
+    assert not store.created
+
+
+async def test_a_store_that_may_not_create_uses_an_existing_one_and_checks_its_key(
+    locations: Locations, url: str
+) -> None:
+    supplied = bytes(range(32))
+    first = await locations.open(url)
+    await first.load_key(supplied)
+    assert first.created
+    await first.reserve(1000)
+    await first.close()
+
+    store = await locations.open(url, create=False)
+    assert await store.load_key(supplied) == supplied
+    assert not store.created
+    with pytest.raises(KeyMismatch):
+        await store.load_key(bytes(32))
+    assert await store.reserve(10) == (1000, 1010)
 
 
 async def test_release_gives_back_only_an_untouched_tail(locations: Locations, url: str) -> None:
