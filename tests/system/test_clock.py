@@ -58,11 +58,11 @@ def test_wall_clock_jumps_change_no_number(short_tmp: Path, libfaketime: str) ->
     # A store with a key and a mark of its own, then two identical copies of it.
     subprocess.run(
         [sys.executable, "run.py", "--config", "/dev/null", "--state-dir", str(base),
-         "--raise-reserved-to", "123456789"],
+         "--init-store", "--raise-reserved-to", "123456789"],
         cwd=REPO, check=True, capture_output=True, timeout=60,
     )  # fmt: skip
     for copy in (real_dir, shifted_dir):
-        copy.mkdir()
+        copy.mkdir(mode=0o700)  # the service refuses a state directory others may enter
         for file in base.glob("tracking.sqlite3*"):
             shutil.copy2(file, copy / file.name)
 

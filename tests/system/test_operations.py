@@ -297,14 +297,15 @@ def test_systemd_hears_ready_watchdog_and_stopping(short_tmp: Path) -> None:
 
 
 def test_raise_reserved_to_moves_the_mark_up_only(service: Service) -> None:
-    def raise_to(value: int) -> subprocess.CompletedProcess[str]:
+    def raise_to(value: int, *flags: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "run.py", "--config", "/dev/null", "--state-dir",
-             str(service.state_dir), "--raise-reserved-to", str(value)],
+             str(service.state_dir), "--raise-reserved-to", str(value), *flags],
             cwd=REPO, capture_output=True, text=True, timeout=30,
         )  # fmt: skip
 
-    assert raise_to(10**12).returncode == 0
+    assert raise_to(10**12).returncode == 1  # no store yet: the raise never creates one
+    assert raise_to(10**12, "--init-store").returncode == 0
     assert raise_to(5).returncode == 0  # lower: nothing changes
     assert raise_to(2**56 + 1).returncode == 2
     service.start()
