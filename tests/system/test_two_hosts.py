@@ -12,8 +12,12 @@ counter lies below the durable mark.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
 import signal
+import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +26,7 @@ import asyncpg
 import pytest
 
 from service.numbers import NumberFormatter, Permutation
-from tests.system.conftest import Outcome, PostgresServer, Service, load
+from tests.system.conftest import Outcome, PostgresServer, Service, free_port, load
 from tests.system.test_run import assert_valid
 
 # Small, so that the hosts' reservations interleave many times in a few seconds of load.
@@ -32,12 +36,10 @@ RECOVERY_TIMEOUT = 30.0
 
 
 class SharedStore:
-    """One fresh database that both hosts use as their store."""
+    """One database that both hosts use as their store."""
 
-    def __init__(self, server: PostgresServer, name: str) -> None:
-        self.server = server
-        self.name = name
-        self.url = server.database_url(name)
+    def __init__(self, url: str) -> None:
+        self.url = url
 
     async def fetchval(self, query: str) -> object:
         connection = await asyncpg.connect(self.url, timeout=10)
@@ -73,17 +75,18 @@ def server() -> PostgresServer:
 @pytest.fixture
 def shared(server: PostgresServer) -> Iterator[SharedStore]:
     name = asyncio.run(server.create_database())
-    yield SharedStore(server, name)
+    yield SharedStore(server.database_url(name))
     asyncio.run(server.drop_database(name))
 
 
-@pytest.fixture
-def hosts(short_tmp: Path, shared: SharedStore) -> Iterator[tuple[Service, Service]]:
-    flags = ["--store", shared.url, "--reserve-step", str(RESERVE_STEP), "--no-access-log"]
+@contextlib.contextmanager
+def two_hosts(short_tmp: Path, url: str) -> Iterator[tuple[Service, Service]]:
+    """Two complete services on the store ``url``, started; killed on the way out."""
+    flags = ["--store", url, "--reserve-step", str(RESERVE_STEP), "--no-access-log"]
     services = []
     for name in ("a", "b"):
         state_dir = short_tmp / name
-        state_dir.mkdir()
+        state_dir.mkdir(mode=0o700)
         services.append(Service(state_dir, 2, *flags))
     try:
         for service in services:
@@ -92,6 +95,12 @@ def hosts(short_tmp: Path, shared: SharedStore) -> Iterator[tuple[Service, Servi
     finally:
         for service in services:
             service.kill()
+
+
+@pytest.fixture
+def hosts(short_tmp: Path, shared: SharedStore) -> Iterator[tuple[Service, Service]]:
+    with two_hosts(short_tmp, shared.url) as pair:
+        yield pair
 
 
 class Traffic:
@@ -318,3 +327,175 @@ def test_a_password_in_the_store_url_never_reaches_the_log(short_tmp: Path) -> N
     log = service.log()
     assert "cannot connect to postgresql://tracking:***@/tracking" in log
     assert secret not in log
+
+
+# --- failover to a synchronous standby ---------------------------------------------------------
+
+FAILOVER_PASSWORD = "failover-test-only"
+
+
+class PrimaryAndStandby:
+    """A PostgreSQL primary and a synchronous standby copied from it by ``pg_basebackup``, each
+    in a temporary directory, listening on a loopback port (and a Unix socket for set-up).
+
+    Run as the ``postgres`` user under root (PostgreSQL refuses root), else as ourselves. The
+    role ``tracking`` logs in with a password over TCP: the hosts use libpq's multi-host URL
+    with a port per host, as docs/scaling.md tells operators to.
+    """
+
+    def __init__(self, bin_dir: str) -> None:
+        self.bin_dir = bin_dir
+        # Short: the socket path (ROOT/.s.PGSQL.PORT) must fit in 107 bytes.
+        self.root = tempfile.mkdtemp(prefix="tn-fo.", dir="/tmp")
+        self.as_owner: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres", "postgres")
+            self.as_owner = ["runuser", "-u", "postgres", "--"]
+        self.primary = os.path.join(self.root, "primary")
+        self.standby = os.path.join(self.root, "standby")
+        self.primary_port, self.standby_port = free_port(), free_port()
+        self.url = (
+            f"postgresql://tracking:{FAILOVER_PASSWORD}@127.0.0.1:{self.primary_port},"
+            f"127.0.0.1:{self.standby_port}/tracking?target_session_attrs=read-write"
+        )
+
+    def run(self, tool: str, *args: str) -> None:
+        command = [*self.as_owner, os.path.join(self.bin_dir, tool), *args]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, f"{tool} {' '.join(args)}: {done.stdout}{done.stderr}"
+
+    def pg_ctl(self, data: str, *args: str) -> None:
+        self.run("pg_ctl", "-D", data, "-l", data + ".log", "-w", "-t", "60", *args)
+
+    def admin_url(self, port: int) -> str:
+        return f"postgresql://postgres@/postgres?host={self.root}&port={port}"
+
+    def start(self) -> None:
+        self.run("initdb", "-D", self.primary, "-U", "postgres", "-E", "UTF8",
+                 "--auth-local=trust", "--no-instructions")  # fmt: skip
+        with open(os.path.join(self.primary, "pg_hba.conf"), "w") as hba:
+            hba.write(
+                "local all postgres trust\n"
+                "local replication postgres trust\n"
+                "host all tracking 127.0.0.1/32 scram-sha-256\n"
+            )
+        with open(os.path.join(self.primary, "postgresql.conf"), "a") as conf:
+            conf.write(
+                f"\nlisten_addresses = '127.0.0.1'\nport = {self.primary_port}\n"
+                f"unix_socket_directories = '{self.root}'\nunix_socket_permissions = 0700\n"
+                "fsync = on\nsynchronous_commit = on\n"
+            )
+        self.pg_ctl(self.primary, "start")
+        asyncio.run(self._create_role_and_database())
+        self.run("pg_basebackup", "-D", self.standby, "-h", self.root, "-U", "postgres",
+                 "-p", str(self.primary_port), "-X", "stream", "-c", "fast")  # fmt: skip
+        with open(os.path.join(self.standby, "postgresql.conf"), "a") as conf:
+            conf.write(
+                f"\nport = {self.standby_port}\n"
+                f"primary_conninfo = 'host={self.root} port={self.primary_port} user=postgres "
+                "application_name=standby'\n"
+                # Once promoted it stands alone, as an operator would run it until a new standby
+                # is built: waiting for a standby that is gone would block every commit.
+                "synchronous_standby_names = ''\n"
+            )
+        open(os.path.join(self.standby, "standby.signal"), "w").close()
+        if self.as_owner:
+            shutil.chown(os.path.join(self.standby, "standby.signal"), "postgres", "postgres")
+        self.pg_ctl(self.standby, "start")
+        asyncio.run(self._make_the_standby_synchronous())
+
+    async def _create_role_and_database(self) -> None:
+        admin = await asyncpg.connect(self.admin_url(self.primary_port), timeout=10)
+        try:
+            await admin.execute(f"CREATE ROLE tracking LOGIN PASSWORD '{FAILOVER_PASSWORD}'")
+            await admin.execute("CREATE DATABASE tracking OWNER tracking")
+        finally:
+            await admin.close()
+
+    async def _make_the_standby_synchronous(self) -> None:
+        admin = await asyncpg.connect(self.admin_url(self.primary_port), timeout=10)
+        try:
+            # Only now: before the standby runs, every commit would wait for it. From here on a
+            # commit returns once the standby has flushed it, so the promoted standby holds at
+            # least every mark a host granted from.
+            await admin.execute("ALTER SYSTEM SET synchronous_standby_names = 'standby'")
+            await admin.execute("SELECT pg_reload_conf()")
+            async with asyncio.timeout(60):
+                # Polling: replication state shows only in pg_stat_replication.
+                while await self._sync_state(admin) != "sync":  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)
+        finally:
+            await admin.close()
+
+    @staticmethod
+    async def _sync_state(admin: asyncpg.Connection) -> str | None:
+        return await admin.fetchval(
+            "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'standby'"
+        )
+
+    def crash_primary(self) -> None:
+        """Like a power cut: no shutdown checkpoint, every connection dropped."""
+        self.pg_ctl(self.primary, "stop", "-m", "immediate")
+
+    def promote_standby(self) -> None:
+        self.pg_ctl(self.standby, "promote")
+
+    def remove(self) -> None:
+        for data in (self.standby, self.primary):
+            if os.path.exists(os.path.join(data, "postmaster.pid")):
+                with contextlib.suppress(AssertionError):
+                    self.pg_ctl(data, "stop", "-m", "immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def primary_and_standby() -> Iterator[PrimaryAndStandby]:
+    server = PostgresServer.from_environment()  # skips (fails under CI) without PostgreSQL
+    cluster = PrimaryAndStandby(server.bin_dir)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+def test_a_crashed_primary_and_a_promoted_standby_make_no_duplicate_and_both_hosts_recover(
+    short_tmp: Path, primary_and_standby: PrimaryAndStandby
+) -> None:
+    cluster = primary_and_standby
+    shared = SharedStore(cluster.url)
+
+    async def run(hosts: tuple[Service, Service]) -> tuple[Outcome, Outcome, int, int]:
+        traffic = Traffic(hosts)
+        async with asyncio.timeout(RECOVERY_TIMEOUT):
+            # Polling: the load shows only in the answers.
+            while min(len(o.numbers) for o in traffic.outcomes) < 500:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        await asyncio.to_thread(cluster.crash_primary)
+        await asyncio.to_thread(cluster.promote_standby)
+        # Read through the hosts' own URL: only the promoted standby takes it now. Anything at
+        # or above this mark was reserved after the promotion.
+        mark_after_promotion = await shared.mark()
+        await until_issued_from(shared, mark_after_promotion, traffic.outcomes)
+        first, second = await traffic.stop()
+        return first, second, mark_after_promotion, await shared.mark()
+
+    with two_hosts(short_tmp, cluster.url) as hosts:
+        first, second, mark_after_promotion, final_mark = asyncio.run(run(hosts))
+        report("failover", first, second, mark_after_promotion=mark_after_promotion)
+        for outcome in (first, second):
+            check_clean(outcome)
+        check_no_duplicates(first.numbers, second.numbers)
+        counters = asyncio.run(shared.counters(first.numbers + second.numbers))
+        assert max(counters) < final_mark
+
+        # Recovered for good, with nobody's help: a fresh batch on each host is served in full,
+        # still unique across both hosts and everything before.
+        after = [asyncio.run(load(host.url, 1_000)) for host in hosts]
+        for outcome in after:
+            assert (len(outcome.numbers), outcome.unavailable) == (1_000, 0)
+        check_no_duplicates(first.numbers + after[0].numbers, second.numbers + after[1].numbers)
+        for host in hosts:
+            assert host.stop() == 0
+        for host in hosts:
+            assert FAILOVER_PASSWORD not in host.log()
