@@ -99,8 +99,11 @@ class Allocator:
         self.key = await self.store.load_key(supplied_key)
         if self.store.created:
             # Said out loud: a store that appears where one was expected (a wrong path, a lost
-            # volume) starts the counter again, under a new random key.
-            log.warning("new store created, with a new random key", extra=_where(self.store))
+            # volume) starts the counter again, under a new key.
+            source = "key_file" if supplied_key else "random"
+            log.warning(
+                "new store created", extra={**_where(self.store), "tracking.key_source": source}
+            )
         # Everything below the durable mark may have been handed out before: start above it.
         self.next = self.reserved = await self.store.durable_mark()
         log.info(

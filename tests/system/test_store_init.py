@@ -62,13 +62,14 @@ def test_with_a_key_file_a_missing_store_is_refused_until_it_is_initialised(
 def test_without_a_key_file_the_first_start_creates_the_store_and_says_so(service: Service) -> None:
     service.start()
     assert service.stop() == 0
-    (line,) = [line for line in service.log_lines() if line["message"].startswith("new store")]
+    (line,) = [line for line in service.log_lines() if line["message"] == "new store created"]
     assert line["log.level"] == "warning"
     assert line["tracking.store_location"] == str(service.state_dir / "tracking.sqlite3")
+    assert line["tracking.key_source"] == "random"
 
     service.start()  # the second start finds it: nothing to say
     assert service.stop() == 0
-    assert sum(line["message"].startswith("new store") for line in service.log_lines()) == 1
+    assert sum(line["message"] == "new store created" for line in service.log_lines()) == 1
 
 
 def test_a_raise_on_an_empty_state_directory_exits_non_zero_and_creates_nothing(
