@@ -73,8 +73,9 @@ HELP: dict[str, str] = {
     "postgresql:///DB?host=/DIR; the password from PGPASSWORD or a PGPASSFILE)",
     "reserve_step": "numbers reserved per store write; 0 sizes it from the issue rate, at least "
     "100000 with SQLite and 1000000 with PostgreSQL",
-    "key_file": "file holding the permutation key as 64 hex digits; by default the key is "
-    "generated at the store's first use and kept in the store",
+    "key_file": "file holding the permutation key as 64 hex digits, mode 0600; by default the "
+    "key is generated at the store's first use and kept in the store; with key_file set, the "
+    "store is never created implicitly (see --init-store)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "access_log": "one log line per request",
     "cors_origins": "origins allowed by CORS, comma-separated (none by default)",
