@@ -9,8 +9,10 @@ connection loss, passwords) is at the end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -22,7 +24,14 @@ import asyncpg
 import pytest
 
 from allocator import store as store_module
-from allocator.protocol import COUNTER_LIMIT, KeyMismatch, Remembered, StoreError
+from allocator.protocol import (
+    COUNTER_LIMIT,
+    NEW_STORE_SCHEME,
+    SCHEME_FEISTEL4,
+    KeyMismatch,
+    Remembered,
+    StoreError,
+)
 from allocator.server import STORE_RETRY_DELAY, Allocator
 from allocator.store import SCHEMA_VERSION, PostgresStore, SQLiteStore, Store, open_store
 from tests.system.conftest import REPO, PostgresServer, missing_server
@@ -124,6 +133,79 @@ async def test_a_supplied_key_that_differs_from_the_stored_one_is_refused(
     with pytest.raises(KeyMismatch):
         await store.load_key(bytes(32))
     assert await store.load_key() == stored
+
+
+# What every store looked like before the scheme was recorded (schema version 2), word for word.
+_VERSION_2_SQLITE = """
+CREATE TABLE counter (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    reserved INTEGER NOT NULL CHECK (reserved BETWEEN 0 AND 72057594037927936),
+    key BLOB NOT NULL CHECK (length(key) = 32));
+CREATE TABLE idempotency (
+    key TEXT PRIMARY KEY, fingerprint BLOB NOT NULL, response BLOB NOT NULL,
+    expires_at REAL NOT NULL);
+PRAGMA user_version=2;
+"""
+_VERSION_2_POSTGRESQL = """
+CREATE TABLE tracking_schema (id smallint PRIMARY KEY CHECK (id = 1), version integer NOT NULL);
+INSERT INTO tracking_schema (id, version) VALUES (1, 2);
+CREATE TABLE tracking_counter (
+    id smallint PRIMARY KEY CHECK (id = 1),
+    reserved bigint NOT NULL CHECK (reserved BETWEEN 0 AND 72057594037927936),
+    key bytea NOT NULL CHECK (length(key) = 32));
+CREATE TABLE tracking_idempotency (
+    key text PRIMARY KEY, fingerprint bytea NOT NULL, response bytea NOT NULL,
+    expires_at double precision NOT NULL);
+"""
+
+
+async def make_a_store_from_before_schemes(url: str, key: bytes, mark: int) -> None:
+    """A store as the release before the scheme left it: its key, its mark, no scheme."""
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            db.executescript(_VERSION_2_SQLITE)
+            db.execute("INSERT INTO counter VALUES (1, ?, ?)", (mark, key))
+            db.commit()
+        return
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute(_VERSION_2_POSTGRESQL)
+        await connection.execute("INSERT INTO tracking_counter VALUES (1, $1, $2)", mark, key)
+    finally:
+        await connection.close()
+
+
+@pytest.mark.parametrize("supplied", [None, bytes(range(32))], ids=["random", "supplied"])
+async def test_a_new_store_records_the_new_scheme_with_its_key(
+    locations: Locations, url: str, supplied: bytes | None
+) -> None:
+    store = await locations.open(url)
+    key = await store.load_key(supplied)
+    assert await store.load_scheme() == NEW_STORE_SCHEME
+    await store.close()
+
+    reopened = await locations.open(url)
+    assert await reopened.load_key() == key
+    assert await reopened.load_scheme() == NEW_STORE_SCHEME
+
+
+async def test_a_store_made_before_the_scheme_keeps_its_key_its_mark_and_four_rounds(
+    locations: Locations, url: str
+) -> None:
+    old_key = bytes(range(100, 132))
+    await make_a_store_from_before_schemes(url, old_key, mark=5000)
+    store = await locations.open(url)
+    assert await store.load_key() == old_key
+    assert await store.load_scheme() == SCHEME_FEISTEL4
+    assert await store.reserve(10) == (5000, 5010)
+    await store.close()
+
+    # Upgraded once, it stays so: opening it again keeps its scheme.
+    reopened = await locations.open(url)
+    assert await reopened.load_key() == old_key
+    assert await reopened.load_scheme() == SCHEME_FEISTEL4
 
 
 async def test_release_gives_back_only_an_untouched_tail(locations: Locations, url: str) -> None:
@@ -349,7 +431,7 @@ async def test_a_version_1_database_is_upgraded_in_place(
         await upgraded.open()
         assert await upgraded.recall("k", now=0.0) is None
         await upgraded.close()
-        assert await connection.fetchval("SELECT version FROM tracking_schema") == 2
+        assert await connection.fetchval("SELECT version FROM tracking_schema") == SCHEMA_VERSION
     finally:
         await connection.close()
 
