@@ -8,7 +8,7 @@ from allocator.client import AllocatorClient
 from allocator.protocol import NEW_STORE_SCHEME, SCHEME_FEISTEL4, AllocatorUnavailable, KeyMismatch
 from allocator.server import Allocator, bind_unix_socket
 from config.settings import Config
-from tests.allocator.test_store_contract import make_a_store_from_before_schemes
+from tests.allocator.old_stores import make_a_store_from_before_schemes
 from tests.conftest import Allocators
 
 

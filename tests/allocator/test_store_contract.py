@@ -9,10 +9,8 @@ connection loss, passwords) is at the end.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -34,6 +32,7 @@ from allocator.protocol import (
 )
 from allocator.server import STORE_RETRY_DELAY, Allocator
 from allocator.store import SCHEMA_VERSION, PostgresStore, SQLiteStore, Store, open_store
+from tests.allocator.old_stores import make_a_store_from_before_schemes
 from tests.system.conftest import REPO, PostgresServer, missing_server
 
 KINDS = ["sqlite", "postgresql"]
@@ -133,48 +132,6 @@ async def test_a_supplied_key_that_differs_from_the_stored_one_is_refused(
     with pytest.raises(KeyMismatch):
         await store.load_key(bytes(32))
     assert await store.load_key() == stored
-
-
-# What every store looked like before the scheme was recorded (schema version 2), word for word.
-_VERSION_2_SQLITE = """
-CREATE TABLE counter (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    reserved INTEGER NOT NULL CHECK (reserved BETWEEN 0 AND 72057594037927936),
-    key BLOB NOT NULL CHECK (length(key) = 32));
-CREATE TABLE idempotency (
-    key TEXT PRIMARY KEY, fingerprint BLOB NOT NULL, response BLOB NOT NULL,
-    expires_at REAL NOT NULL);
-PRAGMA user_version=2;
-"""
-_VERSION_2_POSTGRESQL = """
-CREATE TABLE tracking_schema (id smallint PRIMARY KEY CHECK (id = 1), version integer NOT NULL);
-INSERT INTO tracking_schema (id, version) VALUES (1, 2);
-CREATE TABLE tracking_counter (
-    id smallint PRIMARY KEY CHECK (id = 1),
-    reserved bigint NOT NULL CHECK (reserved BETWEEN 0 AND 72057594037927936),
-    key bytea NOT NULL CHECK (length(key) = 32));
-CREATE TABLE tracking_idempotency (
-    key text PRIMARY KEY, fingerprint bytea NOT NULL, response bytea NOT NULL,
-    expires_at double precision NOT NULL);
-"""
-
-
-async def make_a_store_from_before_schemes(url: str, key: bytes, mark: int) -> None:
-    """A store as the release before the scheme left it: its key, its mark, no scheme."""
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with contextlib.closing(sqlite3.connect(path)) as db:
-            db.executescript(_VERSION_2_SQLITE)
-            db.execute("INSERT INTO counter VALUES (1, ?, ?)", (mark, key))
-            db.commit()
-        return
-    connection = await asyncpg.connect(url)
-    try:
-        await connection.execute(_VERSION_2_POSTGRESQL)
-        await connection.execute("INSERT INTO tracking_counter VALUES (1, $1, $2)", mark, key)
-    finally:
-        await connection.close()
 
 
 @pytest.mark.parametrize("supplied", [None, bytes(range(32))], ids=["random", "supplied"])

@@ -9,7 +9,7 @@ from allocator.server import Allocator
 from config.settings import Config
 from service.numbers import NumberFormatter, Permutation
 from service.verify import problems, serial_of, suggestion
-from tests.allocator.test_store_contract import make_a_store_from_before_schemes
+from tests.allocator.old_stores import make_a_store_from_before_schemes
 from tests.conftest import CANONICAL_QUERY, Allocators
 from tests.service.conftest import ClientFactory
 
