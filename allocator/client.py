@@ -42,6 +42,8 @@ class AllocatorClient:
         self.path = path
         self.timeout = timeout
         self.key: bytes | None = None
+        # The permutation scheme the key is used with (service/numbers.py); comes with the key.
+        self.scheme: int | None = None
         self._ids = itertools.count()
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
@@ -153,12 +155,12 @@ class AllocatorClient:
             if not isinstance(welcome, Welcome):
                 self._disconnect(ProtocolError("the allocator did not welcome us"))
                 raise ProtocolError(f"unexpected answer to Hello: {welcome!r}")
-            if self.key is not None and welcome.key != self.key:
-                # The counter's store was swapped under us: numbers from the new key could
-                # collide with numbers we issued under the old one. Refuse to go on.
+            if self.key is not None and (welcome.key, welcome.scheme) != (self.key, self.scheme):
+                # The counter's store was swapped under us: numbers from the new key (or
+                # scheme) could collide with numbers we issued under the old one. Refuse to go on.
                 self._disconnect(KeyMismatch("the permutation key changed"))
                 raise KeyMismatch("the allocator's permutation key changed; restart the worker")
-            self.key = welcome.key
+            self.key, self.scheme = welcome.key, welcome.scheme
 
     async def _call(
         self, request: Lease | Hello | StatusQuery | Recall | Remember

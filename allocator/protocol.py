@@ -22,6 +22,11 @@ MAX_LEASE = 10_000_000
 # The counter space: numbers are a permutation of [0, 2**56).
 COUNTER_LIMIT = 2**56
 KEY_BYTES = 32
+# Which permutation a key is used with (service/numbers.py has each). The store records it
+# beside the key, so a new scheme never changes the numbers of an existing key.
+SCHEME_FEISTEL4 = 1  # 4-round Feistel: every store made before the scheme was recorded
+SCHEME_FEISTEL10 = 2  # 10-round Feistel, NIST FF1's margin
+NEW_STORE_SCHEME = SCHEME_FEISTEL10
 
 # Histogram bucket bounds in seconds (upper bounds; +Inf is implied): both sides must agree.
 REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -33,6 +38,7 @@ RequestId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 Counter = Annotated[int, msgspec.Meta(ge=0, le=COUNTER_LIMIT)]
 LeaseCount = Annotated[int, msgspec.Meta(ge=1, le=MAX_LEASE)]
 IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+Scheme = Annotated[int, msgspec.Meta(ge=SCHEME_FEISTEL4, le=SCHEME_FEISTEL10)]
 
 
 class AllocatorError(Exception):
@@ -140,7 +146,8 @@ class Message(msgspec.Struct, tag=True, frozen=True, array_like=True):
 
 # Worker -> allocator.
 class Hello(Message):
-    """First request of a connection: who is asking. Answered with the permutation key."""
+    """First request of a connection: who is asking. Answered with the permutation key and
+    its scheme."""
 
     pid: int
 
@@ -179,6 +186,8 @@ class Remember(Message):
 # Allocator -> worker.
 class Welcome(Message):
     key: bytes
+    # An allocator of an older release sends no scheme: its stores can only be of the first.
+    scheme: Scheme = SCHEME_FEISTEL4
 
 
 class Granted(Message):

@@ -22,6 +22,8 @@ from allocator import protocol
 from allocator.protocol import (
     COUNTER_LIMIT,
     RESERVATION_BUCKETS,
+    SCHEME_FEISTEL4,
+    SCHEME_FEISTEL10,
     AllocatorError,
     AllocatorStatus,
     Granted,
@@ -74,6 +76,7 @@ class Allocator:
         self.store = store
         self.fixed_step = reserve_step
         self.key = b""
+        self.scheme = 0
         self.next = 0
         self.reserved = 0  # end of the last durable reservation
         self._ranges: collections.deque[list[int]] = collections.deque()
@@ -104,11 +107,19 @@ class Allocator:
             log.warning(
                 "new store created", extra={**_where(self.store), "tracking.key_source": source}
             )
+        self.scheme = await self.store.load_scheme()
+        if not SCHEME_FEISTEL4 <= self.scheme <= SCHEME_FEISTEL10:
+            # A newer release's permutation: our workers would issue other numbers than its.
+            raise StoreError(f"the key's permutation scheme {self.scheme} is unknown here")
         # Everything below the durable mark may have been handed out before: start above it.
         self.next = self.reserved = await self.store.durable_mark()
         log.info(
             "allocator started",
-            extra={"tracking.next": self.next, "tracking.store": self.store.kind},
+            extra={
+                "tracking.next": self.next,
+                "tracking.store": self.store.kind,
+                "tracking.scheme": self.scheme,
+            },
         )
 
     @property
@@ -269,7 +280,11 @@ class AllocatorServer:
             hello = protocol.decode_request(first)
             if not isinstance(hello, Hello):
                 raise ProtocolError("a connection must start with Hello")
-            writer.write(protocol.encode(Welcome(id=hello.id, key=self.allocator.key)))
+            writer.write(
+                protocol.encode(
+                    Welcome(id=hello.id, key=self.allocator.key, scheme=self.allocator.scheme)
+                )
+            )
             worker = hello.pid
             self._leases_by_worker[worker] = 0
             log.info("worker connected", extra={"tracking.worker_pid": worker})
@@ -333,7 +348,9 @@ class AllocatorServer:
                     id=request_id, allocator=self.status(), workers=self.worker_totals
                 )
             case Hello(id=request_id):
-                response = Welcome(id=request_id, key=self.allocator.key)
+                response = Welcome(
+                    id=request_id, key=self.allocator.key, scheme=self.allocator.scheme
+                )
         if not writer.is_closing():
             writer.write(protocol.encode(response))
 

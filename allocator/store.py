@@ -23,11 +23,28 @@ from typing import Protocol, TypeVar
 import aiosqlite
 import asyncpg
 
-from allocator.protocol import COUNTER_LIMIT, KEY_BYTES, KeyMismatch, Remembered, StoreError
+from allocator.protocol import (
+    COUNTER_LIMIT,
+    KEY_BYTES,
+    NEW_STORE_SCHEME,
+    SCHEME_FEISTEL4,
+    KeyMismatch,
+    Remembered,
+    StoreError,
+)
 from config.settings import private_directory, redact_url
 
 # 1: the counter and the key. 2: idempotency keys (created when missing: 1 upgrades in place).
-SCHEMA_VERSION = 2
+# 3: the key's permutation scheme, a column added when missing; the rows that were already
+# there get scheme 1, the only one before it (service/numbers.py).
+SCHEMA_VERSION = 3
+# Version 3, in both stores, when the column is missing. Every key made before it was used with
+# scheme 1; a new key's row names its scheme (NEW_STORE_SCHEME), so the default only ever fills
+# older rows.
+_ADD_SCHEME_COLUMN = (
+    f"ALTER TABLE {{table}} ADD COLUMN scheme {{type}} NOT NULL DEFAULT {SCHEME_FEISTEL4}"
+    " CHECK (scheme >= 1)"
+)
 # Attempts to switch a new SQLite file to WAL while other processes open it too.
 WAL_ATTEMPTS = 100
 
@@ -84,6 +101,9 @@ class Store(Protocol):
         Raises KeyMismatch if ``supplied`` differs from the key already stored, and StoreMissing
         if there is none and ``create`` is off.
         """
+
+    async def load_scheme(self) -> int:
+        """The permutation scheme the stored key is used with: fixed when the key is made."""
 
     async def durable_mark(self) -> int:
         """The stored reservation mark: every value below it may have been handed out."""
@@ -163,6 +183,7 @@ class SQLiteStore:
                     f"the store's schema version {version} is newer than this release knows "
                     f"({SCHEMA_VERSION})"
                 )
+            await self._add_scheme_column(self._db)
             await self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except (sqlite3.Error, OSError) as exc:
             await self.close()
@@ -201,6 +222,22 @@ class SQLiteStore:
                     raise
                 await asyncio.sleep(0.05)
 
+    @staticmethod
+    async def _add_scheme_column(db: aiosqlite.Connection) -> None:
+        # In a transaction: another process may be upgrading the same file.
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            async with db.execute(
+                "SELECT 1 FROM pragma_table_info('counter') WHERE name = 'scheme'"
+            ) as cursor:
+                present = await cursor.fetchone()
+            if not present:
+                await db.execute(_ADD_SCHEME_COLUMN.format(table="counter", type="INTEGER"))
+            await db.execute("COMMIT")
+        except BaseException:
+            await _rollback(db)
+            raise
+
     def _connection(self) -> aiosqlite.Connection:
         if self._db is None:
             raise StoreError("store is not open")
@@ -211,8 +248,8 @@ class SQLiteStore:
         try:
             if self.create:
                 cursor = await db.execute(
-                    "INSERT OR IGNORE INTO counter (id, reserved, key) VALUES (1, 0, ?)",
-                    (supplied or os.urandom(KEY_BYTES),),
+                    "INSERT OR IGNORE INTO counter (id, reserved, key, scheme) VALUES (1, 0, ?, ?)",
+                    (supplied or os.urandom(KEY_BYTES), NEW_STORE_SCHEME),
                 )
                 self.created = cursor.rowcount == 1
             async with db.execute("SELECT key FROM counter WHERE id = 1") as cursor:
@@ -225,6 +262,17 @@ class SQLiteStore:
         if supplied is not None and key != supplied:
             raise KeyMismatch("the configured key differs from the key stored with the counter")
         return bytes(key)
+
+    async def load_scheme(self) -> int:
+        db = self._connection()
+        try:
+            async with db.execute("SELECT scheme FROM counter WHERE id = 1") as cursor:
+                row = await cursor.fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot load the key's scheme: {exc}") from exc
+        if row is None:
+            raise StoreError("the store has no key yet")
+        return int(row[0])
 
     async def durable_mark(self) -> int:
         db = self._connection()
@@ -466,9 +514,10 @@ class PostgresStore:
             if self.create:
                 # Hosts starting at once each offer a key; the first insert wins and all read it.
                 status = await db.execute(
-                    "INSERT INTO tracking_counter (id, reserved, key) VALUES (1, 0, $1)"
+                    "INSERT INTO tracking_counter (id, reserved, key, scheme) VALUES (1, 0, $1, $2)"
                     " ON CONFLICT (id) DO NOTHING",
                     supplied or os.urandom(KEY_BYTES),
+                    NEW_STORE_SCHEME,
                 )
                 self.created = status == "INSERT 0 1"
             return await db.fetchval("SELECT key FROM tracking_counter WHERE id = 1")
@@ -479,6 +528,15 @@ class PostgresStore:
         if supplied is not None and key != supplied:
             raise KeyMismatch("the configured key differs from the key stored with the counter")
         return bytes(key)
+
+    async def load_scheme(self) -> int:
+        scheme = await self._run(
+            "load the key's scheme",
+            lambda db: db.fetchval("SELECT scheme FROM tracking_counter WHERE id = 1"),
+        )
+        if scheme is None:
+            raise StoreError("the store has no key yet")
+        return int(scheme)
 
     async def durable_mark(self) -> int:
         mark = await self._run(
@@ -675,6 +733,11 @@ async def _create_schema(db: asyncpg.Connection, create: bool, where: str) -> in
             return version  # a newer release's: not ours to touch
         if await db.fetchval("SELECT to_regclass('tracking_idempotency') IS NULL"):
             await db.execute(_IDEMPOTENCY_SCHEMA)
+        if not await db.fetchval(
+            "SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'tracking_counter'::regclass"
+            " AND attname = 'scheme' AND NOT attisdropped)"
+        ):
+            await db.execute(_ADD_SCHEME_COLUMN.format(table="tracking_counter", type="smallint"))
         if version is not None and version < SCHEMA_VERSION:
             await db.execute("UPDATE tracking_schema SET version = $1 WHERE id = 1", SCHEMA_VERSION)
             version = SCHEMA_VERSION

@@ -135,8 +135,10 @@ class Issuer:
             self._refill = None
         self.last_error = None
         if self._formatter is None:
-            assert self._client.key is not None  # the key comes with the connection
-            self._formatter = NumberFormatter(self._client.key)
+            # The key and its scheme come with the connection.
+            assert self._client.key is not None
+            assert self._client.scheme is not None
+            self._formatter = NumberFormatter(self._client.key, self._client.scheme)
         if self._next >= self._stop:
             self._next, self._stop = start, stop
             self._refill_at = start + (stop - start) // 2

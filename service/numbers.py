@@ -2,18 +2,43 @@
 
 ``OO`` and ``DD`` are the origin and destination countries, ``S…`` is ``permute(counter)`` in
 base 36 over 11 characters, and ``C`` is the ISO/IEC 7064 MOD 37,36 check character over the 15
-characters before it. A number is a pure function of (key, counter, origin, destination).
+characters before it. A number is a pure function of (key, scheme, counter, origin,
+destination); the store records the scheme beside the key, so it never changes for a key.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from typing import NamedTuple
+
+from allocator.protocol import SCHEME_FEISTEL4, SCHEME_FEISTEL10
 
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 SERIAL_LENGTH = 11
 NUMBER_LENGTH = 2 + 2 + SERIAL_LENGTH + 1
 COUNTER_BITS = 56
-ROUNDS = 4
+
+
+class Rounds(NamedTuple):
+    """What a scheme's Feistel network is made of."""
+
+    count: int
+    # A keyed BLAKE2 constructor: hashlib.blake2b or hashlib.blake2s.
+    blake2: Callable[..., hashlib._Hash]
+    # The personalisation of round r is ``person % r``: one independent function per round.
+    person: bytes
+
+
+# Frozen: a key's numbers must never change (tests/service/test_numbers.py pins each scheme).
+SCHEMES = {
+    # Stores made before schemes were recorded: the margin of 4 rounds on 28-bit halves is only
+    # about 2**14 known pairs (docs/architecture.md).
+    SCHEME_FEISTEL4: Rounds(4, hashlib.blake2b, b"tracking-round%d"),
+    # New stores: 10 rounds, as NIST FF1. BLAKE2s finalises a 64-byte block where BLAKE2b
+    # finalises 128 bytes: for our 4-byte inputs it is the cheaper PRF (docs/performance.md).
+    SCHEME_FEISTEL10: Rounds(10, hashlib.blake2s, b"tn10r%d"),
+}
 
 _VALUE = {char: value for value, char in enumerate(ALPHABET)}
 _PAIR = 36**2
@@ -67,22 +92,25 @@ _FINAL = [_final(state) for state in range(36)]
 class Permutation:
     """A keyed bijection on ``[0, 2**(2 * half_bits))``: a balanced Feistel network.
 
-    The round function is keyed BLAKE2b, one personalisation per round. Production uses
-    ``half_bits=28`` (the 56-bit counter space); tests use a small domain to check, exhaustively
-    and through this same code, that it is a bijection.
+    The round functions are keyed BLAKE2, one personalisation per round, as ``scheme`` says.
+    Production uses ``half_bits=28`` (the 56-bit counter space); tests use a small domain to
+    check, exhaustively and through this same code, that it is a bijection.
     """
 
-    def __init__(self, key: bytes, half_bits: int = COUNTER_BITS // 2) -> None:
+    def __init__(self, key: bytes, scheme: int, half_bits: int = COUNTER_BITS // 2) -> None:
         if not 1 <= half_bits <= 32:
             raise ValueError("half_bits must be between 1 and 32")
+        rounds = SCHEMES.get(scheme)
+        if rounds is None:
+            raise ValueError(f"unknown permutation scheme {scheme}")
         self.domain = 1 << (2 * half_bits)
         self._half_bits = half_bits
         self._mask = (1 << half_bits) - 1
-        # Keying BLAKE2b costs more than hashing four bytes, so key once and copy per round
+        # Keying BLAKE2 costs more than hashing four bytes, so key once and copy per round
         # (through the bound copy methods: this is the hottest loop of a request).
         self._rounds = tuple(
-            hashlib.blake2b(key=key, digest_size=4, person=b"tracking-round%d" % r).copy
-            for r in range(ROUNDS)
+            rounds.blake2(key=key, digest_size=4, person=rounds.person % r).copy
+            for r in range(rounds.count)
         )
 
     def __call__(self, counter: int) -> int:
@@ -105,10 +133,10 @@ class Permutation:
 
 
 class NumberFormatter:
-    """Turns counters into tracking numbers for one key."""
+    """Turns counters into tracking numbers for one key and its scheme."""
 
-    def __init__(self, key: bytes) -> None:
-        self.permute = Permutation(key)
+    def __init__(self, key: bytes, scheme: int) -> None:
+        self.permute = Permutation(key, scheme)
         self._route_states: dict[str, int] = {}
 
     def format(self, origin: str, destination: str, counter: int) -> str:

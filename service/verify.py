@@ -104,7 +104,9 @@ async def verify(request: web.Request, correlation_id: str) -> web.StreamRespons
             status = await client.status()
         except AllocatorError:
             return errors.unavailable(correlation_id)
-        assert client.key is not None  # a status answer comes after the key
-        counter = Permutation(client.key).invert(serial_of(number))
+        # A status answer comes after the key and its scheme; the inverse must be the store's.
+        assert client.key is not None
+        assert client.scheme is not None
+        counter = Permutation(client.key, client.scheme).invert(serial_of(number))
         verdict.issued = verdict.valid and counter < status.allocator.next
     return JsonAnswer(msgspec.json.encode(verdict), correlation_id)

@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 
 from allocator.client import AllocatorClient
-from allocator.protocol import AllocatorUnavailable, KeyMismatch
+from allocator.protocol import NEW_STORE_SCHEME, SCHEME_FEISTEL4, AllocatorUnavailable, KeyMismatch
 from allocator.server import Allocator, bind_unix_socket
 from config.settings import Config
+from tests.allocator.old_stores import make_a_store_from_before_schemes
 from tests.conftest import Allocators
 
 
@@ -20,9 +21,12 @@ async def test_concurrent_leases_share_one_connection(allocator: Allocator, conf
     await client.close()
 
 
-async def test_connect_returns_the_allocators_key(allocator: Allocator, config: Config) -> None:
+async def test_connect_returns_the_allocators_key_and_learns_its_scheme(
+    allocator: Allocator, config: Config
+) -> None:
     client = AllocatorClient(config.allocator_socket, timeout=5)
     assert await client.connect() == allocator.key
+    assert client.scheme == allocator.scheme == NEW_STORE_SCHEME
     await client.close()
 
 
@@ -76,6 +80,23 @@ async def test_a_changed_key_stops_the_client(
 
     # Same socket, a different store: a different key.
     await allocators.start(store=f"sqlite:///{short_tmp}/other.sqlite3")
+    with pytest.raises(KeyMismatch):
+        await client.lease(1)
+    await client.close()
+
+
+async def test_a_changed_scheme_under_the_same_key_stops_the_client(
+    allocators: Allocators, config: Config, short_tmp: Path
+) -> None:
+    allocator = await allocators.start()
+    client = AllocatorClient(config.allocator_socket, timeout=5)
+    await client.lease(1)
+    await allocators.stop(allocator)
+
+    # Same socket, same key, but a store that uses it with the old scheme: other numbers.
+    old = f"sqlite:///{short_tmp}/old/tracking.sqlite3"
+    await make_a_store_from_before_schemes(old, allocator.key, mark=0)
+    assert (await allocators.start(store=old)).scheme == SCHEME_FEISTEL4
     with pytest.raises(KeyMismatch):
         await client.lease(1)
     await client.close()

@@ -17,7 +17,7 @@ from allocator.protocol import (
 
 REQUESTS = [Hello(id=1, pid=4242), Lease(id=2, count=1000)]
 RESPONSES = [
-    Welcome(id=1, key=bytes(range(32))),
+    Welcome(id=1, key=bytes(range(32)), scheme=protocol.SCHEME_FEISTEL10),
     Granted(id=2, start=2**56 - 10, stop=2**56),
     Refused(id=3, reason="store unavailable"),
 ]
@@ -42,6 +42,19 @@ async def test_every_response_survives_a_round_trip(message: protocol.Message) -
     payload = await protocol.read_frame(reader_of(protocol.encode(message)))
     assert payload is not None
     assert protocol.decode_response(payload) == message
+
+
+def test_a_welcome_without_a_scheme_is_from_an_older_allocator_so_the_old_scheme() -> None:
+    older = msgspec.msgpack.encode(["Welcome", 1, bytes(range(32))])
+    assert protocol.decode_response(older) == Welcome(
+        id=1, key=bytes(range(32)), scheme=protocol.SCHEME_FEISTEL4
+    )
+
+
+def test_a_welcome_with_an_unknown_scheme_is_a_protocol_error() -> None:
+    newer = msgspec.msgpack.encode(["Welcome", 1, bytes(range(32)), 3])
+    with pytest.raises(ProtocolError):
+        protocol.decode_response(newer)
 
 
 async def test_frames_follow_each_other_on_one_stream() -> None:

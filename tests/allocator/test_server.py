@@ -104,6 +104,20 @@ async def test_the_key_is_the_same_after_a_restart(allocators: Allocators) -> No
     assert len(second.key) == 32
 
 
+async def test_a_key_with_a_scheme_of_a_newer_release_is_refused(
+    allocators: Allocators, config: Config
+) -> None:
+    await allocators.stop(await allocators.start(serve=False))
+    with sqlite3.connect(sqlite_path(config)) as db:
+        db.execute("UPDATE counter SET scheme = 3")
+    allocator = Allocator(open_store(config.store))
+    try:
+        with pytest.raises(StoreError, match="scheme 3 is unknown"):
+            await allocator.start()
+    finally:
+        await allocator.store.close()
+
+
 async def test_when_the_store_fails_it_grants_what_is_reserved_then_refuses(
     allocators: Allocators, config: Config
 ) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from allocator.protocol import StoreError
-from allocator.store import SQLiteStore, open_store
+from allocator.store import SCHEMA_VERSION, SQLiteStore, open_store
 
 
 @pytest.fixture
@@ -76,5 +76,5 @@ async def test_a_version_1_store_is_upgraded_in_place(db_path: str) -> None:
     assert await store.durable_mark() == 700
     assert await store.recall("k", now=0.0) is None
     async with store._connection().execute("PRAGMA user_version") as cursor:
-        assert (await cursor.fetchone())[0] == 2
+        assert (await cursor.fetchone())[0] == SCHEMA_VERSION
     await store.close()

@@ -22,7 +22,14 @@ import asyncpg
 import pytest
 
 from allocator import store as store_module
-from allocator.protocol import COUNTER_LIMIT, KeyMismatch, Remembered, StoreError
+from allocator.protocol import (
+    COUNTER_LIMIT,
+    NEW_STORE_SCHEME,
+    SCHEME_FEISTEL4,
+    KeyMismatch,
+    Remembered,
+    StoreError,
+)
 from allocator.server import STORE_RETRY_DELAY, Allocator
 from allocator.store import (
     SCHEMA_VERSION,
@@ -32,6 +39,7 @@ from allocator.store import (
     StoreMissing,
     open_store,
 )
+from tests.allocator.old_stores import make_a_store_from_before_schemes
 from tests.system.conftest import REPO, PostgresServer, missing_server
 
 KINDS = ["sqlite", "postgresql"]
@@ -191,6 +199,37 @@ async def test_a_store_that_may_not_create_uses_an_existing_one_and_checks_its_k
     with pytest.raises(KeyMismatch):
         await store.load_key(bytes(32))
     assert await store.reserve(10) == (1000, 1010)
+
+
+@pytest.mark.parametrize("supplied", [None, bytes(range(32))], ids=["random", "supplied"])
+async def test_a_new_store_records_the_new_scheme_with_its_key(
+    locations: Locations, url: str, supplied: bytes | None
+) -> None:
+    store = await locations.open(url)
+    key = await store.load_key(supplied)
+    assert await store.load_scheme() == NEW_STORE_SCHEME
+    await store.close()
+
+    reopened = await locations.open(url)
+    assert await reopened.load_key() == key
+    assert await reopened.load_scheme() == NEW_STORE_SCHEME
+
+
+async def test_a_store_made_before_the_scheme_keeps_its_key_its_mark_and_four_rounds(
+    locations: Locations, url: str
+) -> None:
+    old_key = bytes(range(100, 132))
+    await make_a_store_from_before_schemes(url, old_key, mark=5000)
+    store = await locations.open(url)
+    assert await store.load_key() == old_key
+    assert await store.load_scheme() == SCHEME_FEISTEL4
+    assert await store.reserve(10) == (5000, 5010)
+    await store.close()
+
+    # Upgraded once, it stays so: opening it again keeps its scheme.
+    reopened = await locations.open(url)
+    assert await reopened.load_key() == old_key
+    assert await reopened.load_scheme() == SCHEME_FEISTEL4
 
 
 async def test_release_gives_back_only_an_untouched_tail(locations: Locations, url: str) -> None:
@@ -416,7 +455,7 @@ async def test_a_version_1_database_is_upgraded_in_place(
         await upgraded.open()
         assert await upgraded.recall("k", now=0.0) is None
         await upgraded.close()
-        assert await connection.fetchval("SELECT version FROM tracking_schema") == 2
+        assert await connection.fetchval("SELECT version FROM tracking_schema") == SCHEMA_VERSION
     finally:
         await connection.close()
 

@@ -267,10 +267,12 @@ def number_costs() -> dict[str, float]:
     The counters are random, as the permuted serials the formatter sees are: one counter over
     and over would keep every table look-up in the caches.
     """
+    from allocator.protocol import NEW_STORE_SCHEME
     from service.numbers import NumberFormatter, Permutation, check_character
 
     key = bytes(range(32))
-    permute, formatter = Permutation(key), NumberFormatter(key)
+    permute = Permutation(key, NEW_STORE_SCHEME)
+    formatter = NumberFormatter(key, NEW_STORE_SCHEME)
     n = 200_000
     rng = random.Random(0)
     counters = itertools.cycle([rng.randrange(2**56) for _ in range(n)])

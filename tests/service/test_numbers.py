@@ -8,7 +8,8 @@ from itertools import pairwise
 import pytest
 from stdnum.iso7064 import mod_37_36
 
-from service.numbers import ALPHABET, NumberFormatter, Permutation, check_character
+from allocator.protocol import NEW_STORE_SCHEME, SCHEME_FEISTEL4, SCHEME_FEISTEL10
+from service.numbers import ALPHABET, SCHEMES, NumberFormatter, Permutation, check_character
 
 KEY = bytes(range(32))
 OTHER_KEY = hashlib.sha256(b"another key").digest()
@@ -16,6 +17,10 @@ DOMAIN = 2**56
 NUMBER_PATTERN = re.compile(r"^[A-Z0-9]{1,16}\Z")
 ROUTES = [("MY", "ID"), ("US", "GB"), ("SG", "SG"), ("ZW", "AD")]
 SAMPLE = 10_000
+# Every property below holds for every scheme a store may record.
+EVERY_SCHEME = pytest.mark.parametrize(
+    "scheme", [SCHEME_FEISTEL4, SCHEME_FEISTEL10], ids=["feistel4", "feistel10"]
+)
 
 
 def base36(value: int) -> str:
@@ -48,17 +53,22 @@ def chi_square(observed: Counter[str], expected: dict[str, float]) -> float:
     return sum((observed[symbol] - e) ** 2 / e for symbol, e in expected.items())
 
 
-@pytest.fixture(scope="module", params=[0, 2**40 + 12_345], ids=["from-0", "from-2**40"])
+@pytest.fixture(
+    scope="module",
+    params=[(scheme, start) for scheme in SCHEMES for start in (0, 2**40 + 12_345)],
+    ids=lambda param: f"scheme{param[0]}-from-{param[1]}",
+)
 def serials(request: pytest.FixtureRequest) -> list[int]:
     """Serials of SAMPLE consecutive counters."""
-    formatter = NumberFormatter(KEY)
-    start = request.param
+    scheme, start = request.param
+    formatter = NumberFormatter(KEY, scheme)
     return [serial(formatter.format("MY", "ID", c)) for c in range(start, start + SAMPLE)]
 
 
+@EVERY_SCHEME
 @pytest.mark.parametrize("half_bits", [1, 5, 8])
-def test_permutation_is_a_bijection_on_a_small_domain(half_bits: int) -> None:
-    permute = Permutation(KEY, half_bits=half_bits)
+def test_permutation_is_a_bijection_on_a_small_domain(scheme: int, half_bits: int) -> None:
+    permute = Permutation(KEY, scheme, half_bits=half_bits)
     domain = 1 << (2 * half_bits)
     outputs = [permute(x) for x in range(domain)]
     assert permute.domain == domain
@@ -66,10 +76,11 @@ def test_permutation_is_a_bijection_on_a_small_domain(half_bits: int) -> None:
     assert [permute.invert(y) for y in outputs] == list(range(domain))
 
 
-def test_small_domain_permutation_is_keyed_and_not_the_identity() -> None:
+@EVERY_SCHEME
+def test_small_domain_permutation_is_keyed_and_not_the_identity(scheme: int) -> None:
     domain = range(1 << 16)
-    ours = [Permutation(KEY, half_bits=8)(x) for x in domain]
-    theirs = [Permutation(OTHER_KEY, half_bits=8)(x) for x in domain]
+    ours = [Permutation(KEY, scheme, half_bits=8)(x) for x in domain]
+    theirs = [Permutation(OTHER_KEY, scheme, half_bits=8)(x) for x in domain]
     assert sum(x == y for x, y in zip(domain, ours, strict=True)) < 20
     assert sum(x == y for x, y in zip(ours, theirs, strict=True)) < 20
 
@@ -77,11 +88,55 @@ def test_small_domain_permutation_is_keyed_and_not_the_identity() -> None:
 @pytest.mark.parametrize("half_bits", [0, 33])
 def test_permutation_rejects_an_unsupported_domain(half_bits: int) -> None:
     with pytest.raises(ValueError, match="half_bits"):
-        Permutation(KEY, half_bits=half_bits)
+        Permutation(KEY, NEW_STORE_SCHEME, half_bits=half_bits)
 
 
-def test_production_permutation_stays_in_the_56_bit_domain_and_inverts() -> None:
-    permute = Permutation(KEY)
+@pytest.mark.parametrize("scheme", [0, 3])
+def test_permutation_rejects_an_unknown_scheme(scheme: int) -> None:
+    with pytest.raises(ValueError, match="scheme"):
+        Permutation(KEY, scheme)
+
+
+def test_the_schemes_give_unrelated_numbers_for_one_key() -> None:
+    old, new = Permutation(KEY, SCHEME_FEISTEL4), Permutation(KEY, SCHEME_FEISTEL10)
+    pairs = [(old(c), new(c)) for c in range(SAMPLE)]
+    assert all(a != b for a, b in pairs)
+    assert len({a ^ b for a, b in pairs}) > 0.99 * SAMPLE
+
+
+def reference_feistel(key: bytes, scheme: int, counter: int) -> int:
+    """Each scheme as docs/architecture.md describes it, written out plainly."""
+    blake2, rounds, person = {
+        SCHEME_FEISTEL4: (hashlib.blake2b, 4, "tracking-round{}"),
+        SCHEME_FEISTEL10: (hashlib.blake2s, 10, "tn10r{}"),
+    }[scheme]
+    left, right = divmod(counter, 2**28)
+    for r in range(rounds):
+        digest = blake2(
+            right.to_bytes(4, "little"),
+            key=key,
+            digest_size=4,
+            person=person.format(r).encode(),
+        ).digest()
+        left, right = right, left ^ (int.from_bytes(digest, "little") % 2**28)
+    return left * 2**28 + right
+
+
+@EVERY_SCHEME
+def test_each_scheme_is_the_construction_the_docs_describe(scheme: int) -> None:
+    permute = Permutation(KEY, scheme)
+    for counter in random_counters(9, 300):
+        assert permute(counter) == reference_feistel(KEY, scheme, counter)
+
+
+def test_new_stores_get_ten_rounds_the_margin_of_nist_ff1() -> None:
+    assert SCHEMES[NEW_STORE_SCHEME].count == 10
+    assert NEW_STORE_SCHEME == SCHEME_FEISTEL10
+
+
+@EVERY_SCHEME
+def test_production_permutation_stays_in_the_56_bit_domain_and_inverts(scheme: int) -> None:
+    permute = Permutation(KEY, scheme)
     assert permute.domain == DOMAIN
     for x in [*random_counters(1, 2_000), 2**28 - 1, 2**28]:
         y = permute(x)
@@ -90,20 +145,22 @@ def test_production_permutation_stays_in_the_56_bit_domain_and_inverts() -> None
         assert permute(permute.invert(x)) == x
 
 
-def test_flipping_one_counter_bit_changes_about_half_the_serial_bits() -> None:
-    permute = Permutation(KEY)
+@EVERY_SCHEME
+def test_flipping_one_counter_bit_changes_about_half_the_serial_bits(scheme: int) -> None:
+    permute = Permutation(KEY, scheme)
     counters = random_counters(2, 500)
     for bit in range(56):
         changed = [(permute(c) ^ permute(c ^ (1 << bit))).bit_count() for c in counters]
         assert 24 < sum(changed) / len(changed) < 32, bit
 
 
+@EVERY_SCHEME
 @pytest.mark.parametrize(("origin", "destination"), ROUTES)
 def test_number_is_route_then_permuted_counter_in_base_36_then_check_character(
-    origin: str, destination: str
+    scheme: int, origin: str, destination: str
 ) -> None:
-    formatter = NumberFormatter(KEY)
-    permute = Permutation(KEY)
+    formatter = NumberFormatter(KEY, scheme)
+    permute = Permutation(KEY, scheme)
     for counter in random_counters(3, 1_000):
         number = formatter.format(origin, destination, counter)
         assert NUMBER_PATTERN.match(number)
@@ -116,8 +173,8 @@ def test_number_is_route_then_permuted_counter_in_base_36_then_check_character(
 
 @pytest.mark.parametrize("value", [0, 1, 35, 36, 36**10, DOMAIN - 1])
 def test_serial_is_zero_padded_to_eleven_characters(value: int) -> None:
-    counter = Permutation(KEY).invert(value)
-    assert NumberFormatter(KEY).format("MY", "ID", counter)[4:15] == base36(value)
+    counter = Permutation(KEY, NEW_STORE_SCHEME).invert(value)
+    assert NumberFormatter(KEY, NEW_STORE_SCHEME).format("MY", "ID", counter)[4:15] == base36(value)
 
 
 def test_check_character_matches_the_iso_7064_test_vector() -> None:
@@ -133,7 +190,7 @@ def test_check_character_agrees_with_stdnum_on_random_text() -> None:
 
 
 def test_every_formatted_number_is_valid_mod_37_36() -> None:
-    formatter = NumberFormatter(KEY)
+    formatter = NumberFormatter(KEY, NEW_STORE_SCHEME)
     for counter in random_counters(5, 2_000):
         for origin, destination in ROUTES:
             number = formatter.format(origin, destination, counter)
@@ -142,7 +199,7 @@ def test_every_formatted_number_is_valid_mod_37_36() -> None:
 
 
 def test_any_single_substituted_character_makes_a_number_invalid() -> None:
-    formatter = NumberFormatter(KEY)
+    formatter = NumberFormatter(KEY, NEW_STORE_SCHEME)
     for counter in random_counters(6, 20):
         number = formatter.format("MY", "ID", counter)
         for position, original in enumerate(number):
@@ -182,8 +239,9 @@ def test_every_serial_character_is_near_uniform(serials: list[int]) -> None:
         assert chi_square(Counter(t[position] for t in texts), uniform) < 100, position
 
 
-def test_a_different_key_gives_unrelated_numbers() -> None:
-    ours, theirs = NumberFormatter(KEY), NumberFormatter(OTHER_KEY)
+@EVERY_SCHEME
+def test_a_different_key_gives_unrelated_numbers(scheme: int) -> None:
+    ours, theirs = NumberFormatter(KEY, scheme), NumberFormatter(OTHER_KEY, scheme)
     pairs = [
         (serial(ours.format("MY", "ID", c)), serial(theirs.format("MY", "ID", c)))
         for c in range(SAMPLE)
@@ -194,7 +252,7 @@ def test_a_different_key_gives_unrelated_numbers() -> None:
 
 
 def test_same_key_counter_and_route_give_the_same_number() -> None:
-    first, second = NumberFormatter(KEY), NumberFormatter(KEY)
+    first, second = NumberFormatter(KEY, NEW_STORE_SCHEME), NumberFormatter(KEY, NEW_STORE_SCHEME)
     for counter in random_counters(7, 500):
         for origin, destination in ROUTES:
             number = first.format(origin, destination, counter)
@@ -203,29 +261,43 @@ def test_same_key_counter_and_route_give_the_same_number() -> None:
 
 
 def test_route_changes_only_the_prefix_and_check_character() -> None:
-    formatter = NumberFormatter(KEY)
+    formatter = NumberFormatter(KEY, NEW_STORE_SCHEME)
     for counter in random_counters(8, 200):
         numbers = [formatter.format(o, d, counter) for o, d in ROUTES]
         assert len({n[4:15] for n in numbers}) == 1
         assert [n[:4] for n in numbers] == [o + d for o, d in ROUTES]
-        fresh = [NumberFormatter(KEY).format(o, d, counter) for o, d in reversed(ROUTES)]
+        fresh = [
+            NumberFormatter(KEY, NEW_STORE_SCHEME).format(o, d, counter)
+            for o, d in reversed(ROUTES)
+        ]
         assert fresh == numbers[::-1]
 
 
 # Numbers issued under a key must never change: a new formula could turn a counter issued after
-# an upgrade into a number issued before it. These pin the formula: a change that alters one of
-# them must not ship.
+# an upgrade into a number issued before it. These pin each scheme's formula: a change that
+# alters one of them must not ship. A new permutation is a new scheme, with pins of its own.
 @pytest.mark.parametrize(
-    ("origin", "destination", "counter", "number"),
+    ("scheme", "origin", "destination", "counter", "number"),
     [
-        ("MY", "ID", 0, "MYIDD1KHIRJ69PXY"),
-        ("MY", "ID", 1, "MYID29540UAVNEF7"),
-        ("SG", "US", 2**20 + 7, "SGUS0OO5PTLD62DI"),
-        ("DE", "FR", 10**15 + 3, "DEFRDDAMFAJKRNNI"),
-        ("ZW", "AD", DOMAIN - 1, "ZWAD53Z48NF2ZXOC"),
+        # Scheme 1 (4 rounds): stores made before the scheme was recorded.
+        (SCHEME_FEISTEL4, "MY", "ID", 0, "MYIDD1KHIRJ69PXY"),
+        (SCHEME_FEISTEL4, "MY", "ID", 1, "MYID29540UAVNEF7"),
+        (SCHEME_FEISTEL4, "SG", "US", 2**20 + 7, "SGUS0OO5PTLD62DI"),
+        (SCHEME_FEISTEL4, "DE", "FR", 10**15 + 3, "DEFRDDAMFAJKRNNI"),
+        (SCHEME_FEISTEL4, "ZW", "AD", DOMAIN - 1, "ZWAD53Z48NF2ZXOC"),
+        (SCHEME_FEISTEL4, "MY", "ID", 2**28, "MYID8O9VHAJVLL4D"),
+        (SCHEME_FEISTEL4, "US", "GB", 2**40 + 12_345, "USGBGRG0IA81TGGL"),
+        # Scheme 2 (10 rounds): new stores.
+        (SCHEME_FEISTEL10, "MY", "ID", 0, "MYIDA2JGS4M68ZXI"),
+        (SCHEME_FEISTEL10, "MY", "ID", 1, "MYID0Z0PJD80PMIZ"),
+        (SCHEME_FEISTEL10, "SG", "US", 2**20 + 7, "SGUS3VYHNDZW9ONZ"),
+        (SCHEME_FEISTEL10, "DE", "FR", 10**15 + 3, "DEFRC1KPNFD0KDS3"),
+        (SCHEME_FEISTEL10, "ZW", "AD", DOMAIN - 1, "ZWADCZ0LCMHKXDQW"),
+        (SCHEME_FEISTEL10, "MY", "ID", 2**28, "MYIDE837JKLHW50D"),
+        (SCHEME_FEISTEL10, "US", "GB", 2**40 + 12_345, "USGBAFTR1JPTWU4U"),
     ],
 )
 def test_numbers_of_a_key_never_change(
-    origin: str, destination: str, counter: int, number: str
+    scheme: int, origin: str, destination: str, counter: int, number: str
 ) -> None:
-    assert NumberFormatter(KEY).format(origin, destination, counter) == number
+    assert NumberFormatter(KEY, scheme).format(origin, destination, counter) == number

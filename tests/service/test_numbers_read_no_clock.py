@@ -16,7 +16,9 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-from service.numbers import NumberFormatter, Permutation
+import pytest
+
+from service.numbers import SCHEMES, NumberFormatter, Permutation
 
 KEY = bytes(range(32))
 CLOCKS = {
@@ -74,8 +76,9 @@ def test_the_detector_sees_every_kind_of_clock_read() -> None:
         assert seen, read
 
 
-def test_formatting_numbers_reads_no_clock() -> None:
-    formatter = NumberFormatter(KEY)
+@pytest.mark.parametrize("scheme", list(SCHEMES))
+def test_formatting_numbers_reads_no_clock(scheme: int) -> None:
+    formatter = NumberFormatter(KEY, scheme)
     with clock_reads() as seen:
         numbers = [formatter.format("MY", "ID", counter) for counter in range(1000)]
         numbers += [formatter.format("US", "GB", counter) for counter in (0, 2**56 - 1)]
@@ -83,8 +86,9 @@ def test_formatting_numbers_reads_no_clock() -> None:
     assert len(set(numbers)) == len(numbers)
 
 
-def test_the_permutation_reads_no_clock() -> None:
-    permutation = Permutation(KEY)
+@pytest.mark.parametrize("scheme", list(SCHEMES))
+def test_the_permutation_reads_no_clock(scheme: int) -> None:
+    permutation = Permutation(KEY, scheme)
     with clock_reads() as seen:
         assert [permutation.invert(permutation(x)) for x in range(1000)] == list(range(1000))
     assert seen == []

@@ -4,11 +4,14 @@ import pytest
 from aiohttp.test_utils import TestClient
 from stdnum.iso7064 import mod_37_36
 
-from allocator.protocol import COUNTER_LIMIT
+from allocator.protocol import COUNTER_LIMIT, SCHEME_FEISTEL4
 from allocator.server import Allocator
-from service.numbers import NumberFormatter
-from service.verify import problems, suggestion
-from tests.conftest import CANONICAL_QUERY
+from config.settings import Config
+from service.numbers import NumberFormatter, Permutation
+from service.verify import problems, serial_of, suggestion
+from tests.allocator.old_stores import make_a_store_from_before_schemes
+from tests.conftest import CANONICAL_QUERY, Allocators
+from tests.service.conftest import ClientFactory
 
 
 async def issue(client: TestClient) -> str:
@@ -54,7 +57,31 @@ async def test_a_valid_number_this_service_never_issued_is_not_issued(
 ) -> None:
     await issue(client)
     # The serial of a counter far beyond anything leased, with the service's own key.
-    never = NumberFormatter(allocator.key).format("MY", "ID", allocator.next + 10**9)
+    never = NumberFormatter(allocator.key, allocator.scheme).format(
+        "MY", "ID", allocator.next + 10**9
+    )
+    status, verdict = await verify(client, never)
+    assert status == 200
+    assert verdict["valid"] is True
+    assert verdict["issued"] is False
+
+
+async def test_a_store_made_before_the_scheme_issues_and_verifies_with_four_rounds(
+    config: Config, allocators: Allocators, make_client: ClientFactory
+) -> None:
+    old_key = bytes(range(100, 132))
+    await make_a_store_from_before_schemes(config.store, old_key, mark=70_000)
+    allocator = await allocators.start()
+    client = await make_client(config)
+    number = await issue(client)
+    # Issued under the old scheme: its serial inverts, with four rounds, to a leased counter.
+    counter = Permutation(old_key, SCHEME_FEISTEL4).invert(serial_of(number))
+    assert 70_000 <= counter < allocator.next
+    assert NumberFormatter(old_key, SCHEME_FEISTEL4).format("MY", "ID", counter) == number
+    status, verdict = await verify(client, number)
+    assert status == 200
+    assert verdict["issued"] is True
+    never = NumberFormatter(old_key, SCHEME_FEISTEL4).format("MY", "ID", allocator.next + 10**9)
     status, verdict = await verify(client, never)
     assert status == 200
     assert verdict["valid"] is True

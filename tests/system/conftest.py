@@ -23,6 +23,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from allocator.protocol import NEW_STORE_SCHEME
 from service.numbers import NumberFormatter, Permutation
 from tests.conftest import CANONICAL_QUERY
 
@@ -211,10 +212,11 @@ def sqlite_state(path: Path) -> tuple[bytes, int]:
 
 def counters_of(key: bytes, numbers: Sequence[str]) -> list[int]:
     """The counter behind each number: the permutation, inverted on the serial."""
-    permutation = Permutation(key)
+    # The service's stores are all new: they record the new scheme.
+    permutation = Permutation(key, NEW_STORE_SCHEME)
     counters = [permutation.invert(int(number[4:15], 36)) for number in numbers]
     # The decoding is right only if it formats back to the very same numbers.
-    formatter = NumberFormatter(key)
+    formatter = NumberFormatter(key, NEW_STORE_SCHEME)
     for number, counter in list(zip(numbers, counters, strict=True))[:: max(len(numbers) // 50, 1)]:
         assert formatter.format(number[:2], number[2:4], counter) == number
     return counters

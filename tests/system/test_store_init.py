@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from allocator.protocol import NEW_STORE_SCHEME
 from service.numbers import NumberFormatter
 from tests.system.conftest import REPO, Service, load, sqlite_state
 
@@ -53,7 +54,7 @@ def test_with_a_key_file_a_missing_store_is_refused_until_it_is_initialised(
     outcome = asyncio.run(load(service.url, 20))
     assert service.stop() == 0
     # The numbers are the configured key's.
-    formatter = NumberFormatter(KEY)
+    formatter = NumberFormatter(KEY, NEW_STORE_SCHEME)
     expected = {formatter.format("MY", "ID", counter) for counter in range(100_000)}
     assert len(outcome.numbers) == 20
     assert set(outcome.numbers) <= expected

@@ -25,6 +25,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from allocator.protocol import NEW_STORE_SCHEME
 from service.numbers import NumberFormatter, Permutation
 from tests.system.conftest import Outcome, PostgresServer, Service, free_port, load
 from tests.system.test_run import assert_valid
@@ -57,10 +58,10 @@ class SharedStore:
         """The counter behind each number, decoded with the key stored beside the counter."""
         key = await self.fetchval("SELECT key FROM tracking_counter")
         assert isinstance(key, bytes)
-        permutation = Permutation(key)
+        permutation = Permutation(key, NEW_STORE_SCHEME)  # a new store: the new scheme
         counters = [permutation.invert(int(number[4:15], 36)) for number in numbers]
         # The decoding is right only if it formats back to the very same numbers.
-        formatter = NumberFormatter(key)
+        formatter = NumberFormatter(key, NEW_STORE_SCHEME)
         every = max(len(numbers) // 50, 1)
         for number, counter in list(zip(numbers, counters, strict=True))[::every]:
             assert formatter.format("MY", "ID", counter) == number
