@@ -96,9 +96,14 @@ class Allocator:
 
     async def start(self, supplied_key: bytes | None = None) -> None:
         await self.store.open()
-        self.key = await self.store.load_key(supplied_key)
-        # Everything below the durable mark may have been handed out before: start above it.
-        self.next = self.reserved = await self.store.durable_mark()
+        try:
+            self.key = await self.store.load_key(supplied_key)
+            # Everything below the durable mark may have been handed out before: start above it.
+            self.next = self.reserved = await self.store.durable_mark()
+        except BaseException:
+            # stop() is never called for a start that failed: close what open() opened.
+            await self.store.close()
+            raise
         log.info(
             "allocator started",
             extra={"tracking.next": self.next, "tracking.store": self.store.kind},

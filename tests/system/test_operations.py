@@ -1,6 +1,7 @@
 """What operators rely on, checked on the real run.py: logs, metrics, status, systemd."""
 
 import asyncio
+import contextlib
 import json
 import socket
 import sqlite3
@@ -22,7 +23,8 @@ SECRET_NAME = "Zebulon Quixote-Marchetti"
 
 
 def stored_key(service: Service) -> bytes:
-    with sqlite3.connect(service.state_dir / "tracking.sqlite3") as db:
+    # closing(): sqlite3's own context manager commits but never closes (3.13 warns).
+    with contextlib.closing(sqlite3.connect(service.state_dir / "tracking.sqlite3")) as db:
         return db.execute("SELECT key FROM counter").fetchone()[0]
 
 
