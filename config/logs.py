@@ -69,3 +69,6 @@ def configure(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Python's warnings (a deprecation in a dependency) as log lines too, not plain text on
+    # stderr that Filebeat could not decode.
+    logging.captureWarnings(True)
