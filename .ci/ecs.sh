@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 want=3.13
 
 is_wanted() {
-    [ -n "$1" ] && "$1" -c "import sys, venv; sys.exit(sys.version_info[:2] != (3, 13))" 2>/dev/null
+    [ -n "$1" ] && "$1" -c "import sys, ensurepip, venv; sys.exit(sys.version_info[:2] != (3, 13))" 2>/dev/null
 }
 
 find_python() {
