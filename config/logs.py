@@ -16,8 +16,9 @@ import time
 from pythonjsonlogger.json import JsonFormatter
 
 SERVICE_NAME = "tracking-numbers"
-# The ECS release whose field reference (elastic/ecs, generated/csv/fields.csv) every name we
-# write was checked against; docs/operations.md lists them.
+# Every ECS name we write was checked against ECS's field reference (elastic/ecs,
+# generated/csv/fields.csv) as of the tree right after the 8.11.0 release (8.12.0-dev): this
+# names that last release. docs/operations.md lists the names.
 ECS_VERSION = "8.11.0"
 # ecs-logging's recommended event.dataset is ``${service.name}.${appender}``, sanitized
 # (lower case, ``-`` becomes ``_``): one dataset per stream, so Kibana tells them apart.

@@ -46,12 +46,13 @@ SPEC: dict[str, dict[str, Any]] = {
 DATASET_FORBIDDEN = set('\\/*?"<>| ,#:-')
 DATASET_MAX_CHARS = 100
 
-# ECS field reference: every ECS name we write, and its ECS type (keyword → str, long → int).
+# ECS field reference (8.12.0-dev tree, just after 8.11.0): every ECS name we write, and its
+# ECS type (keyword, wildcard, match_only_text → str; long → int).
 ECS_FIELDS: dict[str, str] = {
     "@timestamp": "date",
     "log.level": "keyword",
     "log.logger": "keyword",
-    "message": "text",
+    "message": "match_only_text",
     "ecs.version": "keyword",
     "event.dataset": "keyword",
     "event.duration": "long",
@@ -61,10 +62,10 @@ ECS_FIELDS: dict[str, str] = {
     "http.request.id": "keyword",
     "http.request.method": "keyword",
     "http.response.status_code": "long",
-    "url.path": "keyword",
+    "url.path": "wildcard",
     "error.type": "keyword",
-    "error.message": "text",
-    "error.stack_trace": "keyword",
+    "error.message": "match_only_text",
+    "error.stack_trace": "wildcard",
 }
 OURS = "tracking."
 DATASETS = {APP_DATASET, ACCESS_DATASET}
@@ -72,7 +73,7 @@ DATASETS = {APP_DATASET, ACCESS_DATASET}
 
 def _has_type(value: Any, kind: str) -> bool:
     match kind:
-        case "string" | "keyword" | "text":
+        case "string" | "keyword" | "wildcard" | "match_only_text":
             return isinstance(value, str)
         case "integer" | "long":
             return isinstance(value, int) and not isinstance(value, bool)
