@@ -99,20 +99,26 @@ class Allocator:
 
     async def start(self, supplied_key: bytes | None = None) -> None:
         await self.store.open()
-        self.key = await self.store.load_key(supplied_key)
-        if self.store.created:
-            # Said out loud: a store that appears where one was expected (a wrong path, a lost
-            # volume) starts the counter again, under a new key.
-            source = "key_file" if supplied_key else "random"
-            log.warning(
-                "new store created", extra={**_where(self.store), "tracking.key_source": source}
-            )
-        self.scheme = await self.store.load_scheme()
-        if not SCHEME_FEISTEL4 <= self.scheme <= SCHEME_FEISTEL10:
-            # A newer release's permutation: our workers would issue other numbers than its.
-            raise StoreError(f"the key's permutation scheme {self.scheme} is unknown here")
-        # Everything below the durable mark may have been handed out before: start above it.
-        self.next = self.reserved = await self.store.durable_mark()
+        try:
+            self.key = await self.store.load_key(supplied_key)
+            if self.store.created:
+                # Said out loud: a store that appears where one was expected (a wrong path, a
+                # lost volume) starts the counter again, under a new key.
+                source = "key_file" if supplied_key else "random"
+                log.warning(
+                    "new store created",
+                    extra={**_where(self.store), "tracking.key_source": source},
+                )
+            self.scheme = await self.store.load_scheme()
+            if not SCHEME_FEISTEL4 <= self.scheme <= SCHEME_FEISTEL10:
+                # A newer release's permutation: our workers would issue other numbers than its.
+                raise StoreError(f"the key's permutation scheme {self.scheme} is unknown here")
+            # Everything below the durable mark may have been handed out before: start above it.
+            self.next = self.reserved = await self.store.durable_mark()
+        except BaseException:
+            # stop() is never called for a start that failed: close what open() opened.
+            await self.store.close()
+            raise
         log.info(
             "allocator started",
             extra={

@@ -76,6 +76,8 @@ def audit_of(query: TrackingRequest, numbers: list[str]) -> Audit:
         numbers[0],
         query.origin_country_id,
         query.destination_country_id,
+        query.weight,
+        query.created_at,
         query.customer_id,
         query.customer_slug,
         None if query.count is None else numbers,

@@ -16,9 +16,10 @@ from service.keys import ACCESS_LOG, CORRELATION_IDS, METRICS
 
 ISSUE_ROUTE = "/next-tracking-number"
 UNMATCHED_ROUTE = "unmatched"  # the metrics label of requests that matched no route
-# The audit trail of issued numbers: (first) number, origin, destination, customer id,
-# customer slug, and every number of a request with a count.
-Audit = tuple[str, str, str, str, str, list[str] | None]
+# The audit trail of issued numbers, in AccessLog.write's order: (first) number, origin,
+# destination, weight, the request's created_at, customer id, customer slug, and every number
+# of a request with a count. A plain tuple: a NamedTuple costs about 1 µs more per request.
+Audit = tuple[str, str, str, str, str, str, str, list[str] | None]
 
 
 def record(
@@ -33,8 +34,8 @@ def record(
 ) -> None:
     """Count a finished request and write its access line.
 
-    ``audit`` is what the line of issued numbers carries: the (first) number, origin,
-    destination, customer id, customer slug, and all the numbers of a request with a count.
+    ``audit`` is what the line of issued numbers carries: every request field but the
+    customer's name (see ``Audit``).
     """
     elapsed = time.perf_counter_ns() - started_ns
     method = request.method

@@ -1,4 +1,5 @@
 import asyncio
+import contextlib
 import itertools
 import os
 import socket
@@ -11,7 +12,7 @@ import pytest
 
 from allocator import protocol
 from allocator.client import AllocatorClient
-from allocator.protocol import Granted, Hello, Lease, LeaseRefused, StoreError
+from allocator.protocol import Granted, Hello, KeyMismatch, Lease, LeaseRefused, StoreError
 from allocator.server import Allocator, bind_unix_socket
 from allocator.store import SQLiteStore, open_store
 from config.settings import Config
@@ -26,7 +27,8 @@ def sqlite_path(config: Config) -> str:
 
 def durable_mark(config: Config) -> int:
     """The mark as stored on disk, read through a connection of our own."""
-    with sqlite3.connect(sqlite_path(config)) as db:
+    # closing(): sqlite3's own context manager commits but never closes (3.13 warns).
+    with contextlib.closing(sqlite3.connect(sqlite_path(config))) as db:
         return db.execute("SELECT reserved FROM counter").fetchone()[0]
 
 
@@ -108,7 +110,7 @@ async def test_a_key_with_a_scheme_of_a_newer_release_is_refused(
     allocators: Allocators, config: Config
 ) -> None:
     await allocators.stop(await allocators.start(serve=False))
-    with sqlite3.connect(sqlite_path(config)) as db:
+    with contextlib.closing(sqlite3.connect(sqlite_path(config))) as db, db:
         db.execute("UPDATE counter SET scheme = 3")
     allocator = Allocator(open_store(config.store))
     try:
@@ -116,6 +118,26 @@ async def test_a_key_with_a_scheme_of_a_newer_release_is_refused(
             await allocator.start()
     finally:
         await allocator.store.close()
+
+
+async def test_a_start_that_fails_closes_the_store(
+    allocators: Allocators, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stored = await allocators.start(serve=False)
+    await allocators.stop(stored)
+    store = open_store(config.store)
+    closed: list[bool] = []
+    close = store.close
+
+    async def counted_close() -> None:
+        closed.append(True)
+        await close()
+
+    monkeypatch.setattr(store, "close", counted_close)
+    other_key = bytes(b ^ 0xFF for b in stored.key)
+    with pytest.raises(KeyMismatch):
+        await Allocator(store, 0).start(other_key)
+    assert closed == [True]  # no stop() follows a failed start: the connection must not leak
 
 
 async def test_when_the_store_fails_it_grants_what_is_reserved_then_refuses(

@@ -4,6 +4,7 @@ they live in, the operator's key_file, and the one-shot commands ``--init-store`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import stat
@@ -46,7 +47,7 @@ def stored(config: Config) -> tuple[bytes, int] | None:
     path = config.store.removeprefix("sqlite:///")
     if not os.path.exists(path):
         return None
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db:
         key, mark = db.execute("SELECT key, reserved FROM counter").fetchone()
     return bytes(key), mark
 
