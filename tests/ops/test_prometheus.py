@@ -18,6 +18,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -182,12 +183,16 @@ def stack() -> Iterator[Stack]:
             )
 
         wait_for("the traffic in Prometheus", scraped, prometheus)
-        # ... and every rule evaluated after that (timestamps are RFC 3339 in UTC).
-        after = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(time.time()) + 1))
+        # ... and every rule evaluated after that.
+        after = time.time()
 
         def evaluated() -> bool:
             groups = prometheus.api("rules")["groups"]
-            return all(r["lastEvaluation"] > after for g in groups for r in g["rules"])
+            return all(
+                datetime.fromisoformat(r["lastEvaluation"]).timestamp() > after
+                for g in groups
+                for r in g["rules"]
+            )
 
         wait_for("an evaluation of every rule", evaluated, prometheus)
 
