@@ -38,6 +38,7 @@ PACKAGES=python3,python3-pip,python-is-python3,ca-certificates
 CACHE=/tmp/tracking-ci-rootfs
 CONF=/etc/containers/containers.conf.d/50-tracking-ci.conf
 run_id="tracking-ci-$$"
+work=$(mktemp -d)
 images=()
 made_conf=no
 
@@ -50,6 +51,7 @@ cleanup() {
     for image in "${images[@]}"; do podman rmi -f "$image" >/dev/null 2>&1; done
     for suite in "${suites[@]}"; do podman rmi -f "${BASE_TAG[$suite]}" >/dev/null 2>&1; done
     if [ "$made_conf" = yes ]; then rm -f "$CONF"; fi
+    rm -rf "$work"
     printf '\n== podman.sh %s in %d s\n' "$([ $status -eq 0 ] && echo passed || echo FAILED)" \
         "$((SECONDS - started))"
     exit $status
@@ -95,6 +97,15 @@ stand_in_root() {
     printf '%s\n' "$root"
 }
 
+step "debootstrap what $CACHE lacks: ${suites[*]}"
+# All at once: debootstrap mostly waits for downloads and dpkg, so two take little more than one.
+pids=()
+for suite in "${suites[@]}"; do
+    stand_in_root "$suite" >/dev/null &
+    pids+=($!)
+done
+for pid in "${pids[@]}"; do wait "$pid"; done
+
 for suite in "${suites[@]}"; do
     step "stand-in ${BASE_TAG[$suite]}: Debian $suite"
     root=$(stand_in_root "$suite")
@@ -114,8 +125,8 @@ for suite in "${suites[@]}"; do
     from=()
     if [ "${BASE_TAG[$suite]}" != "$from_name" ]; then from=(--from "${BASE_TAG[$suite]}"); fi
     podman build -q --isolation=chroot --format docker --pull=never --network=host \
-        "${from[@]}" -t "$image" . >"$CACHE/build-$suite.log" 2>&1 || {
-        cat "$CACHE/build-$suite.log" >&2
+        "${from[@]}" -t "$image" . >"$work/build-$suite.log" 2>&1 || {
+        cat "$work/build-$suite.log" >&2
         exit 1
     }
     unshare -m --propagation private sh -c 'umount -l /sys/fs/cgroup; mount -t cgroup2 none /sys/fs/cgroup &&

@@ -40,6 +40,7 @@ READ_KEY = (
     "import sqlite3; db = 'file:/var/lib/tracking/tracking.sqlite3?mode=ro'; "
     "print(sqlite3.connect(db, uri=True).execute('SELECT key FROM counter').fetchone()[0].hex())"
 )
+# Lines that no clean stop has: a child killed after its grace, a child dead or failed.
 UNCLEAN = re.compile(r"killing|died|failed|Traceback", re.IGNORECASE)
 
 
@@ -177,14 +178,15 @@ def test_the_image_serves_numbers(run: Run) -> None:
 
 
 def test_it_runs_as_a_non_root_user(run: Run) -> None:
-    # Every process: the supervisor (PID 1), the allocator, the workers, and this exec.
-    uids = run.first.exec(
+    # Every process: the supervisor (PID 1), the allocator, the workers, and this exec; its
+    # real, effective, saved and file-system uids.
+    processes = run.first.exec(
         "python", "-c",
-        "import glob; print(' '.join(open(p).read().split('Uid:')[1].split()[0]"
+        "import glob; print('\\n'.join(open(p).read().split('Uid:')[1].split('\\n')[0]"
         " for p in glob.glob('/proc/[0-9]*/status')))",
-    ).split()  # fmt: skip
-    assert len(uids) >= 4  # supervisor, allocator, two workers
-    assert set(uids) == {"10001"}
+    ).splitlines()  # fmt: skip
+    assert len(processes) >= 5  # supervisor, allocator, two workers, this one
+    assert {uid for line in processes for uid in line.split()} == {"10001"}
 
 
 def test_its_healthcheck_passes(run: Run) -> None:
