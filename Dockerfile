@@ -5,7 +5,8 @@
 #   docker run -d --name tracking -p 8000:8000 -v tracking-state:/var/lib/tracking \
 #       --stop-timeout 30 tracking-numbers
 #
-# Linted by hadolint in CI (.ci/ops-lint.sh).
+# Linted by hadolint in CI (.ci/ops-lint.sh), and built and run by podman (.ci/podman.sh, which
+# supplies a stand-in base image under the name in FROM).
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
