@@ -30,6 +30,12 @@ from allocator.protocol import (
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 REPORT_INTERVAL = 1.0  # seconds between a worker's reports
+# Labels are a fixed set, never a client's choice: under the pure-Python parser any token is a
+# method, and every new label would grow the counters (and the status frame) for good.
+METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
+)
+OTHER_METHOD = "other"
 
 
 class WorkerMetrics:
@@ -40,7 +46,7 @@ class WorkerMetrics:
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         counts = self._counts
-        key = (route, method, status)
+        key = (route, method if method in METHODS else OTHER_METHOD, status)
         counts.requests[key] = counts.requests.get(key, 0) + 1
         histogram = counts.durations.get(route)
         if histogram is None:
