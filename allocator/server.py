@@ -226,7 +226,9 @@ class AllocatorServer:
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._leases_by_worker: dict[int, int] = {}  # connected workers, by pid
         self.worker_totals = WorkerCounters()
-        self._issued: collections.deque[tuple[float, int]] = collections.deque()
+        # Numbers issued per second of the monotonic clock, over the last RATE_WINDOW seconds:
+        # at most RATE_WINDOW + 1 entries, however many workers report and whoever reads it.
+        self._issued: collections.deque[list[int]] = collections.deque()
         self.lease_refusals_total = 0
 
     async def start(self) -> None:
@@ -307,7 +309,7 @@ class AllocatorServer:
                     response = Refused(id=request_id, reason=str(exc))
             case Report(counters=counters):
                 self.worker_totals.add(counters)
-                self._issued.append((time.monotonic(), counters.issued))
+                self._count_issued(counters.issued)
                 return  # reports are one-way
             case Recall(id=request_id, key=key):
                 response = await self._idempotency(
@@ -353,11 +355,21 @@ class AllocatorServer:
             with contextlib.suppress(StoreError):  # the next round tries again
                 await self.allocator.store.forget_expired(time.time())
 
-    def issue_rate(self) -> float:
-        """Numbers issued per second over the last RATE_WINDOW seconds, from worker reports."""
-        now = time.monotonic()
+    def _count_issued(self, count: int) -> None:
+        second = int(time.monotonic())
+        if self._issued and self._issued[-1][0] == second:
+            self._issued[-1][1] += count
+        else:
+            self._issued.append([second, count])
+        self._forget_old_issues(second)
+
+    def _forget_old_issues(self, now: float) -> None:
         while self._issued and self._issued[0][0] < now - RATE_WINDOW:
             self._issued.popleft()
+
+    def issue_rate(self) -> float:
+        """Numbers issued per second over the last RATE_WINDOW seconds, from worker reports."""
+        self._forget_old_issues(time.monotonic())
         window = min(RATE_WINDOW, self.allocator.uptime)
         return sum(n for _, n in self._issued) / max(window, 1.0)
 
