@@ -66,6 +66,7 @@ class Allocators:
         reserve_step: int = 0,
         serve: bool = True,
         idempotency_ttl: float | None = None,
+        idempotency_max_bytes: int | None = None,
     ) -> Allocator:
         """An allocator on ``store`` (the config's by default), serving on the config's
         socket unless ``serve`` is False."""
@@ -77,6 +78,7 @@ class Allocators:
                 allocator,
                 self.config.allocator_socket,
                 idempotency_ttl or self.config.idempotency_ttl,
+                idempotency_max_bytes or self.config.idempotency_max_bytes,
             )
             await server.start()
         self._running[allocator] = server
