@@ -84,6 +84,12 @@ class Allocators:
         self._running[allocator] = server
         return allocator
 
+    def server(self, allocator: Allocator) -> AllocatorServer:
+        """The socket server of a running allocator."""
+        server = self._running[allocator]
+        assert server is not None
+        return server
+
     async def stop(self, allocator: Allocator) -> None:
         """A clean stop: hang up on clients, final checkpoint, close the store."""
         server = self._running.pop(allocator)

@@ -1,0 +1,96 @@
+"""The allocator's side of idempotency: a cap on what the store keeps, leases that never wait
+behind idempotency requests, expiry by the store's clock, and the purge."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from allocator.client import AllocatorClient
+from allocator.protocol import IdempotencyFull, Remembered
+from config.settings import Config
+from tests.conftest import Allocators
+
+FINGERPRINT = b"p" * 32
+ANSWER = b"x" * 100
+RECORD = len("k-0") + len(FINGERPRINT) + len(ANSWER)  # what one key costs against the cap
+
+
+@pytest.fixture
+async def client(config: Config) -> AllocatorClient:
+    made = AllocatorClient(config.allocator_socket, timeout=3)
+    yield made
+    await made.close()
+
+
+async def fill(client: AllocatorClient) -> int:
+    """Remember new keys until the cap refuses one; how many were kept."""
+    for n in range(1000):
+        try:
+            await client.remember(f"k-{n}", FINGERPRINT, ANSWER)
+        except IdempotencyFull:
+            return n
+    raise AssertionError("the cap never refused a key")
+
+
+async def test_past_the_cap_new_keys_are_refused_and_kept_ones_still_answer(
+    allocators: Allocators, client: AllocatorClient
+) -> None:
+    allocator = await allocators.start(idempotency_max_bytes=10 * RECORD)
+    assert await fill(client) == 10
+    # Refused before the worker takes numbers for it: at the recall.
+    with pytest.raises(IdempotencyFull):
+        await client.recall("new", FINGERPRINT)
+    assert await client.recall("k-3", FINGERPRINT) == Remembered(FINGERPRINT, ANSWER)
+    status = allocators.server(allocator).status()
+    assert status.idempotency_bytes == 10 * RECORD <= status.idempotency_max_bytes
+    assert status.idempotency_refusals_total == 2
+    start, stop = await client.lease(5)  # and leases go on
+    assert stop - start == 5
+
+
+async def test_the_purge_makes_room_again(allocators: Allocators, client: AllocatorClient) -> None:
+    allocator = await allocators.start(idempotency_max_bytes=10 * RECORD, idempotency_ttl=0.2)
+    server = allocators.server(allocator)
+    assert await fill(client) == 10
+    deadline = time.monotonic() + 10
+    while await allocator.store.recall("k-9") is not None:  # expired by the store's clock
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    await server.purge_round()
+    assert server.idempotency_bytes == 0
+    assert await client.recall("new", FINGERPRINT) is None  # room again
+    await client.remember("new", FINGERPRINT, ANSWER)
+
+
+async def test_a_lease_is_granted_while_idempotency_requests_wait_for_the_store(
+    allocators: Allocators, client: AllocatorClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    allocator = await allocators.start()
+    release = asyncio.Event()
+
+    async def stuck(key: str, fingerprint: bytes = b"") -> None:
+        await release.wait()
+
+    monkeypatch.setattr(allocator.store, "recall", stuck)
+    # More than a connection's in-flight slots, all waiting on the store.
+    recalls = [asyncio.create_task(client.recall(f"k-{n}", FINGERPRINT)) for n in range(40)]
+    await asyncio.sleep(0)
+    try:
+        start, stop = await client.lease(10)  # within the client's timeout
+    finally:
+        release.set()
+    assert stop - start == 10
+    assert await asyncio.gather(*recalls) == [None] * 40
+
+
+async def test_a_step_of_the_wall_clock_expires_no_answer(
+    allocators: Allocators, client: AllocatorClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await allocators.start()  # idempotency_ttl: 24 hours
+    await client.remember("k", FINGERPRINT, ANSWER)
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 2 * 86400)  # an NTP step, two days on
+    assert await client.recall("k", FINGERPRINT) == Remembered(FINGERPRINT, ANSWER)
