@@ -166,6 +166,21 @@ class _StatusCollector(Collector):
             1 if allocator.store_up else 0,
         )
         yield gauge(
+            "tracking_idempotency_bytes",
+            "Bytes of Idempotency-Keys and answers the store keeps (measured each minute)",
+            allocator.idempotency_bytes,
+        )
+        yield gauge(
+            "tracking_idempotency_max_bytes",
+            "idempotency_max_bytes: past it, requests with a new key get a 503",
+            allocator.idempotency_max_bytes,
+        )
+        yield counter(
+            "tracking_idempotency_refusals",
+            "Requests with a new Idempotency-Key refused because the store kept its maximum",
+            allocator.idempotency_refusals_total,
+        )
+        yield gauge(
             "tracking_allocator_start_time_seconds",
             "When the allocator started, in seconds since the epoch",
             allocator.started_at,

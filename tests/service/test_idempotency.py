@@ -197,3 +197,6 @@ async def test_past_the_cap_a_new_key_is_a_503_and_the_rest_goes_on(
     assert (status, again, headers["Idempotent-Replayed"]) == (200, first, "true")
     plain = await client.get(PATH, params=CANONICAL_QUERY)  # no key
     assert plain.status == 200
+    metrics = await (await client.get("/metrics")).text()
+    assert "tracking_idempotency_refusals_total 1.0" in metrics
+    assert "tracking_idempotency_max_bytes 4000.0" in metrics
