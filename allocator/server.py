@@ -21,6 +21,7 @@ from collections.abc import Callable
 from allocator import protocol
 from allocator.protocol import (
     COUNTER_LIMIT,
+    MAX_FRAME,
     RESERVATION_BUCKETS,
     Abandon,
     AllocatorError,
@@ -364,8 +365,9 @@ class AllocatorServer:
         except StoreError as exc:
             return _idempotency_failed(exc, request_id)
         if kept is None:
-            # Refused here, before the worker takes numbers for an answer it could not keep.
-            full = self.idempotency_bytes >= self.idempotency_max_bytes
+            # Refused here, before the worker takes numbers (and time) for an answer it could
+            # not keep: when the largest Remember there can be would not fit.
+            full = self.idempotency_bytes + MAX_FRAME > self.idempotency_max_bytes
             if full:
                 self.idempotency_refusals_total += 1
             return Recalled(id=request_id, fingerprint=None, response=None, full=full)

@@ -9,13 +9,15 @@ import time
 import pytest
 
 from allocator.client import AllocatorClient
-from allocator.protocol import IdempotencyFull, Remembered
+from allocator.protocol import MAX_FRAME, IdempotencyFull, Remembered
 from config.settings import Config
 from tests.conftest import Allocators
 
 FINGERPRINT = b"p" * 32
 ANSWER = b"x" * 100
-RECORD = len("k-0") + len(FINGERPRINT) + len(ANSWER)  # what one key costs against the cap
+RECORD = len("k-000") + len(FINGERPRINT) + len(ANSWER)  # what one key costs against the cap
+# Room for ten records once a Recall keeps room for the largest Remember (a frame).
+CAP = MAX_FRAME + 10 * RECORD
 
 
 @pytest.fixture
@@ -26,37 +28,41 @@ async def client(config: Config) -> AllocatorClient:
 
 
 async def fill(client: AllocatorClient) -> int:
-    """Remember new keys until the cap refuses one; how many were kept."""
+    """Recall and remember new keys, as a worker does, until the cap refuses one; how many
+    were kept."""
     for n in range(1000):
         try:
-            await client.remember(f"k-{n}", FINGERPRINT, ANSWER)
+            assert await client.recall(f"k-{n:03d}", FINGERPRINT) is None
         except IdempotencyFull:
             return n
+        await client.remember(f"k-{n:03d}", FINGERPRINT, ANSWER)
     raise AssertionError("the cap never refused a key")
 
 
 async def test_past_the_cap_new_keys_are_refused_and_kept_ones_still_answer(
     allocators: Allocators, client: AllocatorClient
 ) -> None:
-    allocator = await allocators.start(idempotency_max_bytes=10 * RECORD)
-    assert await fill(client) == 10
-    # Refused before the worker takes numbers for it: at the recall.
+    allocator = await allocators.start(idempotency_max_bytes=CAP)
+    assert await fill(client) == 11  # the last one had room for a frame
     with pytest.raises(IdempotencyFull):
         await client.recall("new", FINGERPRINT)
-    assert await client.recall("k-3", FINGERPRINT) == Remembered(FINGERPRINT, ANSWER)
+    assert await client.recall("k-003", FINGERPRINT) == Remembered(FINGERPRINT, ANSWER)
+    # A Remember that finds no room (one whose Recall raced others) is refused too.
+    with pytest.raises(IdempotencyFull):
+        await client.remember("new", FINGERPRINT, b"y" * (MAX_FRAME - 100))
     status = allocators.server(allocator).status()
-    assert status.idempotency_bytes == 10 * RECORD <= status.idempotency_max_bytes
-    assert status.idempotency_refusals_total == 2
+    assert status.idempotency_bytes == 11 * RECORD <= status.idempotency_max_bytes
+    assert status.idempotency_refusals_total == 3
     start, stop = await client.lease(5)  # and leases go on
     assert stop - start == 5
 
 
 async def test_the_purge_makes_room_again(allocators: Allocators, client: AllocatorClient) -> None:
-    allocator = await allocators.start(idempotency_max_bytes=10 * RECORD, idempotency_ttl=0.2)
+    allocator = await allocators.start(idempotency_max_bytes=CAP, idempotency_ttl=0.2)
     server = allocators.server(allocator)
-    assert await fill(client) == 10
+    assert await fill(client) == 11
     deadline = time.monotonic() + 10
-    while await allocator.store.recall("k-9") is not None:  # expired by the store's clock
+    while await allocator.store.recall("k-010") is not None:  # expired by the store's clock
         assert time.monotonic() < deadline
         await asyncio.sleep(0.02)
     await server.purge_round()
@@ -76,7 +82,7 @@ async def test_a_lease_is_granted_while_idempotency_requests_wait_for_the_store(
 
     monkeypatch.setattr(allocator.store, "recall", stuck)
     # More than a connection's in-flight slots, all waiting on the store.
-    recalls = [asyncio.create_task(client.recall(f"k-{n}", FINGERPRINT)) for n in range(40)]
+    recalls = [asyncio.create_task(client.recall(f"k-{n:03d}", FINGERPRINT)) for n in range(40)]
     await asyncio.sleep(0)
     try:
         start, stop = await client.lease(10)  # within the client's timeout

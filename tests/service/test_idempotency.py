@@ -182,12 +182,12 @@ async def test_an_answer_kept_after_the_worker_gave_up_is_audited_once_by_its_re
 async def test_past_the_cap_a_new_key_is_a_503_and_the_rest_goes_on(
     allocators: Allocators, config: Config, make_client: ClientFactory
 ) -> None:
-    await allocators.start(idempotency_max_bytes=4000)
+    await allocators.start(idempotency_max_bytes=70_000)  # 64 KiB for the largest answer
     client = await make_client(config)
     status, _, first = await request(client, "k-first")
     assert status == 200
     for n in range(100):
-        status, headers, body = await request(client, f"k-{n}", count="20")
+        status, headers, body = await request(client, f"k-{n}", count="100")
         if status != 200:
             break
     assert status == 503
@@ -199,4 +199,4 @@ async def test_past_the_cap_a_new_key_is_a_503_and_the_rest_goes_on(
     assert plain.status == 200
     metrics = await (await client.get("/metrics")).text()
     assert "tracking_idempotency_refusals_total 1.0" in metrics
-    assert "tracking_idempotency_max_bytes 4000.0" in metrics
+    assert "tracking_idempotency_max_bytes 70000.0" in metrics
