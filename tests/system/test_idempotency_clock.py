@@ -47,8 +47,8 @@ async def ask(service: Service, key: str | None) -> tuple[dict, dict[str, str]]:
 
 def test_a_wall_clock_step_expires_no_idempotent_answer(
     short_tmp: Path,
-    libfaketime: str,
-    store_flags: tuple[str, ...],  # noqa: F811
+    libfaketime: str,  # noqa: F811 (the fixture imported above)
+    store_flags: tuple[str, ...],
 ) -> None:
     clock = short_tmp / "faketime"
     clock.write_text("+0\n")
