@@ -9,7 +9,8 @@ import time
 import pytest
 
 from allocator.client import AllocatorClient
-from allocator.protocol import MAX_FRAME, IdempotencyFull, Remembered
+from allocator.protocol import MAX_FRAME, IdempotencyFull, LeaseRefused, Remembered
+from allocator.server import MAX_IDEMPOTENCY_INFLIGHT_PER_CONNECTION
 from config.settings import Config
 from tests.conftest import Allocators
 
@@ -100,3 +101,27 @@ async def test_a_step_of_the_wall_clock_expires_no_answer(
     real = time.time
     monkeypatch.setattr(time, "time", lambda: real() + 2 * 86400)  # an NTP step, two days on
     assert await client.recall("k", FINGERPRINT) == Remembered(FINGERPRINT, ANSWER)
+
+
+async def test_idempotency_requests_past_a_connections_slots_are_refused_at_once(
+    allocators: Allocators, client: AllocatorClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    allocator = await allocators.start()
+    release = asyncio.Event()
+
+    async def stuck(key: str, fingerprint: bytes = b"") -> None:
+        await release.wait()
+
+    monkeypatch.setattr(allocator.store, "recall", stuck)
+    # A client that does not keep to the limit our workers keep to.
+    monkeypatch.setattr(client, "_idempotency_slots", asyncio.Semaphore(100))
+    recalls = [
+        asyncio.create_task(client.recall(f"k-{n:03d}", FINGERPRINT))
+        for n in range(MAX_IDEMPOTENCY_INFLIGHT_PER_CONNECTION + 4)
+    ]
+    try:
+        refused = await asyncio.gather(*recalls[-4:], return_exceptions=True)
+    finally:
+        release.set()
+    assert all(isinstance(error, LeaseRefused) for error in refused), refused
+    assert await asyncio.gather(*recalls[:-4]) == [None] * MAX_IDEMPOTENCY_INFLIGHT_PER_CONNECTION
