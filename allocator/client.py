@@ -10,6 +10,7 @@ without anyone noticing but the calls that were in flight.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import os
@@ -17,9 +18,11 @@ from collections.abc import AsyncIterator
 
 from allocator import protocol
 from allocator.protocol import (
+    Abandon,
     AllocatorUnavailable,
     Granted,
     Hello,
+    IdempotencyFull,
     KeyMismatch,
     Lease,
     LeaseRefused,
@@ -36,6 +39,13 @@ from allocator.protocol import (
     WorkerCounters,
 )
 
+# Idempotency requests this client has in flight at most; more wait their turn (within the
+# call's deadline). The allocator's cap per connection is the same.
+MAX_IDEMPOTENCY_INFLIGHT = 16
+# Abandoned answers kept to tell an allocator that is away; past this the oldest are dropped
+# (their numbers then miss the audit trail if they are replayed: see docs/reliability.md).
+MAX_ABANDONED = 1000
+
 
 class AllocatorClient:
     def __init__(self, path: str, timeout: float) -> None:
@@ -49,6 +59,8 @@ class AllocatorClient:
         self._reader_task: asyncio.Task[None] | None = None
         self._pending: dict[int, asyncio.Future[protocol.Response]] = {}
         self._connecting = asyncio.Lock()
+        self._idempotency_slots = asyncio.Semaphore(MAX_IDEMPOTENCY_INFLIGHT)
+        self._abandoned: collections.deque[Abandon] = collections.deque(maxlen=MAX_ABANDONED)
 
     @property
     def connected(self) -> bool:
@@ -75,12 +87,16 @@ class AllocatorClient:
             raise ProtocolError(f"unexpected answer to a status query: {response!r}")
         return response
 
-    async def recall(self, key: str) -> Remembered | None:
-        """The answer kept under an idempotency key, if a live one is."""
-        return self._remembered(await self._ask(Recall(id=next(self._ids), key=key)))
+    async def recall(self, key: str, fingerprint: bytes) -> Remembered | None:
+        """The answer kept under an idempotency key, if a live one is. Raises IdempotencyFull
+        when there is none and no new key can be kept now."""
+        return self._remembered(
+            await self._ask(Recall(id=next(self._ids), key=key, fingerprint=fingerprint))
+        )
 
     async def remember(self, key: str, fingerprint: bytes, response: bytes) -> Remembered:
-        """Keep an answer under an idempotency key, durably; the answer that stands."""
+        """Keep an answer under an idempotency key, durably; the answer that stands. Raises
+        IdempotencyFull when no new key can be kept now."""
         remembered = self._remembered(
             await self._ask(
                 Remember(id=next(self._ids), key=key, fingerprint=fingerprint, response=response)
@@ -94,7 +110,9 @@ class AllocatorClient:
     def _remembered(response: protocol.Response) -> Remembered | None:
         match response:
             case Recalled(fingerprint=bytes() as fingerprint, response=bytes() as answer):
-                return Remembered(fingerprint, answer)
+                return Remembered(fingerprint, answer, response.unaudited)
+            case Recalled(full=True):
+                raise IdempotencyFull("no new idempotency key can be kept now")
             case Recalled():
                 return None
             case Refused(reason=reason):
@@ -102,9 +120,20 @@ class AllocatorClient:
         raise ProtocolError(f"unexpected answer about an idempotency key: {response!r}")
 
     async def _ask(self, request: Recall | Remember) -> protocol.Response:
-        async with self._deadline():
+        async with self._deadline(), self._idempotency_slots:
             await self._ensure_connected()
             return await self._call(request)
+
+    def abandon(self, key: str, response: bytes) -> None:
+        """Tell the allocator that an answer we asked it to remember never reached its client:
+        now, or as soon as we are connected again."""
+        self._abandoned.append(Abandon(id=next(self._ids), key=key, response=response))
+        self._send_abandoned()
+
+    def _send_abandoned(self) -> None:
+        writer = self._writer
+        while self._abandoned and writer is not None and not writer.is_closing():
+            writer.write(protocol.encode(self._abandoned.popleft()))
 
     def report(self, counters: WorkerCounters) -> bool:
         """Send counters without waiting; False (nothing sent) while not connected."""
@@ -161,6 +190,7 @@ class AllocatorClient:
                 self._disconnect(KeyMismatch("the permutation key changed"))
                 raise KeyMismatch("the allocator's permutation key changed; restart the worker")
             self.key, self.scheme = welcome.key, welcome.scheme
+            self._send_abandoned()
 
     async def _call(
         self, request: Lease | Hello | StatusQuery | Recall | Remember

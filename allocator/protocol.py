@@ -61,6 +61,10 @@ class StoreError(AllocatorError):
     """The store cannot be read or written; the allocator grants only what is durable."""
 
 
+class IdempotencyFull(AllocatorError):
+    """The store keeps as many idempotent answers as it may: a new key cannot be kept now."""
+
+
 class KeyMismatch(AllocatorError):
     """The permutation key changed under a running worker or disagrees with the configured one."""
 
@@ -131,13 +135,23 @@ class AllocatorStatus(msgspec.Struct):
     reservations_total: int
     reservation_errors_total: int
     reservation_seconds: Histogram
+    # Idempotency keys: what the store keeps (as this allocator last measured and has added
+    # since), its cap, and the new keys refused at the cap.
+    idempotency_bytes: int = 0
+    idempotency_max_bytes: int = 0
+    idempotency_refusals_total: int = 0
 
 
 class Remembered(NamedTuple):
-    """An answer kept under an idempotency key, and the fingerprint of its request."""
+    """An answer kept under an idempotency key, and the fingerprint of its request.
+
+    ``unaudited``: its first delivery was abandoned, so no access line carries its numbers and
+    no counter counted them; the one recall told so must do both.
+    """
 
     fingerprint: bytes
     response: bytes
+    unaudited: bool = False
 
 
 class Message(msgspec.Struct, tag=True, frozen=True, array_like=True):
@@ -169,9 +183,13 @@ class StatusQuery(Message):
 
 
 class Recall(Message):
-    """Ask for the answer kept under an idempotency key. Answered with Recalled."""
+    """Ask for the answer kept under an idempotency key. Answered with Recalled.
+
+    ``fingerprint``: the asking request's, so that only a request for the same answer takes
+    over an abandoned one (see Abandon)."""
 
     key: IdempotencyKey
+    fingerprint: bytes = b""
 
 
 class Remember(Message):
@@ -180,6 +198,15 @@ class Remember(Message):
 
     key: IdempotencyKey
     fingerprint: bytes
+    response: bytes
+
+
+class Abandon(Message):
+    """One-way: a Remember whose answer never reached its client (the worker gave up waiting,
+    or lost the connection). If that answer stands, the next Recall with its fingerprint is
+    told to count and audit it."""
+
+    key: IdempotencyKey
     response: bytes
 
 
@@ -207,13 +234,18 @@ class Status(Message):
 
 
 class Recalled(Message):
-    """The answer kept under a key and its request's fingerprint; both None when there is none."""
+    """The answer kept under a key and its request's fingerprint; both None when there is none.
+
+    ``unaudited``: see Remembered. ``full``: there is none, and no new key can be kept now.
+    """
 
     fingerprint: bytes | None
     response: bytes | None
+    unaudited: bool = False
+    full: bool = False
 
 
-Request = Hello | Lease | Report | StatusQuery | Recall | Remember
+Request = Hello | Lease | Report | StatusQuery | Recall | Remember | Abandon
 Response = Welcome | Granted | Refused | Status | Recalled
 
 _encoder = msgspec.msgpack.Encoder()

@@ -16,14 +16,16 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from allocator import protocol
 from allocator.protocol import (
     COUNTER_LIMIT,
+    MAX_FRAME,
     RESERVATION_BUCKETS,
     SCHEME_FEISTEL4,
     SCHEME_FEISTEL10,
+    Abandon,
     AllocatorError,
     AllocatorStatus,
     Granted,
@@ -35,7 +37,6 @@ from allocator.protocol import (
     Recalled,
     Refused,
     Remember,
-    Remembered,
     Report,
     Status,
     StatusQuery,
@@ -52,6 +53,9 @@ log = logging.getLogger("allocator")
 
 # A connection may have this many requests in flight; past it, we stop reading from it.
 MAX_INFLIGHT_PER_CONNECTION = 16
+# Idempotency requests have slots of their own, so that they never hold up a lease. Past
+# this, one is refused at once rather than stop the reading (workers send no more than this).
+MAX_IDEMPOTENCY_INFLIGHT_PER_CONNECTION = 16
 # A client that connects must say Hello within this time, or be dropped.
 HELLO_TIMEOUT = 10.0
 # With reserve_step = 0, reserve enough for this many seconds of leases at the recent rate.
@@ -61,8 +65,11 @@ MAX_STEP = 1 << 40
 STORE_RETRY_DELAY = 1.0
 # The issue rate is averaged over this many seconds of worker reports.
 RATE_WINDOW = 60.0
-# Expired idempotency keys are dropped from the store this often.
-PURGE_INTERVAL = 600.0
+# Expired idempotency keys are dropped from the store this often, in batches this large (each
+# its own short statement, so that reservations never wait long behind the purge). Each round
+# also measures what the store keeps (other hosts' keys included) against the cap.
+PURGE_INTERVAL = 60.0
+PURGE_BATCH = 500
 
 
 class Allocator:
@@ -241,19 +248,33 @@ class Allocator:
 class AllocatorServer:
     """Serves an Allocator over a Unix socket: one task per connection, bounded in flight."""
 
-    def __init__(self, allocator: Allocator, path: str, idempotency_ttl: float = 86400.0) -> None:
+    def __init__(
+        self,
+        allocator: Allocator,
+        path: str,
+        idempotency_ttl: float = 86400.0,
+        idempotency_max_bytes: int = 1 << 30,
+    ) -> None:
         self.allocator = allocator
         self.path = path
         self.idempotency_ttl = idempotency_ttl
+        self.idempotency_max_bytes = idempotency_max_bytes
+        # What the store keeps: measured at start and by each purge round, plus what this
+        # allocator has added since (counted before the write, so racing writes cannot all fit).
+        self.idempotency_bytes = 0
+        self.idempotency_refusals_total = 0
         self._purging: asyncio.Task[None] | None = None
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._leases_by_worker: dict[int, int] = {}  # connected workers, by pid
         self.worker_totals = WorkerCounters()
-        self._issued: collections.deque[tuple[float, int]] = collections.deque()
+        # Numbers issued per second of the monotonic clock, over the last RATE_WINDOW seconds:
+        # at most RATE_WINDOW + 1 entries, however many workers report and whoever reads it.
+        self._issued: collections.deque[list[int]] = collections.deque()
         self.lease_refusals_total = 0
 
     async def start(self) -> None:
+        self.idempotency_bytes = await self.allocator.store.idempotency_bytes()
         sock = bind_unix_socket(self.path)
         self._server = await asyncio.start_unix_server(self._serve, sock=sock)
         self._purging = asyncio.create_task(self._purge_expired_keys())
@@ -277,6 +298,7 @@ class AllocatorServer:
         assert task is not None
         self._connections[task] = writer
         slots = asyncio.Semaphore(MAX_INFLIGHT_PER_CONNECTION)
+        idempotency_slots = asyncio.Semaphore(MAX_IDEMPOTENCY_INFLIGHT_PER_CONNECTION)
         pending: set[asyncio.Task[None]] = set()
         worker: int | None = None
         try:
@@ -296,11 +318,18 @@ class AllocatorServer:
             log.info("worker connected", extra={"tracking.worker_pid": worker})
             while (payload := await protocol.read_frame(reader)) is not None:
                 request = protocol.decode_request(payload)
-                await slots.acquire()
+                if isinstance(request, Recall | Remember):
+                    if idempotency_slots.locked():
+                        writer.write(protocol.encode(Refused(id=request.id, reason=BUSY)))
+                        continue
+                    mine = idempotency_slots
+                else:
+                    mine = slots
+                await mine.acquire()
                 answer = asyncio.create_task(self._answer(request, writer, worker))
                 pending.add(answer)
                 answer.add_done_callback(pending.discard)
-                answer.add_done_callback(lambda _: slots.release())
+                answer.add_done_callback(lambda _, mine=mine: mine.release())
         except (ProtocolError, TimeoutError) as exc:
             log.warning(
                 "dropping allocator client",
@@ -335,20 +364,20 @@ class AllocatorServer:
                     response = Refused(id=request_id, reason=str(exc))
             case Report(counters=counters):
                 self.worker_totals.add(counters)
-                self._issued.append((time.monotonic(), counters.issued))
+                self._count_issued(counters.issued)
                 return  # reports are one-way
-            case Recall(id=request_id, key=key):
-                response = await self._idempotency(
-                    request_id, self.allocator.store.recall(key, time.time())
-                )
+            case Recall(id=request_id, key=key, fingerprint=fingerprint):
+                response = await self._recall(request_id, key, fingerprint)
             case Remember(id=request_id, key=key, fingerprint=fingerprint, response=answer):
-                now = time.time()
-                response = await self._idempotency(
-                    request_id,
-                    self.allocator.store.remember(
-                        key, fingerprint, answer, now + self.idempotency_ttl, now
-                    ),
-                )
+                response = await self._remember(request_id, key, fingerprint, answer)
+            case Abandon(key=key, response=answer):
+                # After any Remember of the same answer on this connection: both wait in
+                # arrival order for the store.
+                try:
+                    await self.allocator.store.abandon(key, answer)
+                except StoreError as exc:
+                    _idempotency_failed(exc)
+                return  # one-way
             case StatusQuery(id=request_id):
                 response = Status(
                     id=request_id, allocator=self.status(), workers=self.worker_totals
@@ -360,34 +389,71 @@ class AllocatorServer:
         if not writer.is_closing():
             writer.write(protocol.encode(response))
 
-    async def _idempotency(
-        self, request_id: int, store_call: Awaitable[Remembered | None]
-    ) -> protocol.Message:
+    async def _recall(self, request_id: int, key: str, fingerprint: bytes) -> protocol.Message:
         try:
-            remembered = await store_call
+            kept = await self.allocator.store.recall(key, fingerprint)
         except StoreError as exc:
-            log.warning(
-                "idempotency key store failed",
-                extra={"error.type": type(exc).__name__, "error.message": str(exc)},
-            )
-            return Refused(id=request_id, reason=str(exc))
-        if remembered is None:
-            return Recalled(id=request_id, fingerprint=None, response=None)
+            return _idempotency_failed(exc, request_id)
+        if kept is None:
+            # Refused here, before the worker takes numbers (and time) for an answer it could
+            # not keep: when the largest Remember there can be would not fit.
+            full = self.idempotency_bytes + MAX_FRAME > self.idempotency_max_bytes
+            if full:
+                self.idempotency_refusals_total += 1
+            return Recalled(id=request_id, fingerprint=None, response=None, full=full)
         return Recalled(
-            id=request_id, fingerprint=remembered.fingerprint, response=remembered.response
+            id=request_id,
+            fingerprint=kept.fingerprint,
+            response=kept.response,
+            unaudited=kept.unaudited,
         )
+
+    async def _remember(
+        self, request_id: int, key: str, fingerprint: bytes, answer: bytes
+    ) -> protocol.Message:
+        size = len(key.encode()) + len(fingerprint) + len(answer)
+        if self.idempotency_bytes + size > self.idempotency_max_bytes:
+            self.idempotency_refusals_total += 1
+            return Recalled(id=request_id, fingerprint=None, response=None, full=True)
+        self.idempotency_bytes += size
+        try:
+            kept = await self.allocator.store.remember(
+                key, fingerprint, answer, self.idempotency_ttl
+            )
+        except StoreError as exc:
+            self.idempotency_bytes -= size  # perhaps written after all: the next round tells
+            return _idempotency_failed(exc, request_id)
+        if kept.response != answer:
+            self.idempotency_bytes -= size  # a racing twin's answer stands, not ours
+        return Recalled(id=request_id, fingerprint=kept.fingerprint, response=kept.response)
 
     async def _purge_expired_keys(self) -> None:
         while True:
             await asyncio.sleep(PURGE_INTERVAL)
             with contextlib.suppress(StoreError):  # the next round tries again
-                await self.allocator.store.forget_expired(time.time())
+                await self.purge_round()
+
+    async def purge_round(self) -> None:
+        """Drop every expired idempotency key, one small batch at a time; then measure."""
+        while await self.allocator.store.forget_expired(PURGE_BATCH):
+            pass
+        self.idempotency_bytes = await self.allocator.store.idempotency_bytes()
+
+    def _count_issued(self, count: int) -> None:
+        second = int(time.monotonic())
+        if self._issued and self._issued[-1][0] == second:
+            self._issued[-1][1] += count
+        else:
+            self._issued.append([second, count])
+        self._forget_old_issues(second)
+
+    def _forget_old_issues(self, now: float) -> None:
+        while self._issued and self._issued[0][0] < now - RATE_WINDOW:
+            self._issued.popleft()
 
     def issue_rate(self) -> float:
         """Numbers issued per second over the last RATE_WINDOW seconds, from worker reports."""
-        now = time.monotonic()
-        while self._issued and self._issued[0][0] < now - RATE_WINDOW:
-            self._issued.popleft()
+        self._forget_old_issues(time.monotonic())
         window = min(RATE_WINDOW, self.allocator.uptime)
         return sum(n for _, n in self._issued) / max(window, 1.0)
 
@@ -417,7 +483,21 @@ class AllocatorServer:
             reservations_total=allocator.reservations_total,
             reservation_errors_total=allocator.reservation_errors_total,
             reservation_seconds=allocator.reservation_seconds,
+            idempotency_bytes=self.idempotency_bytes,
+            idempotency_max_bytes=self.idempotency_max_bytes,
+            idempotency_refusals_total=self.idempotency_refusals_total,
         )
+
+
+BUSY = "too many idempotency requests in flight on this connection"
+
+
+def _idempotency_failed(exc: StoreError, request_id: int | None = None) -> Refused:
+    log.warning(
+        "idempotency key store failed",
+        extra={"error.type": type(exc).__name__, "error.message": str(exc)},
+    )
+    return Refused(id=request_id or 0, reason=str(exc))
 
 
 def bind_unix_socket(path: str) -> socket.socket:
@@ -482,7 +562,9 @@ async def serve(config: Config, ready: Callable[[], None] = lambda: None) -> Non
     store = open_store(config.store, create=not config.key_file)
     allocator = Allocator(store, config.reserve_step)
     await allocator.start(read_key_file(config.key_file) if config.key_file else None)
-    server = AllocatorServer(allocator, config.allocator_socket, config.idempotency_ttl)
+    server = AllocatorServer(
+        allocator, config.allocator_socket, config.idempotency_ttl, config.idempotency_max_bytes
+    )
     try:
         await server.start()
         log.info("allocator listening", extra={"tracking.socket": config.allocator_socket})

@@ -32,6 +32,7 @@ from allocator.protocol import (
     Remembered,
     StoreError,
 )
+from allocator.store_lock import StoreLock
 from config.settings import private_directory, redact_url
 
 # 1: the counter and the key. 2: idempotency keys (created when missing: 1 upgrades in place).
@@ -117,17 +118,32 @@ class Store(Protocol):
     async def raise_mark(self, value: int) -> int:
         """Raise the mark to ``value`` if it is lower (never lower it); the mark after."""
 
-    async def recall(self, key: str, now: float) -> Remembered | None:
-        """The answer remembered under an idempotency key, unless there is none or it expired."""
+    # Idempotency keys. Expiry follows the store's own clock (see docs/reliability.md): the
+    # database's for PostgreSQL, so hosts with skewed clocks agree; for SQLite, the wall clock
+    # read when the store was opened, advanced by the monotonic clock.
+
+    async def recall(self, key: str, fingerprint: bytes = b"") -> Remembered | None:
+        """The live answer remembered under an idempotency key, if there is one.
+
+        ``unaudited`` is True for the one caller with the same ``fingerprint`` that takes over
+        an answer whose first delivery was abandoned: it must count and audit it.
+        """
 
     async def remember(
-        self, key: str, fingerprint: bytes, response: bytes, expires_at: float, now: float
+        self, key: str, fingerprint: bytes, response: bytes, ttl: float
     ) -> Remembered:
-        """Durably keep ``response`` under ``key``, unless a live answer is there already:
-        the answer that stands, ours or the one that was first."""
+        """Durably keep ``response`` under ``key`` for ``ttl`` seconds, unless a live answer is
+        there already: the answer that stands, ours or the one that was first."""
 
-    async def forget_expired(self, now: float) -> int:
-        """Drop the answers that expired; how many."""
+    async def abandon(self, key: str, response: bytes) -> None:
+        """``response``, if it stands under ``key``, never reached its client: the next
+        recall with its fingerprint is told so."""
+
+    async def forget_expired(self, limit: int) -> int:
+        """Drop at most ``limit`` expired answers (and abandonment marks); how many."""
+
+    async def idempotency_bytes(self) -> int:
+        """The bytes of keys, fingerprints and answers kept, expired or not."""
 
     async def close(self) -> None: ...
 
@@ -144,7 +160,10 @@ class SQLiteStore:
         self.created = False
         self._db: aiosqlite.Connection | None = None
         # One connection: a transaction must not take in a statement of another caller.
-        self._one_at_a_time = asyncio.Lock()
+        self._one_at_a_time = StoreLock()
+        # The idempotency clock: the wall clock at open, advanced by the monotonic clock, so a
+        # step of the wall clock while we run expires nothing early (docs/reliability.md).
+        self._wall_minus_monotonic = time.time() - time.monotonic()
 
     async def open(self) -> None:
         try:
@@ -173,6 +192,16 @@ class SQLiteStore:
                 " key TEXT PRIMARY KEY,"
                 " fingerprint BLOB NOT NULL,"
                 " response BLOB NOT NULL,"
+                " expires_at REAL NOT NULL)"
+            )
+            await self._db.execute(
+                "CREATE INDEX IF NOT EXISTS idempotency_expiry ON idempotency (expires_at)"
+            )
+            # Answers whose first delivery was abandoned (a table of its own, so that an
+            # older release still reads and writes this store's idempotency table).
+            await self._db.execute(
+                "CREATE TABLE IF NOT EXISTS idempotency_unaudited ("
+                " key TEXT PRIMARY KEY,"
                 " expires_at REAL NOT NULL)"
             )
             async with self._db.execute("PRAGMA user_version") as cursor:
@@ -284,7 +313,7 @@ class SQLiteStore:
         return row[0] if row else 0
 
     async def reserve(self, count: int) -> tuple[int, int]:
-        async with self._one_at_a_time:
+        async with self._one_at_a_time.hold(urgent=True):
             return await self._reserve(count)
 
     async def _reserve(self, count: int) -> tuple[int, int]:
@@ -314,7 +343,7 @@ class SQLiteStore:
     async def release(self, start: int, stop: int) -> bool:
         db = self._connection()
         try:
-            async with self._one_at_a_time:
+            async with self._one_at_a_time.hold(urgent=True):
                 cursor = await db.execute(
                     "UPDATE counter SET reserved = ? WHERE id = 1 AND reserved = ?", (start, stop)
                 )
@@ -326,7 +355,7 @@ class SQLiteStore:
         db = self._connection()
         try:
             async with (
-                self._one_at_a_time,
+                self._one_at_a_time.hold(urgent=True),
                 db.execute(
                     "UPDATE counter SET reserved = MAX(reserved, ?) WHERE id = 1"
                     " RETURNING reserved",
@@ -340,28 +369,41 @@ class SQLiteStore:
             raise StoreError("the store has no counter yet")
         return row[0]
 
-    async def recall(self, key: str, now: float) -> Remembered | None:
+    def _now(self) -> float:
+        return time.monotonic() + self._wall_minus_monotonic
+
+    async def recall(self, key: str, fingerprint: bytes = b"") -> Remembered | None:
         db = self._connection()
         try:
-            async with (
-                self._one_at_a_time,
-                db.execute(
-                    "SELECT fingerprint, response FROM idempotency"
-                    " WHERE key = ? AND expires_at > ?",
-                    (key, now),
-                ) as cursor,
-            ):
-                row = await cursor.fetchone()
+            async with self._one_at_a_time.hold(urgent=False):
+                async with db.execute(
+                    "SELECT i.fingerprint, i.response, u.key IS NOT NULL"
+                    " FROM idempotency i LEFT JOIN idempotency_unaudited u"
+                    " ON u.key = i.key AND u.expires_at = i.expires_at"
+                    " WHERE i.key = ? AND i.expires_at > ?",
+                    (key, self._now()),
+                ) as cursor:
+                    row = await cursor.fetchone()
+                if row is None:
+                    return None
+                unaudited = False
+                if row[2] and bytes(row[0]) == fingerprint:
+                    # Whoever deletes the mark audits the answer: one caller only.
+                    cursor = await db.execute(
+                        "DELETE FROM idempotency_unaudited WHERE key = ?", (key,)
+                    )
+                    unaudited = cursor.rowcount == 1
         except sqlite3.Error as exc:
             raise StoreError(f"cannot recall an idempotency key: {exc}") from exc
-        return Remembered(bytes(row[0]), bytes(row[1])) if row else None
+        return Remembered(bytes(row[0]), bytes(row[1]), unaudited)
 
     async def remember(
-        self, key: str, fingerprint: bytes, response: bytes, expires_at: float, now: float
+        self, key: str, fingerprint: bytes, response: bytes, ttl: float
     ) -> Remembered:
         db = self._connection()
         try:
-            async with self._one_at_a_time:
+            async with self._one_at_a_time.hold(urgent=False):
+                now = self._now()
                 await db.execute("BEGIN IMMEDIATE")
                 try:
                     # An expired answer is replaced; a live one stays and is returned.
@@ -370,7 +412,7 @@ class SQLiteStore:
                         " ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint,"
                         " response = excluded.response, expires_at = excluded.expires_at"
                         " WHERE idempotency.expires_at <= ?",
-                        (key, fingerprint, response, expires_at, now),
+                        (key, fingerprint, response, now + ttl, now),
                     )
                     async with db.execute(
                         "SELECT fingerprint, response FROM idempotency WHERE key = ?", (key,)
@@ -385,14 +427,49 @@ class SQLiteStore:
         assert row is not None  # just written, in this transaction
         return Remembered(bytes(row[0]), bytes(row[1]))
 
-    async def forget_expired(self, now: float) -> int:
+    async def abandon(self, key: str, response: bytes) -> None:
         db = self._connection()
         try:
-            async with self._one_at_a_time:
-                cursor = await db.execute("DELETE FROM idempotency WHERE expires_at <= ?", (now,))
+            async with self._one_at_a_time.hold(urgent=False):
+                await db.execute(
+                    "INSERT INTO idempotency_unaudited SELECT key, expires_at FROM idempotency"
+                    " WHERE key = ? AND response = ? AND expires_at > ?"
+                    " ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at",
+                    (key, response, self._now()),
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot mark an idempotency key abandoned: {exc}") from exc
+
+    async def forget_expired(self, limit: int) -> int:
+        db = self._connection()
+        deleted = 0
+        try:
+            for table in ("idempotency", "idempotency_unaudited"):
+                async with self._one_at_a_time.hold(urgent=False):
+                    cursor = await db.execute(
+                        f"DELETE FROM {table} WHERE key IN"
+                        f" (SELECT key FROM {table} WHERE expires_at <= ? LIMIT ?)",
+                        (self._now(), limit),
+                    )
+                deleted += cursor.rowcount
         except sqlite3.Error as exc:
             raise StoreError(f"cannot forget expired idempotency keys: {exc}") from exc
-        return cursor.rowcount
+        return deleted
+
+    async def idempotency_bytes(self) -> int:
+        db = self._connection()
+        try:
+            async with (
+                self._one_at_a_time.hold(urgent=False),
+                db.execute(
+                    "SELECT coalesce(sum(length(CAST(key AS BLOB)) + length(fingerprint)"
+                    " + length(response)), 0) FROM idempotency"
+                ) as cursor,
+            ):
+                (total,) = await cursor.fetchone()  # type: ignore[misc]
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot measure the idempotency keys: {exc}") from exc
+        return int(total)
 
     async def close(self) -> None:
         if self._db is not None:
@@ -464,6 +541,17 @@ CREATE TABLE IF NOT EXISTS tracking_idempotency (
     expires_at double precision NOT NULL
 );
 """
+# Created when missing, in tables of their own, so that an older release still uses the
+# idempotency table of a store this release has opened.
+_IDEMPOTENCY_EXTRAS = """
+CREATE INDEX IF NOT EXISTS tracking_idempotency_expiry ON tracking_idempotency (expires_at);
+CREATE TABLE IF NOT EXISTS tracking_idempotency_unaudited (
+    key text PRIMARY KEY,
+    expires_at double precision NOT NULL
+);
+"""
+# The idempotency clock: the database's, one for every host.
+_PG_NOW = "date_part('epoch', now())"
 
 
 class PostgresStore:
@@ -493,7 +581,7 @@ class PostgresStore:
         self._last_connect_error = ""
         self._server_warnings: list[str] = []
         # One connection runs one statement at a time; asyncpg refuses a second one.
-        self._one_at_a_time = asyncio.Lock()
+        self._one_at_a_time = StoreLock()
 
     async def open(self) -> None:
         version = await self._run(
@@ -566,7 +654,7 @@ class PostgresStore:
                 raise StoreError(f"reservation not granted: the server warned: {warning}")
             return stop
 
-        stop = await self._run("reserve", raise_the_mark)
+        stop = await self._run("reserve", raise_the_mark, urgent=True)
         if stop is None:
             raise StoreError("the counter space is exhausted")
         return stop - count, stop
@@ -579,6 +667,7 @@ class PostgresStore:
                 start,
                 stop,
             ),
+            urgent=True,
         )
         return status == "UPDATE 1"
 
@@ -590,39 +679,50 @@ class PostgresStore:
                 " WHERE id = 1 RETURNING reserved",
                 value,
             ),
+            urgent=True,
         )
         if after is None:
             raise StoreError("the store has no counter yet")
         return after
 
-    async def recall(self, key: str, now: float) -> Remembered | None:
-        row = await self._run(
-            "recall an idempotency key",
-            lambda db: db.fetchrow(
-                "SELECT fingerprint, response FROM tracking_idempotency"
-                " WHERE key = $1 AND expires_at > $2",
+    async def recall(self, key: str, fingerprint: bytes = b"") -> Remembered | None:
+        async def read_then_claim(db: asyncpg.Connection) -> Remembered | None:
+            row = await db.fetchrow(
+                "SELECT i.fingerprint, i.response, u.key IS NOT NULL"
+                " FROM tracking_idempotency i LEFT JOIN tracking_idempotency_unaudited u"
+                " ON u.key = i.key AND u.expires_at = i.expires_at"
+                f" WHERE i.key = $1 AND i.expires_at > {_PG_NOW}",
                 key,
-                now,
-            ),
-        )
-        return Remembered(bytes(row[0]), bytes(row[1])) if row else None
+            )
+            if row is None:
+                return None
+            unaudited = False
+            if row[2] and bytes(row[0]) == fingerprint:
+                # Whoever deletes the mark audits the answer: one caller, on any host.
+                status = await db.execute(
+                    "DELETE FROM tracking_idempotency_unaudited WHERE key = $1", key
+                )
+                unaudited = status == "DELETE 1"
+            return Remembered(bytes(row[0]), bytes(row[1]), unaudited)
+
+        return await self._run("recall an idempotency key", read_then_claim)
 
     async def remember(
-        self, key: str, fingerprint: bytes, response: bytes, expires_at: float, now: float
+        self, key: str, fingerprint: bytes, response: bytes, ttl: float
     ) -> Remembered:
         async def insert_then_read(db: asyncpg.Connection) -> asyncpg.Record:
             async with db.transaction():
                 # An expired answer is replaced; a live one (another host's too) stays.
                 await db.execute(
-                    "INSERT INTO tracking_idempotency VALUES ($1, $2, $3, $4)"
+                    "INSERT INTO tracking_idempotency"
+                    f" VALUES ($1, $2, $3, {_PG_NOW} + $4::double precision)"
                     " ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint,"
                     " response = excluded.response, expires_at = excluded.expires_at"
-                    " WHERE tracking_idempotency.expires_at <= $5",
+                    f" WHERE tracking_idempotency.expires_at <= {_PG_NOW}",
                     key,
                     fingerprint,
                     response,
-                    expires_at,
-                    now,
+                    ttl,
                 )
                 return await db.fetchrow(
                     "SELECT fingerprint, response FROM tracking_idempotency WHERE key = $1", key
@@ -631,12 +731,42 @@ class PostgresStore:
         row = await self._run("remember an idempotency key", insert_then_read)
         return Remembered(bytes(row[0]), bytes(row[1]))
 
-    async def forget_expired(self, now: float) -> int:
-        status = await self._run(
-            "forget expired idempotency keys",
-            lambda db: db.execute("DELETE FROM tracking_idempotency WHERE expires_at <= $1", now),
+    async def abandon(self, key: str, response: bytes) -> None:
+        await self._run(
+            "mark an idempotency key abandoned",
+            lambda db: db.execute(
+                "INSERT INTO tracking_idempotency_unaudited"
+                " SELECT key, expires_at FROM tracking_idempotency"
+                f" WHERE key = $1 AND response = $2 AND expires_at > {_PG_NOW}"
+                " ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at",
+                key,
+                response,
+            ),
         )
-        return int(status.split()[-1])
+
+    async def forget_expired(self, limit: int) -> int:
+        deleted = 0
+        for table in ("tracking_idempotency", "tracking_idempotency_unaudited"):
+            status = await self._run(
+                "forget expired idempotency keys",
+                lambda db, table=table: db.execute(
+                    f"DELETE FROM {table} WHERE key IN"
+                    f" (SELECT key FROM {table} WHERE expires_at <= {_PG_NOW} LIMIT $1)",
+                    limit,
+                ),
+            )
+            deleted += int(status.split()[-1])
+        return deleted
+
+    async def idempotency_bytes(self) -> int:
+        total = await self._run(
+            "measure the idempotency keys",
+            lambda db: db.fetchval(
+                "SELECT coalesce(sum(octet_length(key) + octet_length(fingerprint)"
+                " + octet_length(response)), 0) FROM tracking_idempotency"
+            ),
+        )
+        return int(total)
 
     async def close(self) -> None:
         if self._db is not None:
@@ -652,10 +782,17 @@ class PostgresStore:
         return max(0.0, self._retry_at - time.monotonic()) if self._db is None else 0.0
 
     async def _run(
-        self, action: str, statements: Callable[[asyncpg.Connection], Awaitable[_T]]
+        self,
+        action: str,
+        statements: Callable[[asyncpg.Connection], Awaitable[_T]],
+        *,
+        urgent: bool = False,
     ) -> _T:
-        """``statements`` on the connection; any database failure is a StoreError."""
-        async with self._one_at_a_time:
+        """``statements`` on the connection; any database failure is a StoreError.
+
+        ``urgent``: the counter's statements, which go before any idempotency traffic.
+        """
+        async with self._one_at_a_time.hold(urgent=urgent):
             db = await self._connection(action)
             try:
                 return await statements(db)
@@ -738,6 +875,8 @@ async def _create_schema(db: asyncpg.Connection, create: bool, where: str) -> in
             " AND attname = 'scheme' AND NOT attisdropped)"
         ):
             await db.execute(_ADD_SCHEME_COLUMN.format(table="tracking_counter", type="smallint"))
+        if await db.fetchval("SELECT to_regclass('tracking_idempotency_unaudited') IS NULL"):
+            await db.execute(_IDEMPOTENCY_EXTRAS)
         if version is not None and version < SCHEMA_VERSION:
             await db.execute("UPDATE tracking_schema SET version = $1 WHERE id = 1", SCHEMA_VERSION)
             version = SCHEMA_VERSION

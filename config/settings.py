@@ -50,6 +50,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     shutdown_timeout: Seconds = 10.0
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     idempotency_ttl: Seconds = 86400.0
+    # At least one frame of the allocator's protocol (64 KiB): room for the largest answer.
+    idempotency_max_bytes: Annotated[int, msgspec.Meta(ge=1 << 16)] = 1 << 30
     # Slow clients (service/limits.py, docs/reliability.md).
     header_timeout: Seconds = 10.0
     keepalive_timeout: Seconds = 75.0
@@ -84,6 +86,8 @@ HELP: dict[str, str] = {
     "shutdown_timeout": "seconds workers get to drain before they are killed",
     "event_loop": "uvloop (fast) or asyncio (the standard library's, for comparison)",
     "idempotency_ttl": "seconds an Idempotency-Key keeps its answer (24 hours by default)",
+    "idempotency_max_bytes": "bytes of Idempotency-Keys and their answers the store may keep "
+    "(1 GiB by default); past it a request with a new key gets a 503",
     "header_timeout": "seconds a client may take to send a request's line and headers, from "
     "connecting or from the first byte of a request; then the connection is closed",
     "keepalive_timeout": "seconds an idle keep-alive connection is kept open (longer than a "

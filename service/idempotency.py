@@ -7,6 +7,11 @@ allocator keeps the answers durably in the store (SQLite or PostgreSQL), so a re
 worker or an allocator restart still gets the original answer. Two requests racing with one
 key both issue numbers, but the store keeps the first answer and both clients get it (the
 loser's numbers become a gap). A request without the header never comes here.
+
+The store keeps at most ``idempotency_max_bytes``; past it, a request with a new key is a 503
+with ``Retry-After`` (replays and requests without a key go on as before). An answer that was
+kept but never delivered (the worker gave up waiting for the store) is counted and audited by
+the first retry that gets it, so the access log still carries every number a client received.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import re
 import msgspec
 from aiohttp import web
 
-from allocator.protocol import AllocatorError
+from allocator.protocol import AllocatorError, IdempotencyFull
 from service import errors
 from service.answers import JsonAnswer
 from service.issuing import audit_of, body_for, numbers_for
@@ -32,6 +37,10 @@ REPLAYED = "Idempotent-Replayed"
 _KEY = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,255}")
 KEY_RULE = "must be 1 to 255 visible ASCII characters, a UUID for example, optionally quoted"
 MISMATCH = "This Idempotency-Key was already used with other parameters"
+FULL = "Too many Idempotency-Keys are kept right now; retry later, or without an Idempotency-Key"
+# The allocator measures what the store keeps again (after dropping expired keys) this often.
+FULL_RETRY_AFTER_SECONDS = 60
+_decode_answer = msgspec.json.Decoder(dict[str, object])
 
 
 def key_of(value: str) -> str | None:
@@ -61,19 +70,50 @@ async def answer(
         return done(400, errors.invalid_parameters({HEADER: [KEY_RULE]}, correlation_id))
     digest = fingerprint(query)
     client = app[CLIENT]
-    audit = None
+    ours = False  # the answer that stands is the one this request built
+    delivered = None  # numbers this answer delivers for the first time: counted and audited
     try:
-        kept = await client.recall(key)
+        kept = await client.recall(key, digest)
         if kept is None:
             numbers = await numbers_for(app[ISSUER], query)
             body = body_for(query, numbers, correlation_id)
-            kept = await client.remember(key, digest, body)
-            if kept.response == body:  # ours stands, not a racing twin's
-                app[METRICS].issued(len(numbers))
-                audit = audit_of(query, numbers)
+            try:
+                kept = await client.remember(key, digest, body)
+            except AllocatorError:
+                # The store may keep it after all (a late commit): a retry would then get
+                # numbers that nobody counted or audited, unless the allocator hears of it.
+                client.abandon(key, body)
+                raise
+            ours = kept.response == body  # not a racing twin's
+            if ours:
+                delivered = numbers
+        elif kept.unaudited:  # its first delivery was abandoned: this is the delivery
+            delivered = numbers_in(kept.response)
+    except IdempotencyFull:
+        return done(
+            503,
+            errors.json_error(
+                503,
+                FULL,
+                correlation_id,
+                headers={"Retry-After": str(FULL_RETRY_AFTER_SECONDS)},
+            ),
+        )
     except AllocatorError:
         return done(503, errors.unavailable(correlation_id))
     if kept.fingerprint != digest:
         return done(422, errors.json_error(422, MISMATCH, correlation_id))
-    headers = {REPLAYED: "true"} if audit is None else None
+    audit = None
+    if delivered is not None:
+        app[METRICS].issued(len(delivered))
+        audit = audit_of(query, delivered)
+    headers = None if ours else {REPLAYED: "true"}
     return done(200, JsonAnswer(kept.response, correlation_id, headers=headers), audit)
+
+
+def numbers_in(response: bytes) -> list[str]:
+    """The numbers of a kept answer (every number of a batch, else the one)."""
+    answer = _decode_answer.decode(response)
+    numbers = answer.get("tracking_numbers", [answer["tracking_number"]])
+    assert isinstance(numbers, list)
+    return [str(number) for number in numbers]

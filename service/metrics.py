@@ -30,6 +30,12 @@ from allocator.protocol import (
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 REPORT_INTERVAL = 1.0  # seconds between a worker's reports
+# Labels are a fixed set, never a client's choice: under the pure-Python parser any token is a
+# method, and every new label would grow the counters (and the status frame) for good.
+METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
+)
+OTHER_METHOD = "other"
 
 
 class WorkerMetrics:
@@ -40,7 +46,7 @@ class WorkerMetrics:
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         counts = self._counts
-        key = (route, method, status)
+        key = (route, method if method in METHODS else OTHER_METHOD, status)
         counts.requests[key] = counts.requests.get(key, 0) + 1
         histogram = counts.durations.get(route)
         if histogram is None:
@@ -158,6 +164,21 @@ class _StatusCollector(Collector):
             "tracking_allocator_store_up",
             "1 if the last store operation succeeded, else 0",
             1 if allocator.store_up else 0,
+        )
+        yield gauge(
+            "tracking_idempotency_bytes",
+            "Bytes of Idempotency-Keys and answers the store keeps (measured each minute)",
+            allocator.idempotency_bytes,
+        )
+        yield gauge(
+            "tracking_idempotency_max_bytes",
+            "idempotency_max_bytes: past it, requests with a new key get a 503",
+            allocator.idempotency_max_bytes,
+        )
+        yield counter(
+            "tracking_idempotency_refusals",
+            "Requests with a new Idempotency-Key refused because the store kept its maximum",
+            allocator.idempotency_refusals_total,
         )
         yield gauge(
             "tracking_allocator_start_time_seconds",

@@ -180,7 +180,11 @@ def build() -> dict[str, Any]:
                             headers=request_id,
                         ),
                         "503": _json(
-                            error, "No number can be issued right now; retry", headers=retry
+                            error,
+                            "No number can be issued right now; retry. Also a request with a "
+                            "new Idempotency-Key while the store keeps as many answers as it "
+                            "may (Retry-After: 60)",
+                            headers=retry,
                         ),
                     },
                 }

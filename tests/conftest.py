@@ -66,6 +66,7 @@ class Allocators:
         reserve_step: int = 0,
         serve: bool = True,
         idempotency_ttl: float | None = None,
+        idempotency_max_bytes: int | None = None,
     ) -> Allocator:
         """An allocator on ``store`` (the config's by default), serving on the config's
         socket unless ``serve`` is False."""
@@ -77,10 +78,17 @@ class Allocators:
                 allocator,
                 self.config.allocator_socket,
                 idempotency_ttl or self.config.idempotency_ttl,
+                idempotency_max_bytes or self.config.idempotency_max_bytes,
             )
             await server.start()
         self._running[allocator] = server
         return allocator
+
+    def server(self, allocator: Allocator) -> AllocatorServer:
+        """The socket server of a running allocator."""
+        server = self._running[allocator]
+        assert server is not None
+        return server
 
     async def stop(self, allocator: Allocator) -> None:
         """A clean stop: hang up on clients, final checkpoint, close the store."""

@@ -74,7 +74,7 @@ async def test_a_version_1_store_is_upgraded_in_place(db_path: str) -> None:
 
     store = await opened(db_path)
     assert await store.durable_mark() == 700
-    assert await store.recall("k", now=0.0) is None
+    assert await store.recall("k") is None
     async with store._connection().execute("PRAGMA user_version") as cursor:
         assert (await cursor.fetchone())[0] == SCHEMA_VERSION
     await store.close()

@@ -311,15 +311,15 @@ async def test_an_answer_is_kept_under_its_key_until_it_expires(
 ) -> None:
     store = await locations.open(url)
     await store.load_key()
-    assert await store.recall("k-1", now=100.0) is None
-    kept = await store.remember("k-1", b"print", b'{"a":1}', expires_at=200.0, now=100.0)
+    assert await store.recall("k-1") is None
+    kept = await store.remember("k-1", b"print", b'{"a":1}', ttl=0.5)
     assert kept == Remembered(b"print", b'{"a":1}')
     await store.close()
 
     reopened = await locations.open(url)  # kept durably
-    assert await reopened.recall("k-1", now=150.0) == Remembered(b"print", b'{"a":1}')
-    assert await reopened.recall("k-1", now=200.0) is None  # expired
-    assert await reopened.recall("k-2", now=150.0) is None
+    assert await reopened.recall("k-1") == Remembered(b"print", b'{"a":1}')
+    assert await reopened.recall("k-2") is None
+    await until_expired(reopened, "k-1")
 
 
 async def test_a_live_answer_is_never_replaced_but_an_expired_one_is(
@@ -327,15 +327,86 @@ async def test_a_live_answer_is_never_replaced_but_an_expired_one_is(
 ) -> None:
     store = await locations.open(url)
     await store.load_key()
-    first = await store.remember("k", b"one", b"first", expires_at=200.0, now=100.0)
+    first = await store.remember("k", b"one", b"first", ttl=0.3)
     # A racing twin, or another host: the first answer stands and comes back.
-    assert await store.remember("k", b"two", b"second", expires_at=210.0, now=110.0) == first
-    assert await store.remember("k", b"two", b"second", expires_at=400.0, now=300.0) == (
-        Remembered(b"two", b"second")
-    )
-    assert await store.forget_expired(now=399.0) == 0
-    assert await store.forget_expired(now=400.0) == 1
-    assert await store.recall("k", now=0.0) is None
+    assert await store.remember("k", b"two", b"second", ttl=3600) == first
+    await until_expired(store, "k")
+    assert await store.remember("k", b"two", b"second", ttl=0.3) == (Remembered(b"two", b"second"))
+    assert await store.forget_expired(limit=10) == 0  # not yet expired
+    await until_expired(store, "k")
+    assert await store.forget_expired(limit=10) == 1
+    assert await store.idempotency_bytes() == 0
+
+
+async def until_expired(store: Store, key: str) -> None:
+    """Wait (by the store's own clock) until the answer under ``key`` has expired."""
+    deadline = time.monotonic() + 10
+    while await store.recall(key) is not None:
+        assert time.monotonic() < deadline, "never expired"
+        await asyncio.sleep(0.02)
+
+
+async def test_expiry_follows_the_stores_clock_not_the_process_wall_clock(
+    locations: Locations, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await locations.open(url)
+    await store.load_key()
+    await store.remember("k", b"print", b"answer", ttl=3600)
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 2 * 86400)  # an NTP step, two days on
+    assert await store.recall("k") == Remembered(b"print", b"answer")
+    assert await store.forget_expired(limit=10) == 0
+
+
+async def test_an_abandoned_answer_is_handed_over_once_to_its_own_request(
+    locations: Locations, url: str
+) -> None:
+    store = await locations.open(url)
+    await store.load_key()
+    await store.remember("k", b"print", b"answer", ttl=3600)
+    await store.abandon("k", b"another answer")  # a racing twin's, which does not stand
+    await store.abandon("missing", b"answer")
+    assert await store.recall("k", b"print") == Remembered(b"print", b"answer", False)
+
+    await store.abandon("k", b"answer")
+    assert await store.recall("k", b"other") == Remembered(b"print", b"answer", False)
+    assert await store.recall("k", b"print") == Remembered(b"print", b"answer", True)
+    assert await store.recall("k", b"print") == Remembered(b"print", b"answer", False)
+
+
+async def test_expired_answers_are_forgotten_in_batches(locations: Locations, url: str) -> None:
+    store = await locations.open(url)
+    await store.load_key()
+    for n in range(7):
+        await store.remember(f"k-{n}", b"print", b"answer", ttl=0.05)
+    await store.remember("live", b"print", b"kept", ttl=3600)
+    # Keys, fingerprints and answers: 7 * (3 + 5 + 6) + (4 + 5 + 4).
+    assert await store.idempotency_bytes() == 111
+    await until_expired(store, "k-6")
+    assert [await store.forget_expired(limit=3) for _ in range(4)] == [3, 3, 1, 0]
+    assert await store.recall("live") == Remembered(b"print", b"kept")
+    assert await store.idempotency_bytes() == len(b"live" + b"print" + b"kept")
+
+
+async def test_a_reservation_does_not_wait_behind_idempotency_traffic(
+    locations: Locations, url: str
+) -> None:
+    store = await locations.open(url)
+    await store.load_key()
+    done = 0
+
+    async def remember(n: int) -> None:
+        nonlocal done
+        await store.remember(f"k-{n}", b"print", b"answer", ttl=3600)
+        done += 1
+
+    storm = [asyncio.create_task(remember(n)) for n in range(100)]
+    await asyncio.sleep(0)  # every one of them now waits for the connection
+    await store.reserve(10)
+    # At most the one statement that held the connection went first, not the queue.
+    assert done <= 1
+    await asyncio.gather(*storm)
+    assert done == 100
 
 
 def test_open_store_chooses_the_store_by_url() -> None:
@@ -453,7 +524,7 @@ async def test_a_version_1_database_is_upgraded_in_place(
         await connection.execute("UPDATE tracking_schema SET version = 1")
         upgraded = PostgresStore(url)
         await upgraded.open()
-        assert await upgraded.recall("k", now=0.0) is None
+        assert await upgraded.recall("k") is None
         await upgraded.close()
         assert await connection.fetchval("SELECT version FROM tracking_schema") == SCHEMA_VERSION
     finally:

@@ -1,14 +1,18 @@
 """Idempotency-Key: a retry gets the first answer, durably, and consumes no numbers."""
 
 import asyncio
+import re
+import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
+from allocator.protocol import Remembered
 from config.settings import Config
-from service.idempotency import KEY_RULE, MISMATCH
-from service.keys import ISSUER
+from service.idempotency import FULL, FULL_RETRY_AFTER_SECONDS, KEY_RULE, MISMATCH
+from service.keys import ACCESS_LOG, ISSUER
 from tests.conftest import CANONICAL_QUERY, Allocators
 from tests.service.conftest import ClientFactory
 
@@ -119,3 +123,80 @@ async def test_without_an_allocator_an_idempotent_request_is_a_503(
     status, headers, _ = await request(client, "k-down")
     assert status == 503
     assert headers["Retry-After"] == "1"
+
+
+async def issued_total(client: TestClient, at_least: int) -> float:
+    """tracking_numbers_issued_total, once it has reached ``at_least`` (workers report each
+    second) or after a few reports."""
+    deadline = time.monotonic() + 5
+    while True:
+        response = await client.get("/metrics")
+        text = await response.text()
+        total = float(re.search(r"^tracking_numbers_issued_total (\S+)$", text, re.M)[1])
+        if total >= at_least or time.monotonic() > deadline:
+            return total
+        await asyncio.sleep(0.05)
+
+
+async def test_an_answer_kept_after_the_worker_gave_up_is_audited_once_by_its_retry(
+    allocators: Allocators,
+    make_config: Callable[..., Config],
+    make_client: ClientFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    allocator = await allocators.start()
+    client = await make_client(make_config("--lease-timeout", "0.5"))
+    store = allocator.store
+    remember, release = store.remember, asyncio.Event()
+
+    async def commits_then_answers_late(*args: Any, **kwargs: Any) -> Remembered:
+        kept = await remember(*args, **kwargs)
+        await release.wait()  # committed, but the worker gives up waiting
+        return kept
+
+    monkeypatch.setattr(store, "remember", commits_then_answers_late)
+    try:
+        status, _, _ = await request(client, "k-late", count="3")
+        assert status == 503
+    finally:
+        release.set()
+    monkeypatch.undo()
+
+    status, headers, body = await request(client, "k-late", count="3")
+    assert status == 200
+    assert headers["Idempotent-Replayed"] == "true"  # kept by the first request
+    numbers = body["tracking_numbers"]
+    assert await issued_total(client, 3) == 3  # counted once its numbers reach a client
+    status, _, again = await request(client, "k-late", count="3")
+    assert again == body
+    client.server.app[ACCESS_LOG].flush()
+    lines = [line for line in capfd.readouterr().out.splitlines() if numbers[0] in line]
+    assert len(lines) == 1  # audited once: by the retry that delivered it
+    assert all(number in lines[0] for number in numbers)
+    plain = await client.get(PATH, params=CANONICAL_QUERY)
+    assert plain.status == 200
+    assert await issued_total(client, 4) == 4  # the replay counted nothing more
+
+
+async def test_past_the_cap_a_new_key_is_a_503_and_the_rest_goes_on(
+    allocators: Allocators, config: Config, make_client: ClientFactory
+) -> None:
+    await allocators.start(idempotency_max_bytes=70_000)  # 64 KiB for the largest answer
+    client = await make_client(config)
+    status, _, first = await request(client, "k-first")
+    assert status == 200
+    for n in range(100):
+        status, headers, body = await request(client, f"k-{n}", count="100")
+        if status != 200:
+            break
+    assert status == 503
+    assert headers["Retry-After"] == str(FULL_RETRY_AFTER_SECONDS)
+    assert body == {"error": FULL, "correlation_id": headers["X-Request-ID"]}
+    status, headers, again = await request(client, "k-first")  # a replay
+    assert (status, again, headers["Idempotent-Replayed"]) == (200, first, "true")
+    plain = await client.get(PATH, params=CANONICAL_QUERY)  # no key
+    assert plain.status == 200
+    metrics = await (await client.get("/metrics")).text()
+    assert "tracking_idempotency_refusals_total 1.0" in metrics
+    assert "tracking_idempotency_max_bytes 70000.0" in metrics

@@ -1,0 +1,127 @@
+"""The allocator's side of idempotency: a cap on what the store keeps, leases that never wait
+behind idempotency requests, expiry by the store's clock, and the purge."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from allocator.client import AllocatorClient
+from allocator.protocol import MAX_FRAME, IdempotencyFull, LeaseRefused, Remembered
+from allocator.server import MAX_IDEMPOTENCY_INFLIGHT_PER_CONNECTION
+from config.settings import Config
+from tests.conftest import Allocators
+
+FINGERPRINT = b"p" * 32
+ANSWER = b"x" * 100
+RECORD = len("k-000") + len(FINGERPRINT) + len(ANSWER)  # what one key costs against the cap
+# Room for ten records once a Recall keeps room for the largest Remember (a frame).
+CAP = MAX_FRAME + 10 * RECORD
+
+
+@pytest.fixture
+async def client(config: Config) -> AllocatorClient:
+    made = AllocatorClient(config.allocator_socket, timeout=3)
+    yield made
+    await made.close()
+
+
+async def fill(client: AllocatorClient) -> int:
+    """Recall and remember new keys, as a worker does, until the cap refuses one; how many
+    were kept."""
+    for n in range(1000):
+        try:
+            assert await client.recall(f"k-{n:03d}", FINGERPRINT) is None
+        except IdempotencyFull:
+            return n
+        await client.remember(f"k-{n:03d}", FINGERPRINT, ANSWER)
+    raise AssertionError("the cap never refused a key")
+
+
+async def test_past_the_cap_new_keys_are_refused_and_kept_ones_still_answer(
+    allocators: Allocators, client: AllocatorClient
+) -> None:
+    allocator = await allocators.start(idempotency_max_bytes=CAP)
+    assert await fill(client) == 11  # the last one had room for a frame
+    with pytest.raises(IdempotencyFull):
+        await client.recall("new", FINGERPRINT)
+    assert await client.recall("k-003", FINGERPRINT) == Remembered(FINGERPRINT, ANSWER)
+    # A Remember that finds no room (one whose Recall raced others) is refused too.
+    with pytest.raises(IdempotencyFull):
+        await client.remember("new", FINGERPRINT, b"y" * (MAX_FRAME - 100))
+    status = allocators.server(allocator).status()
+    assert status.idempotency_bytes == 11 * RECORD <= status.idempotency_max_bytes
+    assert status.idempotency_refusals_total == 3
+    start, stop = await client.lease(5)  # and leases go on
+    assert stop - start == 5
+
+
+async def test_the_purge_makes_room_again(allocators: Allocators, client: AllocatorClient) -> None:
+    allocator = await allocators.start(idempotency_max_bytes=CAP, idempotency_ttl=0.2)
+    server = allocators.server(allocator)
+    assert await fill(client) == 11
+    deadline = time.monotonic() + 10
+    while await allocator.store.recall("k-010") is not None:  # expired by the store's clock
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    await server.purge_round()
+    assert server.idempotency_bytes == 0
+    assert await client.recall("new", FINGERPRINT) is None  # room again
+    await client.remember("new", FINGERPRINT, ANSWER)
+
+
+async def test_a_lease_is_granted_while_idempotency_requests_wait_for_the_store(
+    allocators: Allocators, client: AllocatorClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    allocator = await allocators.start()
+    release = asyncio.Event()
+
+    async def stuck(key: str, fingerprint: bytes = b"") -> None:
+        await release.wait()
+
+    monkeypatch.setattr(allocator.store, "recall", stuck)
+    # More than a connection's in-flight slots, all waiting on the store.
+    recalls = [asyncio.create_task(client.recall(f"k-{n:03d}", FINGERPRINT)) for n in range(40)]
+    await asyncio.sleep(0)
+    try:
+        start, stop = await client.lease(10)  # within the client's timeout
+    finally:
+        release.set()
+    assert stop - start == 10
+    assert await asyncio.gather(*recalls) == [None] * 40
+
+
+async def test_a_step_of_the_wall_clock_expires_no_answer(
+    allocators: Allocators, client: AllocatorClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await allocators.start()  # idempotency_ttl: 24 hours
+    await client.remember("k", FINGERPRINT, ANSWER)
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 2 * 86400)  # an NTP step, two days on
+    assert await client.recall("k", FINGERPRINT) == Remembered(FINGERPRINT, ANSWER)
+
+
+async def test_idempotency_requests_past_a_connections_slots_are_refused_at_once(
+    allocators: Allocators, client: AllocatorClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    allocator = await allocators.start()
+    release = asyncio.Event()
+
+    async def stuck(key: str, fingerprint: bytes = b"") -> None:
+        await release.wait()
+
+    monkeypatch.setattr(allocator.store, "recall", stuck)
+    # A client that does not keep to the limit our workers keep to.
+    monkeypatch.setattr(client, "_idempotency_slots", asyncio.Semaphore(100))
+    recalls = [
+        asyncio.create_task(client.recall(f"k-{n:03d}", FINGERPRINT))
+        for n in range(MAX_IDEMPOTENCY_INFLIGHT_PER_CONNECTION + 4)
+    ]
+    try:
+        refused = await asyncio.gather(*recalls[-4:], return_exceptions=True)
+    finally:
+        release.set()
+    assert all(isinstance(error, LeaseRefused) for error in refused), refused
+    assert await asyncio.gather(*recalls[:-4]) == [None] * MAX_IDEMPOTENCY_INFLIGHT_PER_CONNECTION
