@@ -20,10 +20,11 @@ from service.correlation import CorrelationIds
 from service.issuer import Issuer
 from service.keys import ACCESS_LOG, CLIENT, CONFIG, CORRELATION_IDS, ISSUER, METRICS
 from service.metrics import REPORT_INTERVAL, WorkerMetrics
+from service.observe import ISSUE_ROUTE
 from service.openapi import openapi
 
 ROUTES = (
-    ("/next-tracking-number", views.next_tracking_number),
+    (ISSUE_ROUTE, views.next_tracking_number),
     ("/health", views.health),
     ("/metrics", admin.metrics_endpoint),
     ("/allocator/status", admin.allocator_status),
@@ -40,7 +41,9 @@ def create_app(config: Config) -> web.Application:
     app[METRICS] = WorkerMetrics()
     app.cleanup_ctx.append(_allocator)
     for path, handler in ROUTES:
-        app.router.add_get(path, handler)
+        # HEAD runs a GET handler: HEAD of the issuing route would consume numbers that nobody
+        # receives, so it is a 405 (docs/reliability.md).
+        app.router.add_get(path, handler, allow_head=path != ISSUE_ROUTE)
     if config.cors_origins:
         _allow_cors(app, config.cors_origins)  # before the catch-alls, which it would refuse
     # Errors are routes too, not a middleware: a middleware would cost every request a

@@ -106,6 +106,13 @@ def build() -> dict[str, Any]:
         "schema": {"type": "string"},
     }
     not_allowed = {"405": _json(error, "Only GET and HEAD are allowed")}
+    get_only = {
+        "405": _json(
+            error,
+            "Only GET is allowed: HEAD would issue numbers that nobody receives, so it is "
+            "refused too (Allow: GET), and consumes none",
+        )
+    }
     idempotency_key = {
         "name": idempotency.HEADER,
         "in": "header",
@@ -173,7 +180,7 @@ def build() -> dict[str, Any]:
                             "Invalid or missing parameters, every one listed in details",
                             headers=request_id,
                         ),
-                        **not_allowed,
+                        **get_only,
                         "422": _json(
                             error,
                             "The Idempotency-Key was already used with other parameters",

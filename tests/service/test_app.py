@@ -7,8 +7,10 @@ from collections.abc import Callable
 import pytest
 from aiohttp.test_utils import TestClient
 
+from allocator.server import Allocator
 from config.settings import Config
 from service import params, views
+from service.keys import ISSUER
 from tests.conftest import CANONICAL_QUERY, NUMBER_PATTERN, Allocators
 from tests.service.conftest import ClientFactory
 
@@ -130,16 +132,32 @@ async def test_an_unknown_path_is_a_json_404(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
-async def test_other_methods_are_a_json_405(client: TestClient, method: str) -> None:
-    response = await client.request(method, PATH)
+@pytest.mark.parametrize(("path", "allowed"), [(PATH, "GET"), ("/health", "GET, HEAD")])
+async def test_other_methods_are_a_json_405(
+    client: TestClient, method: str, path: str, allowed: str
+) -> None:
+    response = await client.request(method, path)
     assert response.status == 405
     assert response.content_type == "application/json"
-    assert response.headers["Allow"] == "GET, HEAD"
+    assert response.headers["Allow"] == allowed
     assert (await response.json())["error"] == "Method not allowed"
 
 
+async def test_head_of_the_issuing_route_is_a_405_that_consumes_no_number(
+    client: TestClient, allocator: Allocator
+) -> None:
+    await get_number(client)  # the worker has its first block: nothing moves until it is half used
+    issuer = client.app[ISSUER]
+    buffered, leased = issuer.buffered, allocator.next
+    for query in (CANONICAL_QUERY, {**CANONICAL_QUERY, "count": "1000"}):
+        response = await client.head(PATH, params=query)
+        assert response.status == 405
+        assert response.headers["Allow"] == "GET"
+    assert (issuer.buffered, allocator.next) == (buffered, leased)
+
+
 async def test_head_answers_without_a_body(client: TestClient) -> None:
-    response = await client.head(PATH, params=CANONICAL_QUERY)
+    response = await client.head("/health")
     assert response.status == 200
     assert await response.read() == b""
 
