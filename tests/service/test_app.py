@@ -265,3 +265,23 @@ async def test_health_follows_the_allocator_away_and_back(
         await asyncio.sleep(0.1)
     assert health.status == 200
     await get_number(client)
+
+
+async def test_equal_weights_and_uuids_are_one_request_for_an_idempotency_key(
+    client: TestClient,
+) -> None:
+    # The fingerprint of the key's first request is over the validated, normalised values:
+    # 000001.500 kg is 1.5 kg, and a UUID's case is no difference.
+    headers = {"Idempotency-Key": "k-equal"}
+    first = await client.get(PATH, params={**CANONICAL_QUERY, "weight": "1.5"}, headers=headers)
+    assert first.status == 200
+    assert (await first.json())["request_metadata"]["weight_kg"] == "1.5"
+    equal = {
+        **CANONICAL_QUERY,
+        "weight": "000001.500",
+        "customer_id": CANONICAL_QUERY["customer_id"].upper(),
+    }
+    again = await client.get(PATH, params=equal, headers=headers)
+    assert again.status == 200
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert await again.json() == await first.json()
