@@ -9,6 +9,9 @@ included, goes through aiohttp as usual. See docs/performance.md.
 
 It sets ``Request._match_info``, as aiohttp's ``Application._handle`` does;
 tests/service/test_dispatch.py fails if a new aiohttp changes that.
+
+Every request passes here first, so this is also where an ``Expect`` header that is not ASCII
+is refused, before aiohttp's expect handler would fail on it (docs/reliability.md).
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ HEADERS = {
 ALWAYS = ("Host", "Origin", "Access-Control-Request-Method")
 # Headers whose bad value refuses the request (a 400 or a 417), so that nothing is issued.
 REFUSING = ("Idempotency-Key", "Expect")
-BAD_BYTES = {"not UTF-8": b"\xff\xfe", "UTF-8": "é€".encode()}
+BAD_BYTES = {"not UTF-8": b"\xff\xfe", "UTF-8": "é€".encode(), "DEL": b"\x7f", "SOH": b"\x01"}
 
 
 class CountingMetrics(WorkerMetrics):
