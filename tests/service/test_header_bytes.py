@@ -2,9 +2,9 @@
 
 aiohttp's parser hands a byte >= 0x80 that is not part of valid UTF-8 to the application as a
 lone surrogate, which cannot be encoded again. Every header the service reads or echoes gets
-such a byte, and valid UTF-8 too, on every kind of request, with CORS open to every origin and
-an admin token set: each answer must be a complete JSON answer below 500, and every number the
-service counts as issued must have reached its client.
+such a byte, valid UTF-8 that is not ASCII, and control characters, on every kind of request,
+with CORS open to every origin and an admin token set: each answer must be a complete JSON
+answer below 500, and every number the service counts as issued must have reached its client.
 """
 
 from __future__ import annotations
@@ -52,11 +52,17 @@ HEADERS = {
     "Host": b"tracking.example",
     "Connection": b"keep-alive",
     "Accept-Encoding": b"gzip",
+    # Read by aiohttp's parser only, which must refuse them in JSON or let them be.
+    "Content-Length": b"0",
+    "Transfer-Encoding": b"chunked",
+    "Upgrade": b"websocket",
+    "Cookie": b"session=s1",
+    "User-Agent": b"curl/8.0",
 }
 # Sent with every request (unless it is the one with bad bytes): CORS applies to all of them.
 ALWAYS = ("Host", "Origin", "Access-Control-Request-Method")
 # Headers whose bad value refuses the request (a 400 or a 417), so that nothing is issued.
-REFUSING = ("Idempotency-Key", "Expect")
+REFUSING = ("Idempotency-Key", "Expect", "Content-Length", "Transfer-Encoding")
 BAD_BYTES = {"not UTF-8": b"\xff\xfe", "UTF-8": "é€".encode(), "DEL": b"\x7f", "SOH": b"\x01"}
 
 
