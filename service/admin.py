@@ -39,9 +39,10 @@ def refusal(request: web.Request, correlation_id: str) -> web.StreamResponse | N
     if not token:
         return errors.forbidden(correlation_id)
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and hmac.compare_digest(
-        presented.strip().encode(), token.encode()
-    ):
+    # The bytes the client sent: a byte that is not UTF-8 arrives as a lone surrogate, which
+    # a plain encode() refuses (a 500). Such a token is wrong, not an error.
+    sent = presented.strip().encode("utf-8", "surrogateescape")
+    if scheme.lower() == "bearer" and hmac.compare_digest(sent, token.encode()):
         return None
     return errors.unauthorized(correlation_id)
 

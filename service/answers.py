@@ -9,14 +9,20 @@ format string, written with the body in one write. Every other request (HEAD, HT
 connection to close), and an answer given cookies, compression or chunking, goes through
 aiohttp's own ``prepare``, with the same headers.
 
-The response signals (``on_response_prepare``, which aiohttp-cors uses) run on both paths, and
-any headers they add are sent. The plain path sets the private attributes that
-``StreamResponse`` sets itself, and reads the request's ``_payload_writer`` and
-``_prepare_hook``; tests/service/test_answers.py fails if a new aiohttp changes them.
+So does an answer with response signals to run (``on_response_prepare``; aiohttp-cors uses
+one): a signal may read, set or replace any header, Content-Type to Server included, or call
+``force_close()``, and aiohttp's way is the one place that gets all of that right. The plain
+way refuses what aiohttp's serialiser refuses in a header. tests/service/test_answers.py
+compares the two header by header.
+
+The plain way sets the private attributes that ``StreamResponse`` sets itself, and reads the
+request's ``_payload_writer`` and ``_match_info``; tests/service/test_answers.py fails if a new
+aiohttp changes them.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from http import HTTPStatus
 
@@ -32,15 +38,32 @@ _STATUS_LINES = {
 }
 
 
+# What aiohttp's serialiser refuses in a header's name or value (a tab is allowed): a line
+# break would let a value forge headers or a whole response, and the other controls have no
+# place in a head either.
+_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 def _header_lines(headers: Mapping[str, str]) -> str:
-    """``Name: value`` lines; refuses a line break inside one, as aiohttp's serialiser does
-    (it would let a value forge headers or a whole response)."""
+    """``Name: value`` lines; raises ValueError where aiohttp's serialiser does."""
     lines = []
     for name, value in headers.items():
-        if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
-            raise ValueError(f"a line break in response header {name!r}")
+        if _FORBIDDEN.search(name) or _FORBIDDEN.search(value):
+            raise ValueError(f"a control character in response header {name!r}")
         lines.append(f"{name}: {value}\r\n")
     return "".join(lines)
+
+
+def _signalled(request: BaseRequest) -> bool:
+    """Whether an ``on_response_prepare`` signal is to run for ``request``'s answer."""
+    match_info = getattr(request, "_match_info", None)  # a BaseRequest has none
+    if match_info is None:
+        return False
+    # A loop: any() over a generator costs this hot path twice as much.
+    for app in match_info.apps:  # noqa: SIM110
+        if app.on_response_prepare:
+            return True
+    return False
 
 
 class JsonAnswer(web.StreamResponse):
@@ -76,10 +99,10 @@ class JsonAnswer(web.StreamResponse):
             and request.keep_alive
             and request.method == "GET"
             and request.version == HttpVersion11
+            and not _signalled(request)
         ):
             self._keep_alive = True
             self._req = request
-            await request._prepare_hook(self)  # the response signals
             extra = _header_lines(self._headers) if self._headers else ""
             body = self._json
             head = (

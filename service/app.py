@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
 import aiohttp_cors
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp_cors.urldispatcher_router_adapter import ResourcesUrlDispatcherRouterAdapter
 
 from allocator.client import AllocatorClient
 from config.settings import Config
@@ -18,10 +20,11 @@ from service.correlation import CorrelationIds
 from service.issuer import Issuer
 from service.keys import ACCESS_LOG, CLIENT, CONFIG, CORRELATION_IDS, ISSUER, METRICS
 from service.metrics import REPORT_INTERVAL, WorkerMetrics
+from service.observe import ISSUE_ROUTE
 from service.openapi import openapi
 
 ROUTES = (
-    ("/next-tracking-number", views.next_tracking_number),
+    (ISSUE_ROUTE, views.next_tracking_number),
     ("/health", views.health),
     ("/metrics", admin.metrics_endpoint),
     ("/allocator/status", admin.allocator_status),
@@ -38,7 +41,9 @@ def create_app(config: Config) -> web.Application:
     app[METRICS] = WorkerMetrics()
     app.cleanup_ctx.append(_allocator)
     for path, handler in ROUTES:
-        app.router.add_get(path, handler)
+        # HEAD runs a GET handler: HEAD of the issuing route would consume numbers that nobody
+        # receives, so it is a 405 (docs/reliability.md).
+        app.router.add_get(path, handler, allow_head=path != ISSUE_ROUTE)
     if config.cors_origins:
         _allow_cors(app, config.cors_origins)  # before the catch-alls, which it would refuse
     # Errors are routes too, not a middleware: a middleware would cost every request a
@@ -58,9 +63,47 @@ def _allow_cors(app: web.Application, origins: Sequence[str]) -> None:
         allow_methods=("GET",),
         max_age=3600,
     )
-    cors = aiohttp_cors.setup(app, defaults=dict.fromkeys(origins, options))
+    defaults = dict.fromkeys(origins, options)
+    cors = aiohttp_cors.CorsConfig(
+        app, defaults=defaults, router_adapter=_AsciiCors(app.router, defaults)
+    )
     for route in list(app.router.routes()):
         cors.add(route)
+
+
+_CORS_REQUEST_HEADERS = (
+    hdrs.ORIGIN,
+    hdrs.ACCESS_CONTROL_REQUEST_METHOD,
+    hdrs.ACCESS_CONTROL_REQUEST_HEADERS,
+)
+
+
+class _AsciiCors(ResourcesUrlDispatcherRouterAdapter):
+    """aiohttp-cors's own router adapter, for requests whose CORS headers are ASCII only.
+
+    aiohttp-cors copies the ``Origin`` into its answers, and the requested headers into its
+    refusals. A byte that is not UTF-8 reaches it as a lone surrogate, which no answer can carry
+    (the answer, and any number in it, would be lost). Browsers send only ASCII there (an
+    origin's host is punycode), so such a request gets no CORS: an actual request is answered
+    without CORS headers, a preflight is refused (403).
+    """
+
+    def is_cors_enabled_on_request(self, request: web.Request) -> bool:
+        return _ascii_cors_headers(request) and super().is_cors_enabled_on_request(request)
+
+    async def get_preflight_request_config(
+        self, preflight_request: web.Request, origin: str, requested_method: str
+    ) -> Mapping[str, Any]:
+        if not _ascii_cors_headers(preflight_request):
+            return {}  # "no origins are allowed": a 403
+        return await super().get_preflight_request_config(
+            preflight_request, origin, requested_method
+        )
+
+
+def _ascii_cors_headers(request: web.Request) -> bool:
+    headers = request.headers
+    return all(headers.get(name, "").isascii() for name in _CORS_REQUEST_HEADERS)
 
 
 async def _allocator(app: web.Application) -> AsyncIterator[None]:

@@ -9,6 +9,9 @@ included, goes through aiohttp as usual. See docs/performance.md.
 
 It sets ``Request._match_info``, as aiohttp's ``Application._handle`` does;
 tests/service/test_dispatch.py fails if a new aiohttp changes that.
+
+Every request passes here first, so this is also where an ``Expect`` header that is not ASCII
+is refused, before aiohttp's expect handler would fail on it (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ RequestHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def issuing_first(app: web.Application, handle: RequestHandler) -> RequestHandler:
     """``handle`` (the application's own request handler), with ``GET`` of the issuing route
-    answered before it. Not with middlewares, which the shortcut would skip."""
+    answered before it (not with middlewares, which the shortcut would skip), and an
+    ``Expect`` header that is not ASCII refused before it."""
     if app.middlewares:
-        return handle
+        return _expect_checked(handle)
     route = next(
         route
         for route in app.router.routes()
@@ -39,6 +43,7 @@ def issuing_first(app: web.Application, handle: RequestHandler) -> RequestHandle
     match_info.add_app(app)
     match_info.freeze()
     issue = route.handler
+    checked = _expect_checked(handle)
 
     def dispatch(request: web.Request) -> Awaitable[web.StreamResponse]:
         # The router compares the same decoded path; an Expect header needs its handler.
@@ -49,6 +54,22 @@ def issuing_first(app: web.Application, handle: RequestHandler) -> RequestHandle
         ):
             request._match_info = match_info
             return issue(request)
-        return handle(request)
+        return checked(request)
 
     return dispatch
+
+
+def _expect_checked(handle: RequestHandler) -> RequestHandler:
+    """``handle``, but a non-ASCII ``Expect`` is a 417 (JSON, as aiohttp's own errors are).
+
+    aiohttp's own expect handler copies an unknown expectation into its 417's text, and a byte
+    that is not UTF-8 (a lone surrogate by then) makes that text fail to encode: a 500.
+    """
+
+    def checked(request: web.Request) -> Awaitable[web.StreamResponse]:
+        expect = request.headers.get(hdrs.EXPECT)
+        if expect is not None and not expect.isascii():
+            raise web.HTTPExpectationFailed()
+        return handle(request)
+
+    return checked

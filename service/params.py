@@ -1,15 +1,22 @@
 """The query of ``GET /next-tracking-number``: parsing and validation.
 
-The rules live in one place, the annotated fields of ``TrackingRequest``. A valid query is
-checked by one ``msgspec.convert`` call. When that fails, each field is checked again on its own
-(beside known-good values for the others) so that every bad field is reported, not just the
-first.
+The rules live in the annotated fields of ``TrackingRequest``, and for a customer name that is
+not ASCII, in ``_readable``: which characters are unassigned, format or private-use is
+Unicode's table (``unicodedata``), which a pattern could only spell out as hundreds of ranges,
+checked one by one (9 µs a name). A valid query is checked by one ``msgspec.convert`` call.
+When that fails, each field is checked again on its own (beside known-good values for the
+others) so that every bad field is reported, not just the first.
+
+Equal values are made equal strings, so that the idempotency fingerprint of two equal requests
+is the same: country codes upper case, UUIDs lower case, names trimmed, weights without
+leading zeros or trailing decimal zeros (``000001.500`` is ``1.5``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+import unicodedata
 from typing import Annotated, Literal
 from urllib.parse import unquote_to_bytes
 
@@ -106,7 +113,9 @@ RULES = {
     "created_at": "must be an RFC 3339 date-time with a UTC offset (Z or ±hh:mm), such as "
     "2018-11-20T19:29:32+08:00",
     "customer_id": "must be a UUID, such as de619854-b59b-425e-9db4-943979e1bd49",
-    "customer_name": "must be 1 to 255 characters after trimming, without control characters",
+    "customer_name": "must be 1 to 255 characters after trimming, with a visible one, and "
+    "without control, format (other than ZWJ and ZWNJ), private-use, unassigned or "
+    "non-character code points",
     "customer_slug": "must be kebab case (a-z and 0-9 in words joined by single hyphens), "
     "at most 255 characters, such as redbox-logistics",
     "count": f"must be a whole number from 1 to {MAX_COUNT}, such as 20",
@@ -134,6 +143,12 @@ _SPACES = (
     " \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
     "\u2028\u2029\u202f\u205f\u3000"
 )
+# The format characters a name may hold: the zero-width non-joiner and joiner, which Persian,
+# Indic scripts and emoji sequences need. Every other one (U+200B, U+FEFF, the bidirectional
+# overrides such as U+202E...) is invisible or reorders what a reader sees.
+JOINERS = frozenset("\u200c\u200d")
+# Letters and symbols that show nothing: the Hangul fillers and the blank Braille pattern.
+BLANKS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
@@ -183,27 +198,62 @@ def split_query(raw: str, parsed: MultiMapping[str] | None = None) -> tuple[dict
     return values, errors
 
 
-def _normalise(values: dict[str, str]) -> None:
+def _readable(name: str) -> bool:
+    """Whether a (trimmed) name has a visible character and none that is a control, a format
+    character other than the joiners, private-use, a surrogate, unassigned or a non-character
+    (Unicode's categories Cc, Cf, Co, Cs and Cn, as this Python's ``unicodedata`` has them)."""
+    visible = False
+    for char in name:
+        category = unicodedata.category(char)
+        if category[0] == "C":
+            if char not in JOINERS:
+                return False
+        elif category[0] in "LNPS" and char not in BLANKS:
+            visible = True  # not a space (Z) or a mark (M) alone
+    return visible
+
+
+def _normalise(values: dict[str, str], errors: Errors) -> None:
     for name in ("origin_country_id", "destination_country_id"):
         code = values.get(name)
         # ASCII only: "\u0131".upper() (dotless i) is "I", and must not make a country.
         if code is not None and code.isascii() and code.islower():
             values[name] = code.upper()
+    customer_id = values.get("customer_id")
+    if customer_id is not None and customer_id.isascii():  # "\u212a".lower() is "k"
+        values["customer_id"] = customer_id.lower()
     name = values.get("customer_name")
     if name is not None:
-        values["customer_name"] = name.strip(_SPACES)
+        name = values["customer_name"] = name.strip(_SPACES)
+        # An ASCII name that passes its pattern (no controls) has a visible character.
+        if not name.isascii() and not _readable(name):
+            errors["customer_name"] = [RULES["customer_name"]]
+            del values["customer_name"]
+
+
+def _canonical_weight(weight: str) -> str:
+    """A valid weight without leading zeros or trailing decimal zeros: ``000001.500`` → ``1.5``."""
+    whole, _, fraction = weight.partition(".")
+    whole, fraction = whole.lstrip("0") or "0", fraction.rstrip("0")
+    return f"{whole}.{fraction}" if fraction else whole
 
 
 def validate(raw_query: str, parsed: MultiMapping[str] | None = None) -> TrackingRequest | Errors:
     """The validated request, or every bad or missing field with what is wrong with it."""
     values, errors = split_query(raw_query, parsed)
-    _normalise(values)
+    _normalise(values, errors)
     # values holds only our fields: every required one is there when the count adds up.
     if not errors and len(values) == len(REQUIRED) + ("count" in values):
         try:
-            return msgspec.convert(values, TrackingRequest)
+            request = msgspec.convert(values, TrackingRequest)
         except msgspec.ValidationError:
             pass
+        else:
+            # After the check: the digit limits are on the weight as sent.
+            weight = request.weight
+            if weight[0] == "0" or weight[-1] == "0":  # the cheap test: "10" passes it too
+                request = msgspec.structs.replace(request, weight=_canonical_weight(weight))
+            return request
     for name in FIELDS:
         if name in errors:
             continue

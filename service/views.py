@@ -18,7 +18,7 @@ from service import errors, idempotency
 from service.answers import JsonAnswer
 from service.issuing import audit_of, body_for, numbers_for
 from service.keys import CORRELATION_IDS, ISSUER, METRICS
-from service.observe import ISSUE_ROUTE, UNMATCHED_ROUTE, observed, record
+from service.observe import ISSUE_ROUTE, UNMATCHED_ROUTE, observed, record, route_of
 from service.params import validate
 
 
@@ -95,4 +95,6 @@ async def not_found(request: web.Request, correlation_id: str) -> web.StreamResp
 
 @observed()
 async def method_not_allowed(request: web.Request, correlation_id: str) -> web.StreamResponse:
-    return errors.method_not_allowed("GET, HEAD", correlation_id)
+    # HEAD of the issuing route would consume numbers (service/app.py).
+    allowed = "GET" if route_of(request) == ISSUE_ROUTE else "GET, HEAD"
+    return errors.method_not_allowed(allowed, correlation_id)

@@ -120,11 +120,32 @@ def trim(value: str) -> str:
     return value[start:end]
 
 
+# The only format characters (Cf) a name may hold: some scripts need them to write words.
+JOINERS = frozenset({"ZERO WIDTH JOINER", "ZERO WIDTH NON-JOINER"})
+
+
+def _shows_nothing(char: str) -> bool:
+    """Spaces, marks, format characters, and the letters and symbols named as blanks."""
+    if unicodedata.category(char)[0] in "ZMC":
+        return True
+    name = unicodedata.name(char, "")
+    return (name.startswith(("HANGUL", "HALFWIDTH HANGUL")) and name.endswith(" FILLER")) or (
+        name == "BRAILLE PATTERN BLANK"
+    )
+
+
 def customer_name(value: str) -> Verdict:
-    """1-255 characters after trimming, any script, no control characters."""
+    """1-255 characters after trimming, any script; no control characters, no format
+    characters but ZWJ and ZWNJ, no private-use, unassigned or non-character code points (all
+    of Unicode's "other" categories: Cc, Cf, Co, Cn, Cs); not invisible only."""
     trimmed = trim(value)
-    return 1 <= len(trimmed) <= 255 and not any(
-        unicodedata.category(char) == "Cc" for char in trimmed
+    return (
+        1 <= len(trimmed) <= 255
+        and all(
+            unicodedata.category(char)[0] != "C" or unicodedata.name(char, "") in JOINERS
+            for char in trimmed
+        )
+        and not all(_shows_nothing(char) for char in trimmed)
     )
 
 
@@ -147,11 +168,17 @@ RULES: dict[str, Callable[[str], Verdict]] = {
 
 
 def normalised(field: str, value: str) -> str:
-    """What a valid request carries after validation: countries upper case, names trimmed."""
+    """What a valid request carries after validation: countries upper case, names trimmed,
+    UUIDs lower case, weights as the shortest decimal of their value (``000001.500`` is
+    ``1.5``), so that equal requests are equal."""
     if field.endswith("_country_id"):
         return value.upper()
     if field == "customer_name":
         return trim(value)
+    if field == "customer_id":
+        return str(uuid.UUID(value))
+    if field == "weight":
+        return format(Decimal(value).normalize(), "f")
     return value
 
 
@@ -294,11 +321,19 @@ _spaces = st.text(st.sampled_from(" \u00a0\u2003\u3000\u2028"), max_size=3)
 _padded = st.builds(
     lambda a, b, c: a + b + c, _spaces, st.text(_not_control, min_size=1, max_size=260), _spaces
 )
+# What a name must not be made of, or hold: invisible and format characters, the joiners,
+# marks, blank letters, private-use, unassigned and non-character code points.
+_tricky = st.sampled_from(
+    "\u200b\ufeff\u200c\u200d\u202e\u2066\u00ad\u0301\u3164\u115f\u2800\u3000"
+    "\ue000\U000f0000\u0378\ufdd0\uffff\U0001fffe\U000e0041"
+)
 names = st.one_of(
     _padded,
     st.text(_any_character, max_size=20),
     st.text(_not_control, min_size=250, max_size=260),
     st.sampled_from(["", " ", "\u3000", "a\tb", "\tName", "Name\n", "a\u0085b", "a\x7fb"]),
+    st.text(_tricky, min_size=1, max_size=4),
+    st.builds(lambda a, b, c: a + b + c, st.text(max_size=4), _tricky, st.text(max_size=4)),
 )
 
 _word = st.text(alphabet=sorted(SLUG_CHARACTERS), min_size=1, max_size=12)
@@ -334,7 +369,9 @@ VALID_VALUES: dict[str, st.SearchStrategy[str]] = {
     "customer_name": st.builds(
         lambda a, b, c: a + b + c,
         _spaces,
-        st.text(_not_control, min_size=1, max_size=255).filter(lambda text: trim(text) == text),
+        st.text(_not_control, min_size=1, max_size=255).filter(
+            lambda text: trim(text) == text and customer_name(text) is True
+        ),
         _spaces,
     ),
     "customer_slug": st.lists(_word, min_size=1, max_size=10)

@@ -7,8 +7,10 @@ from collections.abc import Callable
 import pytest
 from aiohttp.test_utils import TestClient
 
+from allocator.server import Allocator
 from config.settings import Config
 from service import params, views
+from service.keys import ISSUER
 from tests.conftest import CANONICAL_QUERY, NUMBER_PATTERN, Allocators
 from tests.service.conftest import ClientFactory
 
@@ -130,16 +132,32 @@ async def test_an_unknown_path_is_a_json_404(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
-async def test_other_methods_are_a_json_405(client: TestClient, method: str) -> None:
-    response = await client.request(method, PATH)
+@pytest.mark.parametrize(("path", "allowed"), [(PATH, "GET"), ("/health", "GET, HEAD")])
+async def test_other_methods_are_a_json_405(
+    client: TestClient, method: str, path: str, allowed: str
+) -> None:
+    response = await client.request(method, path)
     assert response.status == 405
     assert response.content_type == "application/json"
-    assert response.headers["Allow"] == "GET, HEAD"
+    assert response.headers["Allow"] == allowed
     assert (await response.json())["error"] == "Method not allowed"
 
 
+async def test_head_of_the_issuing_route_is_a_405_that_consumes_no_number(
+    client: TestClient, allocator: Allocator
+) -> None:
+    await get_number(client)  # the worker has its first block: nothing moves until it is half used
+    issuer = client.app[ISSUER]
+    buffered, leased = issuer.buffered, allocator.next
+    for query in (CANONICAL_QUERY, {**CANONICAL_QUERY, "count": "1000"}):
+        response = await client.head(PATH, params=query)
+        assert response.status == 405
+        assert response.headers["Allow"] == "GET"
+    assert (issuer.buffered, allocator.next) == (buffered, leased)
+
+
 async def test_head_answers_without_a_body(client: TestClient) -> None:
-    response = await client.head(PATH, params=CANONICAL_QUERY)
+    response = await client.head("/health")
     assert response.status == 200
     assert await response.read() == b""
 
@@ -247,3 +265,23 @@ async def test_health_follows_the_allocator_away_and_back(
         await asyncio.sleep(0.1)
     assert health.status == 200
     await get_number(client)
+
+
+async def test_equal_weights_and_uuids_are_one_request_for_an_idempotency_key(
+    client: TestClient,
+) -> None:
+    # The fingerprint of the key's first request is over the validated, normalised values:
+    # 000001.500 kg is 1.5 kg, and a UUID's case is no difference.
+    headers = {"Idempotency-Key": "k-equal"}
+    first = await client.get(PATH, params={**CANONICAL_QUERY, "weight": "1.5"}, headers=headers)
+    assert first.status == 200
+    assert (await first.json())["request_metadata"]["weight_kg"] == "1.5"
+    equal = {
+        **CANONICAL_QUERY,
+        "weight": "000001.500",
+        "customer_id": CANONICAL_QUERY["customer_id"].upper(),
+    }
+    again = await client.get(PATH, params=equal, headers=headers)
+    assert again.status == 200
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert await again.json() == await first.json()

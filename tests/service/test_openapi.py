@@ -1,8 +1,14 @@
+import re
+from urllib.parse import urlencode
+
 import jsonschema
 from aiohttp.test_utils import TestClient
-from openapi_spec_validator import validate
+from hypothesis import assume, example, given, settings
+from openapi_spec_validator import validate as validate_document
 
-from service.params import FIELDS
+from service.openapi import build
+from service.params import FIELDS, TrackingRequest, validate
+from tests import design_rules
 from tests.conftest import CANONICAL_QUERY
 
 
@@ -23,7 +29,7 @@ def response_schema(document: dict, path: str, status: str) -> dict:
 async def test_the_document_is_valid_openapi_3_1(client: TestClient) -> None:
     document = await fetch_document(client)
     assert document["openapi"].startswith("3.1")
-    validate(document)
+    validate_document(document)
 
 
 async def test_every_documented_path_is_served(client: TestClient) -> None:
@@ -81,3 +87,27 @@ async def test_a_wrong_body_would_fail_the_documented_schema(client: TestClient)
     except jsonschema.ValidationError:
         return
     raise AssertionError("the documented schema accepts a malformed body")
+
+
+NAME_PATTERN = re.compile(
+    next(
+        parameter["schema"]["pattern"]
+        for parameter in build()["paths"]["/next-tracking-number"]["get"]["parameters"]
+        if parameter["name"] == "customer_name"
+    )
+)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(design_rules.names)
+@example("\u200b")
+@example("Red\u202eBox")
+@example("\U0001f468\u200d\U0001f469")
+@example(" \u0301\u3164 ")
+@example("\U000f0000")
+def test_the_documented_name_pattern_is_the_services_rule(name: str) -> None:
+    # The document's pattern is built apart from the check (unicodedata, in Python): they
+    # must agree on every name a client may send (the length is documented apart).
+    assume(len(name) <= 255)
+    result = validate(urlencode({**CANONICAL_QUERY, "customer_name": name}))
+    assert isinstance(result, TrackingRequest) == bool(NAME_PATTERN.fullmatch(name)), name

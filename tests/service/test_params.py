@@ -173,10 +173,29 @@ def test_invalid_countries_are_rejected(field: str, value: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["1.234", "0.001", "1", "999999.999", "10.5", "1.0", "100", "0.5", "123456"]
+    "value", ["1.234", "0.001", "1", "999999.999", "10.5", "100", "0.5", "123456", "10"]
 )
 def test_valid_weights_are_accepted(value: str) -> None:
     assert_valid("weight", value)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("000001.5", "1.5"),
+        ("1.0", "1"),
+        ("1.500", "1.5"),
+        ("0.100", "0.1"),
+        ("00.001", "0.001"),
+        ("010", "10"),
+        ("000100.000", "100"),
+        ("999999.990", "999999.99"),
+    ],
+)
+def test_weights_lose_leading_and_trailing_zeros(value: str, expected: str) -> None:
+    # Equal weights are one value: in the answer, the audit line and the idempotency key's
+    # fingerprint. The digit limits apply to the weight as sent.
+    assert_valid("weight", value, expected)
 
 
 @pytest.mark.parametrize(
@@ -291,8 +310,8 @@ def test_invalid_timestamps_are_rejected(value: str) -> None:
         "00000000-0000-0000-0000-000000000000",
     ],
 )
-def test_valid_customer_ids_are_accepted(value: str) -> None:
-    assert_valid("customer_id", value)
+def test_valid_customer_ids_are_accepted_in_lower_case(value: str) -> None:
+    assert_valid("customer_id", value, value.lower())
 
 
 @pytest.mark.parametrize(
@@ -328,6 +347,11 @@ def test_invalid_customer_ids_are_rejected(value: str) -> None:
         "📦 RedBox ✈️",
         "Ñandú Envíos S.A.",
         "O'Brien & Sons",
+        "\U0001f468\u200d\U0001f469\u200d\U0001f467",  # ZWJ: a family emoji
+        "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",  # ZWNJ in Persian
+        "Jose\u0301",  # a combining accent after its letter
+        "\ud64d\uae38\ub3d9",
+        "Red\u3000Box",
     ],
 )
 def test_valid_customer_names_are_accepted(value: str) -> None:
@@ -370,6 +394,34 @@ def test_customer_names_are_trimmed(value: str, expected: str) -> None:
         "RedBox\n",
         "RedBox\x85",
         "\x1fRedBox",
+        # Invisible only, once trimmed.
+        "\u200b",
+        "\ufeff",
+        " \u200b\ufeff ",
+        "\u200d",
+        "\u200c\u200d",
+        "\u0301",
+        "\u3164",
+        "\u115f\u1160",
+        "\uffa0",
+        "\u2800",
+        # Format characters other than ZWJ and ZWNJ.
+        "Red\u202eBox",
+        "\u202exoBdeR",
+        "Red\u2066Box\u2069",
+        "Red\u200bBox",
+        "Red\u00adBox",
+        "RedBox\ufeff",
+        "Red\U000e0041Box",
+        # Private-use, unassigned and non-characters.
+        "Red\ue000Box",
+        "Red\U000f0000Box",
+        "\U0010fffd",
+        "Red\u0378Box",
+        "Red\U0002fffdBox",
+        "Red\ufdd0Box",
+        "Red\uffffBox",
+        "Red\U0001fffeBox",
     ],
 )
 def test_invalid_customer_names_are_rejected(value: str) -> None:
