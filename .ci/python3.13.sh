@@ -30,9 +30,9 @@ if [ -z "$python" ] && apt-cache show "python$want-venv" >/dev/null 2>&1; then
     python=$(find_python)
 fi
 if [ -z "$python" ]; then
-    echo "ecs.sh: no Python $want with venv found (pyenv versions, PATH, /usr/bin, apt)" >&2
+    echo "python3.13.sh: no Python $want with venv found (pyenv versions, PATH, /usr/bin, apt)" >&2
     exit 1
 fi
-echo "ecs.sh: make test on $("$python" --version) ($python)"
+echo "python3.13.sh: make test on $("$python" --version) ($python)"
 trap 'rm -rf .venv-$want' EXIT
 make test PYTHON="$python" VENV=".venv-$want"
