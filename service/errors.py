@@ -120,6 +120,10 @@ class JsonErrorRequestHandler(HeaderTimeoutRequestHandler):
                 HTTPStatus(resp.status).phrase,
                 headers={"Allow": allow} if allow is not None else None,
             )
+        if self._close or self._force_close:
+            # Draining (the worker is stopping: aiohttp's pre_shutdown closed every connection):
+            # say so, so that the client opens a new connection rather than reusing this one.
+            resp.force_close()
         return super().finish_response(request, resp, start_time)
 
     def _recorded(

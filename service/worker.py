@@ -1,7 +1,14 @@
-"""A worker process: serves the app on the listening socket the supervisor bound."""
+"""A worker process: serves the app on the listening socket the supervisor holds.
+
+On SIGTERM it drains: it stops accepting (the other workers, or the next instance, take the
+new connections), closes its idle keep-alive connections, answers every request it has read
+with ``Connection: close``, then its app's cleanup writes the last access lines and metrics
+report, and it exits 0. ``shutdown_timeout`` bounds the whole drain.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Callable
@@ -13,6 +20,8 @@ from config.lifecycle import until_stop_requested
 from config.settings import Config
 from service.app import create_app
 from service.errors import AppRunner
+
+log = logging.getLogger("worker")
 
 
 async def serve(
@@ -32,6 +41,7 @@ async def serve(
         await web.SockSite(runner, sock, shutdown_timeout=config.shutdown_timeout).start()
         ready()
         await until_stop_requested(parent_pid)
+        log.info("draining")
     finally:
         await runner.cleanup()
 

@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
+
 import run
 from config.settings import Config
 
@@ -127,3 +129,25 @@ def test_an_allocator_that_cannot_start_fails_the_supervisor(
         )
         assert supervisor.run() == 1
     assert events(config) == []  # no worker was started
+
+
+def test_each_child_gets_exactly_one_sigterm_on_stop(
+    make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A second SIGTERM that lands after a worker handled the first one used to kill it in the
+    # middle of its drain (its handler is gone by then): one signal per child, whatever happens.
+    sent: list[tuple[int, int]] = []
+    real_kill = os.kill
+
+    def kill(pid: int, signum: int) -> None:
+        sent.append((pid, signum))
+        real_kill(pid, signum)
+
+    monkeypatch.setattr(os, "kill", kill)
+    config = make_config("--workers", "3")
+    with supervising(config, steady_worker):
+        wait_for(lambda: [e[0] for e in events(config)].count("worker-start") == 3)
+    pids = {pid for name, pid, _ in events(config) if name.endswith("-start")}
+    assert len(pids) == 4
+    terms = [pid for pid, signum in sent if signum == signal.SIGTERM]
+    assert sorted(terms) == sorted(pids)
