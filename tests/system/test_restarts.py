@@ -130,6 +130,39 @@ REQUEST = (
 ).encode()
 
 
+def sockets_of(pid: int) -> int:
+    fds = Path(f"/proc/{pid}/fd")
+    return sum(1 for fd in fds.iterdir() if os.readlink(fd).startswith("socket:"))
+
+
+def test_a_connection_accepted_just_before_a_drain_gets_its_request_answered(
+    short_tmp: Path,
+) -> None:
+    service = Service(short_tmp, 1)
+    try:
+        service.start()
+        (worker_pid,) = service.child_pids("worker-1")
+        before = sockets_of(worker_pid)
+        with socket.create_connection(("127.0.0.1", service.port)) as fresh:
+            asyncio.run(until(lambda: sockets_of(worker_pid) > before))  # accepted
+            os.kill(worker_pid, signal.SIGTERM)
+            asyncio.run(until(lambda: drain_logged(service, worker_pid)))
+            # The request comes after the drain began, on a connection accepted before it.
+            fresh.sendall(REQUEST.replace(b"Connection: close\r\n", b""))
+            fresh.settimeout(20)
+            answer = b""
+            while chunk := fresh.recv(65536):
+                answer += chunk
+        head = answer.split(b"\r\n\r\n")[0].lower()
+        assert head.startswith(b"http/1.1 200 "), answer[:300]
+        assert b"\r\nconnection: close" in head
+        death = service.wait_for_message("child died; restarting", 1)
+        assert (death["tracking.child_pid"], death["process.exit_code"]) == (worker_pid, 0)
+        assert service.stop(timeout=15) == 0
+    finally:
+        service.kill()
+
+
 def test_socket_activation_queues_connections_while_the_service_restarts(
     short_tmp: Path,
 ) -> None:
