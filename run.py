@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """The supervisor, and the only entry point: ``python run.py --help``.
 
-It binds the listening socket once, starts the allocator and waits until it serves, then
-starts the workers, which inherit the listening socket, and tells systemd ``READY=1`` once
-they serve. It restarts any child that dies, with back-off, and pings systemd's watchdog while
-every child is alive. On SIGTERM or SIGINT it stops in order: ``STOPPING=1``, workers drain and
-exit, the allocator writes its final checkpoint, exit 0.
+It takes the listening socket from systemd (socket activation) or binds it once itself, starts
+the allocator and waits until it serves, then starts the workers, which inherit the listening
+socket, and tells systemd ``READY=1`` once they serve. It restarts any child that dies, with
+back-off, and pings systemd's watchdog while every child is alive. On SIGTERM or SIGINT it
+stops in order: ``STOPPING=1``, workers drain and exit, the allocator writes its final
+checkpoint, exit 0. On SIGHUP it re-reads its configuration and replaces the workers one at a
+time: a new one starts and serves before the old one drains.
 
-Signal handlers only queue the signal; the main loop does the work.
+Each child gets one SIGTERM, ever; signal handlers only queue the signal; the main loop does
+the work.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from config import logs, settings
-from config.sd_notify import notify, watchdog_interval
+from config.sd_notify import listen_sockets, notify, watchdog_interval
 from config.settings import Config, ConfigError
 
 log = logging.getLogger("supervisor")
@@ -62,10 +65,12 @@ def _child(target: Callable[..., None], ready_fd: int, *args: Any) -> None:
     # because a Ctrl-C reaches the whole process group, and stopping is the supervisor's job.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload is the supervisor's job too
     name = multiprocessing.current_process().name
 
     def ready() -> None:
-        os.write(ready_fd, name.encode() + b"\n")
+        # The pid, not the name: during a reload the old and the new worker-N share a name.
+        os.write(ready_fd, b"%d\n" % os.getpid())
 
     try:
         target(*args, ready)
@@ -85,6 +90,7 @@ class Child:
         self.started_at = 0.0
         self.backoff = BACKOFF_MIN
         self.restart_at: float | None = None
+        self.terminated = False  # SIGTERM sent: it drains, and never gets a second one
 
     @property
     def alive(self) -> bool:
@@ -97,6 +103,7 @@ class Child:
         self.process.start()
         self.started_at = time.monotonic()
         self.restart_at = None
+        self.terminated = False
         log.info(
             "child started",
             extra={"tracking.child": self.name, "tracking.child_pid": self.process.pid},
@@ -122,13 +129,23 @@ class Child:
         self.backoff = min(self.backoff * 2, BACKOFF_MAX)
         return True
 
-    def stop(self, timeout: float) -> None:
-        """SIGTERM, wait up to ``timeout``, then SIGKILL."""
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    def terminate(self) -> None:
+        """Ask the child to stop (drain, checkpoint), once: a second SIGTERM is never sent."""
+        if self.process is not None and not self.terminated and self.process.is_alive():
+            self.process.terminate()
+            self.terminated = True
+
+    def stop(self, deadline: float) -> None:
+        """SIGTERM (unless already sent), wait until ``deadline`` (monotonic), then SIGKILL."""
         process = self.process
         if process is None or not process.is_alive():
             return
-        process.terminate()
-        process.join(timeout)
+        self.terminate()
+        process.join(max(0.0, deadline - time.monotonic()))
         if process.is_alive():
             log.warning("child did not stop in time; killing", extra={"tracking.child": self.name})
             process.kill()
@@ -142,8 +159,23 @@ def bind_listener(config: Config) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((config.host, config.port))
     sock.listen(1024)
-    sock.set_inheritable(True)
     return sock
+
+
+def take_listener(config: Config) -> socket.socket:
+    """The socket systemd passed (socket activation: it stays open across restarts, so the
+    kernel queues connections for the next instance), else one bound here. Forked workers
+    inherit it either way."""
+    passed = listen_sockets()
+    if len(passed) > 1:
+        raise OSError(f"systemd passed {len(passed)} sockets; tracking.socket must list one")
+    if passed:
+        log.info(
+            "listening on the socket systemd passed; host and port settings not used",
+            extra={"tracking.listen": str(passed[0].getsockname())},
+        )
+        return passed[0]
+    return bind_listener(config)
 
 
 def _socket_accepts(path: str) -> bool:
@@ -164,12 +196,17 @@ class Supervisor:
         listener: socket.socket,
         allocator: Callable[..., None] = allocator_target,
         worker: Callable[..., None] = worker_target,
+        load_config: Callable[[], Config] | None = None,
     ) -> None:
         self.config = config
+        self.listener = listener
+        self.worker_target = worker
+        # Reads the configuration again on SIGHUP: the same file, environment and flags.
+        self.load_config = load_config or (lambda: config)
         self.allocator = Child("allocator", allocator, config)
-        self.workers = [
-            Child(f"worker-{n}", worker, config, listener) for n in range(1, config.workers + 1)
-        ]
+        self.workers = [self._worker(n, config) for n in range(1, config.workers + 1)]
+        # Workers replaced by a reload, draining: reaped, never restarted, killed at deadline.
+        self.retiring: list[tuple[Child, float]] = []
         self.signals: deque[int] = deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -177,6 +214,9 @@ class Supervisor:
         self._ready_r, self._ready_w = os.pipe()
         self._ready_lines = b""
         self._watchdog = watchdog_interval()
+
+    def _worker(self, n: int, config: Config) -> Child:
+        return Child(f"worker-{n}", self.worker_target, config, self.listener)
 
     def push(self, signum: int) -> None:
         """Queue a signal for the main loop (the signal handler, and tests, call this)."""
@@ -201,19 +241,20 @@ class Supervisor:
             return 1
         self.allocator.start(self._ready_w)
         if not self._wait_until_serving([self.allocator]):
-            self.allocator.stop(ALLOCATOR_STOP_TIMEOUT)
-            return 0 if self.signals else 1
+            self.allocator.stop(time.monotonic() + ALLOCATOR_STOP_TIMEOUT)
+            return 0 if self._stop_requested() else 1
         for worker in self.workers:
             worker.start(self._ready_w)
         if not self._wait_until_serving(self.workers):
             self._shutdown()
-            return 0 if self.signals else 1
+            return 0 if self._stop_requested() else 1
         notify("READY=1")
+        host, port = self.listener.getsockname()[:2]
         log.info(
             "service ready",
             extra={
-                "tracking.host": self.config.host,
-                "tracking.port": self.config.port,
+                "tracking.host": host,
+                "tracking.port": port,
                 "tracking.workers": len(self.workers),
             },
         )
@@ -221,45 +262,51 @@ class Supervisor:
         self._shutdown()
         return 0
 
+    def _stop_requested(self) -> bool:
+        return signal.SIGTERM in self.signals or signal.SIGINT in self.signals
+
     def _wait_until_serving(self, children: list[Child]) -> bool:
-        """True once every one of ``children`` said it serves; False on a signal, a death or
-        the start timeout."""
-        waiting = {child.name for child in children}
+        """True once every one of ``children`` said it serves; False on a stop signal, a death
+        or the start timeout."""
+        waiting = {child.pid for child in children}
         deadline = time.monotonic() + START_TIMEOUT
         while waiting:
-            if self.signals:
+            if self._stop_requested():
                 return False
-            dead = [c.name for c in children if c.name in waiting and not c.alive]
+            dead = [c.name for c in children if c.pid in waiting and not c.alive]
             if dead:
                 log.error("a child exited during start-up", extra={"tracking.child": dead[0]})
                 return False
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                log.error(
-                    "children did not start in time", extra={"tracking.child": sorted(waiting)[0]}
-                )
+                late = [c.name for c in children if c.pid in waiting]
+                log.error("children did not start in time", extra={"tracking.child": late[0]})
                 return False
             sentinels = [c.process.sentinel for c in children if c.process]
             multiprocessing.connection.wait([self._ready_r, self._wake_r, *sentinels], remaining)
             waiting -= self._read_ready()
         return True
 
-    def _read_ready(self) -> set[str]:
-        """Names of the children that said they serve since the last call."""
+    def _read_ready(self) -> set[int | None]:
+        """Pids of the children that said they serve since the last call."""
         readable = multiprocessing.connection.wait([self._ready_r], 0)
         if not readable:
             return set()
         self._ready_lines += os.read(self._ready_r, 4096)
         *lines, self._ready_lines = self._ready_lines.split(b"\n")
-        return {line.decode() for line in lines}
+        return {int(line) for line in lines}
 
     def _supervise(self) -> None:
-        children = [self.allocator, *self.workers]
         next_ping = time.monotonic()
         while True:
             while self.signals:
-                if self.signals.popleft() in (signal.SIGTERM, signal.SIGINT):
+                signum = self.signals.popleft()
+                if signum in (signal.SIGTERM, signal.SIGINT):
                     return
+                if signum == signal.SIGHUP:
+                    self._reload()
+            children = [self.allocator, *self.workers]
+            self._reap_retiring()
             now = time.monotonic()
             for child in children:
                 child.reap()
@@ -276,7 +323,9 @@ class Supervisor:
                     next_ping = now + BACKOFF_MIN
             # Every child not yet reaped, dead or alive: one that died just now must wake us.
             sentinels = [c.process.sentinel for c in children if c.process and c.restart_at is None]
+            sentinels += [c.process.sentinel for c, _ in self.retiring if c.process]
             wake_at = [c.restart_at for c in children if c.restart_at is not None]
+            wake_at += [deadline for _, deadline in self.retiring]
             if self._watchdog is not None:
                 wake_at.append(next_ping)
             timeout = max(0.0, min(wake_at, default=now + 1.0) - now)
@@ -286,18 +335,100 @@ class Supervisor:
             if self._wake_r in ready:
                 os.read(self._wake_r, 512)
 
+    def _reload(self) -> None:
+        """SIGHUP: the configuration read again, and the workers replaced one at a time."""
+        notify("RELOADING=1")
+        try:
+            self._replace_workers()
+        finally:
+            notify("READY=1")
+
+    def _replace_workers(self) -> None:
+        try:
+            loaded = self.load_config()
+        except ConfigError as exc:
+            log.error(
+                "reload refused: the configuration does not load; nothing changed",
+                extra={"error.message": str(exc)},
+            )
+            return
+        config, kept = settings.reloaded(self.config, loaded)
+        if kept:
+            log.warning(
+                "reload: these settings need a restart; they keep their running values",
+                extra={"tracking.reload.needs_restart": kept},
+            )
+        logs.configure(config.log_level)
+        log.info(
+            "reload: replacing the workers one at a time",
+            extra={"tracking.reload.changed": settings.changed(self.config, config)},
+        )
+        old, new = self.workers, []
+        for n in range(1, config.workers + 1):
+            child = self._worker(n, config)
+            child.start(self._ready_w)
+            if not self._wait_until_serving([child]):
+                child.stop(time.monotonic() + config.shutdown_timeout)
+                self.workers = new + old[len(new) :]
+                log.error(
+                    "reload stopped: a new worker did not serve; the others run as before",
+                    extra={"tracking.child": child.name},
+                )
+                return
+            new.append(child)
+            if n <= len(old):
+                self._retire(old[n - 1])
+        for child in old[len(new) :]:
+            self._retire(child)
+        self.workers = new
+        self.config = config
+        log.info("reload done", extra={"tracking.workers": len(new)})
+
+    def _retire(self, child: Child) -> None:
+        """One SIGTERM: the old worker stops accepting, answers what it has read, exits."""
+        child.terminate()
+        self.retiring.append((child, time.monotonic() + child.args[0].shutdown_timeout + 1))
+
+    def _reap_retiring(self) -> None:
+        now = time.monotonic()
+        for child, deadline in list(self.retiring):
+            if child.alive and now < deadline:
+                continue
+            child.stop(deadline)  # joins it; SIGKILL if it outlived its drain
+            assert child.process is not None
+            log.info(
+                "worker drained",
+                extra={
+                    "tracking.child": child.name,
+                    "tracking.child_pid": child.pid,
+                    "process.exit_code": child.process.exitcode,
+                },
+            )
+            self.retiring.remove((child, deadline))
+
     def _shutdown(self) -> None:
         notify("STOPPING=1")
         log.info("stopping: draining workers")
-        for worker in self.workers:
-            if worker.alive:
-                assert worker.process is not None
-                worker.process.terminate()
-        for worker in self.workers:
-            worker.stop(self.config.shutdown_timeout + 1)
+        # One SIGTERM to every worker at once, then one shared deadline: shutdown_timeout is the
+        # only limit, however many workers there are.
+        deadline = time.monotonic() + self.config.shutdown_timeout + 1
+        draining = [*self.workers, *(child for child, _ in self.retiring)]
+        for worker in draining:
+            worker.terminate()
+        for worker in draining:
+            worker.stop(deadline)
         log.info("stopping: allocator")
-        self.allocator.stop(ALLOCATOR_STOP_TIMEOUT)
+        self.allocator.stop(time.monotonic() + ALLOCATOR_STOP_TIMEOUT)
         log.info("stopped")
+
+
+def preload() -> None:
+    """Import the children's code once, here. Forked children inherit it: a worker starts (at
+    start, after a crash, on a reload) without an import of its own, so a restart pauses
+    clients less, and a reload runs the code this supervisor started with, never that of a
+    release installed since."""
+    import allocator.server  # noqa: F401
+    import service.worker  # noqa: F401
 
 
 def _log_configuration(config: Config) -> None:
@@ -318,8 +449,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return asyncio.run(run_commands(config, commands))
     _log_configuration(config)
+    preload()
     try:
-        listener = bind_listener(config)
+        listener = take_listener(config)
     except OSError as exc:
         log.error(
             "cannot listen",
@@ -330,9 +462,9 @@ def main(argv: list[str] | None = None) -> int:
             },
         )
         return 1
-    supervisor = Supervisor(config, listener)
-    signal.signal(signal.SIGTERM, lambda signum, _: supervisor.push(signum))
-    signal.signal(signal.SIGINT, lambda signum, _: supervisor.push(signum))
+    supervisor = Supervisor(config, listener, load_config=lambda: settings.load(argv))
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda signum, _: supervisor.push(signum))
     try:
         return supervisor.run()
     finally:

@@ -96,10 +96,13 @@ step "systemd-analyze verify config/tracking.service"
 root="$work/root"
 mkdir -p "$root/usr/lib/systemd" "$root/etc/systemd/system" "$root/opt/tracking/.venv/bin"
 cp -a /usr/lib/systemd/system "$root/usr/lib/systemd/"
-install -m 0644 config/tracking.service "$root/etc/systemd/system/tracking.service"
-printf '#!/bin/sh\nexit 0\n' >"$root/opt/tracking/.venv/bin/python"
-chmod 0755 "$root/opt/tracking/.venv/bin/python"
-if ! out=$(systemd-analyze --root="$root" --man=no verify tracking.service 2>&1) || [ -n "$out" ]; then
+install -m 0644 config/tracking.service config/tracking.socket "$root/etc/systemd/system/"
+mkdir -p "$root/bin"  # ExecReload's /bin/kill gets a stub too
+for stub in opt/tracking/.venv/bin/python bin/kill; do
+    printf '#!/bin/sh\nexit 0\n' >"$root/$stub"
+    chmod 0755 "$root/$stub"
+done
+if ! out=$(systemd-analyze --root="$root" --man=no verify tracking.socket tracking.service 2>&1) || [ -n "$out" ]; then
     printf '%s\n' "$out"
     echo "systemd-analyze verify: FAILED"
     exit 1

@@ -297,6 +297,34 @@ def private_directory(path: str) -> None:
         )
 
 
+# What the allocator or the listening socket hold for the life of the service. A reload
+# (SIGHUP) replaces the workers only, so these need a restart (docs/operations.md).
+RESTART_ONLY = (
+    "host",
+    "port",
+    "state_dir",
+    "runtime_dir",
+    "store",
+    "reserve_step",
+    "key_file",
+    "event_loop",
+    "idempotency_ttl",
+    "idempotency_max_bytes",
+)
+
+
+def changed(running: Config, loaded: Config) -> list[str]:
+    """The names of the settings that differ between two configurations."""
+    return [n for n in _field_names() if getattr(running, n) != getattr(loaded, n)]
+
+
+def reloaded(running: Config, loaded: Config) -> tuple[Config, list[str]]:
+    """What a reload applies: ``loaded``, but with every setting of RESTART_ONLY as it runs;
+    and the names of those that ``loaded`` changes, which wait for a restart."""
+    kept = [name for name in changed(running, loaded) if name in RESTART_ONLY]
+    return msgspec.structs.replace(loaded, **{n: getattr(running, n) for n in kept}), kept
+
+
 SECRETS = ("admin_token",)
 
 

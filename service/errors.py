@@ -120,6 +120,10 @@ class JsonErrorRequestHandler(HeaderTimeoutRequestHandler):
                 HTTPStatus(resp.status).phrase,
                 headers={"Allow": allow} if allow is not None else None,
             )
+        if self._manager.draining:  # type: ignore[union-attr]
+            # The worker is stopping: say so, so that the client opens its next connection to
+            # another worker (or the next instance) rather than reusing this one.
+            resp.force_close()
         return super().finish_response(request, resp, start_time)
 
     def _recorded(
@@ -141,6 +145,12 @@ class JsonErrorServer(web.Server):
     def __init__(self, app: web.Application, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.app = app
+        self.draining = False  # set by the worker when it stops: every answer closes
+
+    def awaiting_a_first_request(self) -> int:
+        """Connections that have not sent a request yet (aiohttp's private ``_request_count``
+        and ``_connections``; tests/system/test_restarts.py fails if they change)."""
+        return sum(1 for handler in self._connections if handler._request_count == 0)
 
     def __call__(self) -> RequestHandler:
         handler = JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)

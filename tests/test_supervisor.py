@@ -12,7 +12,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
+
 import run
+from config import settings
+from config.sd_notify import listen_sockets
 from config.settings import Config
 
 
@@ -45,10 +49,11 @@ def listening_allocator(config: Config, ready: run.Ready) -> None:
 
 
 def steady_worker(config: Config, listener: socket.socket, ready: run.Ready) -> None:
-    record(config, "worker-start")
-    ready()
+    # The handler first: a test may stop the service as soon as it sees "worker-start".
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    record(config, "worker-start")
+    ready()
     stopped.wait()
     time.sleep(0.2)  # draining takes a moment: the allocator must wait for it
     record(config, "worker-stop")
@@ -127,3 +132,89 @@ def test_an_allocator_that_cannot_start_fails_the_supervisor(
         )
         assert supervisor.run() == 1
     assert events(config) == []  # no worker was started
+
+
+def test_each_child_gets_exactly_one_sigterm_on_stop(
+    make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A second SIGTERM that lands after a worker handled the first one used to kill it in the
+    # middle of its drain (its handler is gone by then): one signal per child, whatever happens.
+    sent: list[tuple[int, int]] = []
+    real_kill = os.kill
+
+    def kill(pid: int, signum: int) -> None:
+        sent.append((pid, signum))
+        real_kill(pid, signum)
+
+    monkeypatch.setattr(os, "kill", kill)
+    config = make_config("--workers", "3")
+    with supervising(config, steady_worker):
+        wait_for(lambda: [e[0] for e in events(config)].count("worker-start") == 3)
+    pids = {pid for name, pid, _ in events(config) if name.endswith("-start")}
+    assert len(pids) == 4
+    terms = [pid for pid, signum in sent if signum == signal.SIGTERM]
+    assert sorted(terms) == sorted(pids)
+
+
+def picky_worker(config: Config, listener: socket.socket, ready: run.Ready) -> None:
+    """Serves as steady_worker does, but cannot start without the access log."""
+    if not config.access_log:
+        record(config, "worker-refused")
+        os._exit(1)
+    steady_worker(config, listener, ready)
+
+
+def test_a_reload_whose_new_worker_does_not_serve_leaves_the_old_ones_serving(
+    make_config: Callable[..., Config],
+) -> None:
+    config = make_config("--workers", "2")
+    reloaded = make_config("--workers", "2", "--no-access-log")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        supervisor = run.Supervisor(
+            config,
+            listener,
+            allocator=listening_allocator,
+            worker=picky_worker,
+            load_config=lambda: reloaded,
+        )
+        status: list[int] = []
+        thread = threading.Thread(target=lambda: status.append(supervisor.run()))
+        thread.start()
+        try:
+            wait_for(lambda: [e[0] for e in events(config)].count("worker-start") == 2)
+            old = [worker.pid for worker in supervisor.workers]
+            supervisor.push(signal.SIGHUP)
+            wait_for(lambda: "worker-refused" in [e[0] for e in events(config)])
+            wait_for(lambda: not supervisor.signals)
+        finally:
+            supervisor.push(signal.SIGTERM)
+            thread.join(10)
+    assert status == [0]
+    names = [name for name, _, _ in events(config)]
+    # The old workers served on, and stopped only with the service.
+    assert names.count("worker-start") == 2
+    assert names.count("worker-stop") == 2
+    assert [worker.pid for worker in supervisor.workers] == old
+    assert supervisor.config == config
+
+
+def test_a_reload_applies_what_it_can_and_names_what_needs_a_restart(
+    make_config: Callable[..., Config],
+) -> None:
+    running = make_config("--workers", "2")
+    loaded = make_config(
+        "--workers", "3", "--port", "9999", "--reserve-step", "5", "--no-access-log"
+    )  # fmt: skip
+    applied, kept = settings.reloaded(running, loaded)
+    assert kept == ["port", "reserve_step"]
+    assert (applied.port, applied.reserve_step) == (running.port, running.reserve_step)
+    assert (applied.workers, applied.access_log) == (3, False)
+
+
+def test_sockets_passed_to_another_process_are_not_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    # LISTEN_PID names the process systemd started; a child that inherited the variables
+    # must not take fd 3 for a listening socket.
+    monkeypatch.setenv("LISTEN_PID", str(os.getpid() + 1))
+    monkeypatch.setenv("LISTEN_FDS", "1")
+    assert listen_sockets() == []

@@ -48,6 +48,7 @@ class Service:
         self.log_path = state_dir / "service.log"
         self.env: dict[str, str] = {}  # added to run.py's environment
         self.prefix: list[str] = []  # run.py is started through this command (faketime …)
+        self.pass_fds: tuple[int, ...] = ()  # file descriptors run.py inherits
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> None:
@@ -65,7 +66,9 @@ class Service:
         env.update(self.env)
         with open(self.log_path, "ab") as log:
             started_at = log.tell()
-            self.process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=log, env=env)
+            self.process = subprocess.Popen(
+                command, cwd=REPO, stdout=log, stderr=log, env=env, pass_fds=self.pass_fds
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
