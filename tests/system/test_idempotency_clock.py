@@ -53,7 +53,7 @@ def test_a_wall_clock_step_expires_no_idempotent_answer(
     clock = short_tmp / "faketime"
     clock.write_text("+0\n")
     state_dir = short_tmp / "state"
-    state_dir.mkdir()
+    state_dir.mkdir(mode=0o700)  # private, as the store insists
     service = Service(state_dir, 1, *store_flags)
     service.env = {
         "LD_PRELOAD": libfaketime,
