@@ -19,20 +19,17 @@ import time
 from collections.abc import Callable
 
 from allocator import protocol
+from allocator.counter import COUNTER_LIMIT, KEY_BYTES, SCHEME_FEISTEL4, SCHEME_FEISTEL10
+from allocator.errors import AllocatorError, ProtocolError, StoreError
 from allocator.protocol import (
-    COUNTER_LIMIT,
     MAX_FRAME,
     RESERVATION_BUCKETS,
-    SCHEME_FEISTEL4,
-    SCHEME_FEISTEL10,
     Abandon,
-    AllocatorError,
     AllocatorStatus,
     Granted,
     Hello,
     Histogram,
     Lease,
-    ProtocolError,
     Recall,
     Recalled,
     Refused,
@@ -40,7 +37,6 @@ from allocator.protocol import (
     Report,
     Status,
     StatusQuery,
-    StoreError,
     Welcome,
     WorkerCounters,
 )
@@ -547,10 +543,8 @@ def read_key_file(path: str) -> bytes:
         key = bytes.fromhex(text)
     except ValueError:
         raise ValueError(f"{path} must hold the key as hex digits") from None
-    if len(key) != protocol.KEY_BYTES:
-        raise ValueError(
-            f"{path} must hold {protocol.KEY_BYTES} bytes ({2 * protocol.KEY_BYTES} hex digits)"
-        )
+    if len(key) != KEY_BYTES:
+        raise ValueError(f"{path} must hold {KEY_BYTES} bytes ({2 * KEY_BYTES} hex digits)")
     return key
 
 

@@ -9,8 +9,10 @@ import time
 import pytest
 
 from allocator.client import AllocatorClient
-from allocator.protocol import MAX_FRAME, IdempotencyFull, LeaseRefused, Remembered
+from allocator.errors import IdempotencyFull, LeaseRefused
+from allocator.protocol import MAX_FRAME
 from allocator.server import MAX_IDEMPOTENCY_INFLIGHT_PER_CONNECTION
+from allocator.store import Remembered
 from config.settings import Config
 from tests.conftest import Allocators
 

@@ -12,9 +12,11 @@ import pytest
 
 from allocator import protocol
 from allocator.client import AllocatorClient
-from allocator.protocol import Granted, Hello, KeyMismatch, Lease, LeaseRefused, StoreError
+from allocator.errors import KeyMismatch, LeaseRefused, StoreError
+from allocator.protocol import Granted, Hello, Lease
 from allocator.server import Allocator, bind_unix_socket
-from allocator.store import SQLiteStore, open_store
+from allocator.store import open_store
+from allocator.store.sqlite import SQLiteStore
 from config.settings import Config
 from tests.conftest import Allocators
 

@@ -4,7 +4,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from allocator.client import AllocatorClient
-from allocator.protocol import AllocatorUnavailable
+from allocator.errors import AllocatorUnavailable
 from allocator.server import Allocator
 from config.settings import Config
 from service.issuer import MAX_BLOCK, MIN_BLOCK, Issuer
