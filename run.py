@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logs.configure(config.log_level)
     if commands.given:
-        from allocator.server import run_commands
+        from allocator.commands import run_commands
 
         return asyncio.run(run_commands(config, commands))
     _log_configuration(config)

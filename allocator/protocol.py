@@ -78,8 +78,31 @@ class WorkerCounters(msgspec.Struct, array_like=True):
                 mine.add(histogram)
 
 
-class AllocatorStatus(msgspec.Struct):
-    """The allocator's state, as /allocator/status shows it."""
+class AllocatorStats(msgspec.Struct, kw_only=True):
+    """What the allocator counts for operators, as it happens: the actor and its server count
+    in one of these, and every Status carries it whole."""
+
+    last_checkpoint_at: float | None = None
+    last_checkpoint_latency_seconds: float | None = None
+    last_store_error: str | None = None
+    last_store_error_at: float | None = None
+    leases_total: int = 0
+    leased_numbers_total: int = 0
+    lease_refusals_total: int = 0
+    reservations_total: int = 0
+    reservation_errors_total: int = 0
+    reservation_seconds: Histogram = msgspec.field(
+        default_factory=lambda: Histogram.empty(RESERVATION_BUCKETS)
+    )
+    # Idempotency keys: what the store keeps (as this allocator last measured and has added
+    # since), and the new keys refused at the cap.
+    idempotency_bytes: int = 0
+    idempotency_refusals_total: int = 0
+
+
+class AllocatorStatus(AllocatorStats):
+    """The allocator's state, as /allocator/status shows it: its stats (keyword-only, so they
+    come last) and what is read from it when asked."""
 
     store: str
     next: int
@@ -92,21 +115,7 @@ class AllocatorStatus(msgspec.Struct):
     started_at: float
     uptime_seconds: float
     store_up: bool
-    last_checkpoint_at: float | None
-    last_checkpoint_latency_seconds: float | None
-    last_store_error: str | None
-    last_store_error_at: float | None
-    leases_total: int
-    leased_numbers_total: int
-    lease_refusals_total: int
-    reservations_total: int
-    reservation_errors_total: int
-    reservation_seconds: Histogram
-    # Idempotency keys: what the store keeps (as this allocator last measured and has added
-    # since), its cap, and the new keys refused at the cap.
-    idempotency_bytes: int = 0
     idempotency_max_bytes: int = 0
-    idempotency_refusals_total: int = 0
 
 
 class Message(msgspec.Struct, tag=True, frozen=True, array_like=True):

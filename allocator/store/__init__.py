@@ -101,6 +101,11 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
 
+def where(store: Store) -> dict[str, str]:
+    """The log fields that say which store a line is about."""
+    return {"tracking.store": store.kind, "tracking.store_location": store.location}
+
+
 def checked_key(key: bytes | None, supplied: bytes | None, where: str) -> bytes:
     """The key a store read, checked against the operator's (``Store.load_key``)."""
     if key is None:

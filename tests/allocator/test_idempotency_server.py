@@ -68,8 +68,8 @@ async def test_the_purge_makes_room_again(allocators: Allocators, client: Alloca
     while await allocator.store.recall("k-010") is not None:  # expired by the store's clock
         assert time.monotonic() < deadline
         await asyncio.sleep(0.02)
-    await server.purge_round()
-    assert server.idempotency_bytes == 0
+    await server.idempotency.purge_round()
+    assert allocator.stats.idempotency_bytes == 0
     assert await client.recall("new", FINGERPRINT) is None  # room again
     await client.remember("new", FINGERPRINT, ANSWER)
 

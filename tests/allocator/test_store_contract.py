@@ -21,9 +21,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from allocator.actor import STORE_RETRY_DELAY, Allocator
 from allocator.counter import COUNTER_LIMIT, NEW_STORE_SCHEME, SCHEME_FEISTEL4
 from allocator.errors import KeyMismatch, StoreError, StoreMissing
-from allocator.server import STORE_RETRY_DELAY, Allocator
 from allocator.store import Remembered, Store, open_store
 from allocator.store import postgres as store_module
 from allocator.store.postgres import PostgresStore
