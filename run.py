@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from allocator.unix_socket import accepts_connections
 from config import logs, settings
 from config.sd_notify import notify, watchdog_interval
 from config.settings import Config, ConfigError
@@ -146,17 +147,6 @@ def bind_listener(config: Config) -> socket.socket:
     return sock
 
 
-def _socket_accepts(path: str) -> bool:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
-
-
 class Supervisor:
     def __init__(
         self,
@@ -193,7 +183,7 @@ class Supervisor:
                 os.close(fd)
 
     def _run(self) -> int:
-        if _socket_accepts(self.config.allocator_socket):
+        if accepts_connections(self.config.allocator_socket):
             log.error(
                 "another allocator is running on this runtime directory",
                 extra={"tracking.socket": self.config.allocator_socket},
