@@ -49,7 +49,7 @@ class Allocator:
         self._leased_since_reserve = 0
         self._last_reserve_at = time.monotonic()
         # What operators see in /allocator/status and /metrics; the server counts in it too.
-        self.stats = AllocatorStats()
+        self.stats = AllocatorStats.empty()
         self.started_at = time.time()
         self._started = time.monotonic()
 

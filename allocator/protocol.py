@@ -82,27 +82,42 @@ class AllocatorStats(msgspec.Struct, kw_only=True):
     """What the allocator counts for operators, as it happens: the actor and its server count
     in one of these, and every Status carries it whole."""
 
-    last_checkpoint_at: float | None = None
-    last_checkpoint_latency_seconds: float | None = None
-    last_store_error: str | None = None
-    last_store_error_at: float | None = None
-    leases_total: int = 0
-    leased_numbers_total: int = 0
-    lease_refusals_total: int = 0
-    reservations_total: int = 0
-    reservation_errors_total: int = 0
-    reservation_seconds: Histogram = msgspec.field(
-        default_factory=lambda: Histogram.empty(RESERVATION_BUCKETS)
-    )
+    last_checkpoint_at: float | None
+    last_checkpoint_latency_seconds: float | None
+    last_store_error: str | None
+    last_store_error_at: float | None
+    leases_total: int
+    leased_numbers_total: int
+    lease_refusals_total: int
+    reservations_total: int
+    reservation_errors_total: int
+    reservation_seconds: Histogram
     # Idempotency keys: what the store keeps (as this allocator last measured and has added
-    # since), and the new keys refused at the cap.
+    # since), and the new keys refused at the cap. Defaults: an older allocator sends neither.
     idempotency_bytes: int = 0
     idempotency_refusals_total: int = 0
 
+    @classmethod
+    def empty(cls) -> AllocatorStats:
+        """Nothing counted yet. (No defaults above: the OpenAPI document says every field of
+        the status is always there.)"""
+        return cls(
+            last_checkpoint_at=None,
+            last_checkpoint_latency_seconds=None,
+            last_store_error=None,
+            last_store_error_at=None,
+            leases_total=0,
+            leased_numbers_total=0,
+            lease_refusals_total=0,
+            reservations_total=0,
+            reservation_errors_total=0,
+            reservation_seconds=Histogram.empty(RESERVATION_BUCKETS),
+        )
 
+
+# The stats' fields are keyword-only, so they come after these in the JSON.
 class AllocatorStatus(AllocatorStats):
-    """The allocator's state, as /allocator/status shows it: its stats (keyword-only, so they
-    come last) and what is read from it when asked."""
+    """The allocator's state, as /allocator/status shows it."""
 
     store: str
     next: int
