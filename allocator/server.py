@@ -38,7 +38,11 @@ from allocator.protocol import (
     Welcome,
     WorkerCounters,
 )
-from allocator.store import open_store
+
+# Both stores are imported with this module, the allocator's entry point, rather than on their
+# first use in open_store: a supervisor that imports the children's code before it forks
+# (run.py) then restarts an allocator on the store code of its own release.
+from allocator.store import open_store, postgres, sqlite  # noqa: F401
 from allocator.unix_socket import bind_unix_socket
 from config import lifecycle, logs
 from config.lifecycle import until_stop_requested

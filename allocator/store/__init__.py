@@ -126,7 +126,7 @@ def reserved_range(stop: int | None, count: int) -> tuple[int, int]:
 def open_store(url: str, *, create: bool = True) -> Store:
     """The store for a ``store`` setting (not yet opened); ``create``: see ``Store.create``."""
     # The backends are imported here rather than above: they import config.settings, which
-    # imports SCHEMES from this module; and a SQLite host never loads asyncpg.
+    # imports SCHEMES from this module. (allocator.server imports both at its start.)
     if url.startswith(SQLITE_URL):
         from allocator.store.sqlite import SQLiteStore
 
