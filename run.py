@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from allocator.unix_socket import accepts_connections
 from config import logs, settings
 from config.sd_notify import listen_sockets, notify, watchdog_interval
 from config.settings import Config, ConfigError
@@ -178,17 +179,6 @@ def take_listener(config: Config) -> socket.socket:
     return bind_listener(config)
 
 
-def _socket_accepts(path: str) -> bool:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
-
-
 class Supervisor:
     def __init__(
         self,
@@ -233,7 +223,7 @@ class Supervisor:
                 os.close(fd)
 
     def _run(self) -> int:
-        if _socket_accepts(self.config.allocator_socket):
+        if accepts_connections(self.config.allocator_socket):
             log.error(
                 "another allocator is running on this runtime directory",
                 extra={"tracking.socket": self.config.allocator_socket},
@@ -445,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logs.configure(config.log_level)
     if commands.given:
-        from allocator.server import run_commands
+        from allocator.commands import run_commands
 
         return asyncio.run(run_commands(config, commands))
     _log_configuration(config)

@@ -17,27 +17,29 @@ import os
 from collections.abc import AsyncIterator
 
 from allocator import protocol
-from allocator.protocol import (
-    Abandon,
+from allocator.errors import (
     AllocatorUnavailable,
-    Granted,
-    Hello,
     IdempotencyFull,
     KeyMismatch,
-    Lease,
     LeaseRefused,
     ProtocolError,
+)
+from allocator.protocol import (
+    Abandon,
+    Granted,
+    Hello,
+    Lease,
     Recall,
     Recalled,
     Refused,
     Remember,
-    Remembered,
     Report,
     Status,
     StatusQuery,
     Welcome,
     WorkerCounters,
 )
+from allocator.store import Remembered
 
 # Idempotency requests this client has in flight at most; more wait their turn (within the
 # call's deadline). The allocator's cap per connection is the same.

@@ -10,23 +10,18 @@ from __future__ import annotations
 import asyncio
 import bisect
 import struct
-from typing import Annotated, NamedTuple
+from typing import Annotated
 
 import msgspec
+
+from allocator.counter import COUNTER_LIMIT, SCHEME_FEISTEL4, SCHEME_FEISTEL10
+from allocator.errors import ProtocolError
 
 # Far above the largest legal message (a Welcome is under 100 bytes), far below anything that
 # could hurt: a peer that announces more is cut off before we read it.
 MAX_FRAME = 64 * 1024
 # The largest block one lease may ask for; the allocator grants at most this many values.
 MAX_LEASE = 10_000_000
-# The counter space: numbers are a permutation of [0, 2**56).
-COUNTER_LIMIT = 2**56
-KEY_BYTES = 32
-# Which permutation a key is used with (service/numbers.py has each). The store records it
-# beside the key, so a new scheme never changes the numbers of an existing key.
-SCHEME_FEISTEL4 = 1  # 4-round Feistel: every store made before the scheme was recorded
-SCHEME_FEISTEL10 = 2  # 10-round Feistel, NIST FF1's margin
-NEW_STORE_SCHEME = SCHEME_FEISTEL10
 
 # Histogram bucket bounds in seconds (upper bounds; +Inf is implied): both sides must agree.
 REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -39,34 +34,6 @@ Counter = Annotated[int, msgspec.Meta(ge=0, le=COUNTER_LIMIT)]
 LeaseCount = Annotated[int, msgspec.Meta(ge=1, le=MAX_LEASE)]
 IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 Scheme = Annotated[int, msgspec.Meta(ge=SCHEME_FEISTEL4, le=SCHEME_FEISTEL10)]
-
-
-class AllocatorError(Exception):
-    """Base of every error on the way to, inside, or back from the allocator."""
-
-
-class ProtocolError(AllocatorError):
-    """A frame or message that breaks the wire format."""
-
-
-class AllocatorUnavailable(AllocatorError):
-    """The allocator cannot be reached, or did not answer in time."""
-
-
-class LeaseRefused(AllocatorError):
-    """The allocator answered but will not grant (for example, its store cannot be written)."""
-
-
-class StoreError(AllocatorError):
-    """The store cannot be read or written; the allocator grants only what is durable."""
-
-
-class IdempotencyFull(AllocatorError):
-    """The store keeps as many idempotent answers as it may: a new key cannot be kept now."""
-
-
-class KeyMismatch(AllocatorError):
-    """The permutation key changed under a running worker or disagrees with the configured one."""
 
 
 class Histogram(msgspec.Struct, array_like=True):
@@ -111,7 +78,45 @@ class WorkerCounters(msgspec.Struct, array_like=True):
                 mine.add(histogram)
 
 
-class AllocatorStatus(msgspec.Struct):
+class AllocatorStats(msgspec.Struct, kw_only=True):
+    """What the allocator counts for operators, as it happens: the actor and its server count
+    in one of these, and every Status carries it whole."""
+
+    last_checkpoint_at: float | None
+    last_checkpoint_latency_seconds: float | None
+    last_store_error: str | None
+    last_store_error_at: float | None
+    leases_total: int
+    leased_numbers_total: int
+    lease_refusals_total: int
+    reservations_total: int
+    reservation_errors_total: int
+    reservation_seconds: Histogram
+    # Idempotency keys: what the store keeps (as this allocator last measured and has added
+    # since), and the new keys refused at the cap. Defaults: an older allocator sends neither.
+    idempotency_bytes: int = 0
+    idempotency_refusals_total: int = 0
+
+    @classmethod
+    def empty(cls) -> AllocatorStats:
+        """Nothing counted yet. (No defaults above: the OpenAPI document says every field of
+        the status is always there.)"""
+        return cls(
+            last_checkpoint_at=None,
+            last_checkpoint_latency_seconds=None,
+            last_store_error=None,
+            last_store_error_at=None,
+            leases_total=0,
+            leased_numbers_total=0,
+            lease_refusals_total=0,
+            reservations_total=0,
+            reservation_errors_total=0,
+            reservation_seconds=Histogram.empty(RESERVATION_BUCKETS),
+        )
+
+
+# The stats' fields are keyword-only, so they come after these in the JSON.
+class AllocatorStatus(AllocatorStats):
     """The allocator's state, as /allocator/status shows it."""
 
     store: str
@@ -125,33 +130,7 @@ class AllocatorStatus(msgspec.Struct):
     started_at: float
     uptime_seconds: float
     store_up: bool
-    last_checkpoint_at: float | None
-    last_checkpoint_latency_seconds: float | None
-    last_store_error: str | None
-    last_store_error_at: float | None
-    leases_total: int
-    leased_numbers_total: int
-    lease_refusals_total: int
-    reservations_total: int
-    reservation_errors_total: int
-    reservation_seconds: Histogram
-    # Idempotency keys: what the store keeps (as this allocator last measured and has added
-    # since), its cap, and the new keys refused at the cap.
-    idempotency_bytes: int = 0
     idempotency_max_bytes: int = 0
-    idempotency_refusals_total: int = 0
-
-
-class Remembered(NamedTuple):
-    """An answer kept under an idempotency key, and the fingerprint of its request.
-
-    ``unaudited``: its first delivery was abandoned, so no access line carries its numbers and
-    no counter counted them; the one recall told so must do both.
-    """
-
-    fingerprint: bytes
-    response: bytes
-    unaudited: bool = False
 
 
 class Message(msgspec.Struct, tag=True, frozen=True, array_like=True):

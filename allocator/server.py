@@ -1,9 +1,8 @@
-"""The allocator: the one process that owns the counter.
+"""The allocator's socket server: accepts workers on a Unix socket, reads their frames, and
+dispatches each request to the actor (``allocator.actor``) or to the idempotency keys.
 
-It leases half-open blocks of counter values to workers over a Unix socket. Every value it
-grants lies inside a reservation that the store has already made durable, so no value is ever
-granted twice: not after a crash, not after a restart. Gaps (values reserved but never used)
-are allowed; duplicates never are.
+This module is also the allocator process's entry point (``main``), the supervisor's child
+target.
 """
 
 from __future__ import annotations
@@ -13,41 +12,42 @@ import collections
 import contextlib
 import logging
 import os
-import socket
-import stat
 import time
 from collections.abc import Callable
 
+import msgspec
+
 from allocator import protocol
+from allocator.actor import Allocator
+from allocator.commands import read_key_file
+from allocator.counter import COUNTER_LIMIT
+from allocator.errors import AllocatorError, ProtocolError
+from allocator.idempotency import IdempotencyKeys
 from allocator.protocol import (
-    COUNTER_LIMIT,
-    MAX_FRAME,
-    RESERVATION_BUCKETS,
-    SCHEME_FEISTEL4,
-    SCHEME_FEISTEL10,
     Abandon,
-    AllocatorError,
     AllocatorStatus,
     Granted,
     Hello,
-    Histogram,
     Lease,
-    ProtocolError,
     Recall,
-    Recalled,
     Refused,
     Remember,
     Report,
     Status,
     StatusQuery,
-    StoreError,
     Welcome,
     WorkerCounters,
 )
-from allocator.store import Store, open_store
+
+# Both stores are imported with this module, the allocator's entry point, rather than on their
+# first use in open_store: a supervisor that imports the children's code before it forks
+# (run.py) then restarts an allocator on the store code of its own release.
+from allocator.store import open_store, postgres, sqlite  # noqa: F401
+from allocator.unix_socket import bind_unix_socket
 from config import lifecycle, logs
 from config.lifecycle import until_stop_requested
-from config.settings import Commands, Config, private_directory
+from config.logs import error_fields
+from config.settings import Config
 
 log = logging.getLogger("allocator")
 
@@ -56,193 +56,11 @@ MAX_INFLIGHT_PER_CONNECTION = 16
 # Idempotency requests have slots of their own, so that they never hold up a lease. Past
 # this, one is refused at once rather than stop the reading (workers send no more than this).
 MAX_IDEMPOTENCY_INFLIGHT_PER_CONNECTION = 16
+BUSY = "too many idempotency requests in flight on this connection"
 # A client that connects must say Hello within this time, or be dropped.
 HELLO_TIMEOUT = 10.0
-# With reserve_step = 0, reserve enough for this many seconds of leases at the recent rate.
-RESERVE_SECONDS = 60.0
-MAX_STEP = 1 << 40
-# After a store failure, wait this long before trying to reserve again.
-STORE_RETRY_DELAY = 1.0
 # The issue rate is averaged over this many seconds of worker reports.
 RATE_WINDOW = 60.0
-# Expired idempotency keys are dropped from the store this often, in batches this large (each
-# its own short statement, so that reservations never wait long behind the purge). Each round
-# also measures what the store keeps (other hosts' keys included) against the cap.
-PURGE_INTERVAL = 60.0
-PURGE_BATCH = 500
-
-
-class Allocator:
-    """The counter's owner: an actor whose state only changes on its own event loop.
-
-    ``next`` is the first value not yet leased. ``_ranges`` holds the durable, unleased
-    reservations in order (one range for SQLite; with a shared store they need not touch).
-    """
-
-    def __init__(self, store: Store, reserve_step: int = 0) -> None:
-        self.store = store
-        self.fixed_step = reserve_step
-        self.key = b""
-        self.scheme = 0
-        self.next = 0
-        self.reserved = 0  # end of the last durable reservation
-        self._ranges: collections.deque[list[int]] = collections.deque()
-        self._reserving: asyncio.Task[None] | None = None
-        self._store_failed_at = 0.0
-        self._leased_since_reserve = 0
-        self._last_reserve_at = time.monotonic()
-        # What operators see in /allocator/status and /metrics.
-        self.started_at = time.time()
-        self._started = time.monotonic()
-        self.last_store_error: str | None = None
-        self.last_store_error_at: float | None = None
-        self.last_checkpoint_at: float | None = None
-        self.last_checkpoint_latency: float | None = None
-        self.leases_total = 0
-        self.leased_numbers_total = 0
-        self.reservations_total = 0
-        self.reservation_errors_total = 0
-        self.reservation_seconds = Histogram.empty(RESERVATION_BUCKETS)
-
-    async def start(self, supplied_key: bytes | None = None) -> None:
-        await self.store.open()
-        try:
-            self.key = await self.store.load_key(supplied_key)
-            if self.store.created:
-                # Said out loud: a store that appears where one was expected (a wrong path, a
-                # lost volume) starts the counter again, under a new key.
-                source = "key_file" if supplied_key else "random"
-                log.warning(
-                    "new store created",
-                    extra={**_where(self.store), "tracking.key_source": source},
-                )
-            self.scheme = await self.store.load_scheme()
-            if not SCHEME_FEISTEL4 <= self.scheme <= SCHEME_FEISTEL10:
-                # A newer release's permutation: our workers would issue other numbers than its.
-                raise StoreError(f"the key's permutation scheme {self.scheme} is unknown here")
-            # Everything below the durable mark may have been handed out before: start above it.
-            self.next = self.reserved = await self.store.durable_mark()
-        except BaseException:
-            # stop() is never called for a start that failed: close what open() opened.
-            await self.store.close()
-            raise
-        log.info(
-            "allocator started",
-            extra={
-                "tracking.next": self.next,
-                "tracking.store": self.store.kind,
-                "tracking.scheme": self.scheme,
-            },
-        )
-
-    @property
-    def uptime(self) -> float:
-        return time.monotonic() - self._started
-
-    @property
-    def available(self) -> int:
-        return sum(stop - start for start, stop in self._ranges)
-
-    async def lease(self, count: int) -> tuple[int, int]:
-        """Grant up to ``count`` values as ``(start, stop)``; raises StoreError if none can be."""
-        while not self._ranges:
-            await self._reserve_now()
-        block = self._ranges[0]
-        start = block[0]
-        stop = min(start + count, block[1])
-        if stop == block[1]:
-            self._ranges.popleft()
-        else:
-            block[0] = stop
-        self.next = self._ranges[0][0] if self._ranges else stop
-        self._leased_since_reserve += stop - start
-        self.leases_total += 1
-        self.leased_numbers_total += stop - start
-        if self.available < self._step() // 2:
-            self._reserve_in_background()
-        return start, stop
-
-    def _step(self) -> int:
-        if self.fixed_step:
-            return self.fixed_step
-        # At least a second: a burst just after a reservation is not a rate.
-        elapsed = max(time.monotonic() - self._last_reserve_at, 1.0)
-        rate = self._leased_since_reserve / elapsed
-        return int(min(max(self.store.default_step, rate * RESERVE_SECONDS), MAX_STEP))
-
-    async def _reserve_now(self) -> None:
-        if self._reserving is None:
-            if time.monotonic() - self._store_failed_at < STORE_RETRY_DELAY:
-                raise StoreError(self.last_store_error or "store unavailable")
-            self._reserve_in_background()
-        assert self._reserving is not None
-        # Shielded: one lease giving up must not cancel the reservation others wait for.
-        await asyncio.shield(self._reserving)
-        if self.last_store_error and not self._ranges:
-            raise StoreError(self.last_store_error)
-
-    def _reserve_in_background(self) -> None:
-        if self._reserving is None or self._reserving.done():
-            self._reserving = asyncio.create_task(self._reserve(self._step()))
-
-    async def _reserve(self, count: int) -> None:
-        began = time.monotonic()
-        try:
-            start, stop = await self.store.reserve(count)
-        except StoreError as exc:
-            self.last_store_error = str(exc)
-            self.last_store_error_at = time.time()
-            self._store_failed_at = time.monotonic()
-            self.reservation_errors_total += 1
-            log.error(
-                "reservation failed",
-                extra={"error.type": type(exc).__name__, "error.message": str(exc)},
-            )
-            return
-        finally:
-            self._reserving = None
-        latency = time.monotonic() - began
-        self.last_store_error = None
-        self.last_checkpoint_at = time.time()
-        self.last_checkpoint_latency = latency
-        self.reservations_total += 1
-        self.reservation_seconds.observe(latency, RESERVATION_BUCKETS)
-        self._leased_since_reserve = 0
-        self._last_reserve_at = time.monotonic()
-        if self._ranges and self._ranges[-1][1] == start:
-            self._ranges[-1][1] = stop
-        else:
-            self._ranges.append([start, stop])
-            if len(self._ranges) == 1:
-                self.next = start
-        self.reserved = stop
-        log.info(
-            "reserved",
-            extra={
-                "tracking.reserved": stop,
-                "tracking.step": count,
-                "event.duration": int(latency * 1e9),
-            },
-        )
-
-    async def stop(self) -> None:
-        """Final checkpoint: give back the unused tail so a clean restart leaves no gap."""
-        if self._reserving is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reserving
-        try:
-            if self._ranges and self._ranges[-1][1] == self.reserved:
-                start = self._ranges[-1][0]
-                if await self.store.release(start, self.reserved):
-                    self.reserved = start
-        except StoreError as exc:
-            log.warning(
-                "final checkpoint failed",
-                extra={"error.type": type(exc).__name__, "error.message": str(exc)},
-            )
-        finally:
-            self._ranges.clear()
-            await self.store.close()
 
 
 class AllocatorServer:
@@ -257,13 +75,9 @@ class AllocatorServer:
     ) -> None:
         self.allocator = allocator
         self.path = path
-        self.idempotency_ttl = idempotency_ttl
-        self.idempotency_max_bytes = idempotency_max_bytes
-        # What the store keeps: measured at start and by each purge round, plus what this
-        # allocator has added since (counted before the write, so racing writes cannot all fit).
-        self.idempotency_bytes = 0
-        self.idempotency_refusals_total = 0
-        self._purging: asyncio.Task[None] | None = None
+        self.idempotency = IdempotencyKeys(
+            allocator.store, allocator.stats, idempotency_ttl, idempotency_max_bytes
+        )
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._leases_by_worker: dict[int, int] = {}  # connected workers, by pid
@@ -271,19 +85,16 @@ class AllocatorServer:
         # Numbers issued per second of the monotonic clock, over the last RATE_WINDOW seconds:
         # at most RATE_WINDOW + 1 entries, however many workers report and whoever reads it.
         self._issued: collections.deque[list[int]] = collections.deque()
-        self.lease_refusals_total = 0
+        self._created = time.monotonic()  # reports can only have come in since
 
     async def start(self) -> None:
-        self.idempotency_bytes = await self.allocator.store.idempotency_bytes()
+        await self.idempotency.measure()
         sock = bind_unix_socket(self.path)
         self._server = await asyncio.start_unix_server(self._serve, sock=sock)
-        self._purging = asyncio.create_task(self._purge_expired_keys())
+        self.idempotency.start_purging()
 
     async def close(self) -> None:
-        if self._purging is not None:
-            self._purging.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._purging
+        await self.idempotency.close()
         if self._server is not None:
             self._server.close()
         # Hang up rather than cancel: each connection's task then ends on its own.
@@ -308,11 +119,7 @@ class AllocatorServer:
             hello = protocol.decode_request(first)
             if not isinstance(hello, Hello):
                 raise ProtocolError("a connection must start with Hello")
-            writer.write(
-                protocol.encode(
-                    Welcome(id=hello.id, key=self.allocator.key, scheme=self.allocator.scheme)
-                )
-            )
+            writer.write(protocol.encode(self._welcome(hello.id)))
             worker = hello.pid
             self._leases_by_worker[worker] = 0
             log.info("worker connected", extra={"tracking.worker_pid": worker})
@@ -331,10 +138,7 @@ class AllocatorServer:
                 answer.add_done_callback(pending.discard)
                 answer.add_done_callback(lambda _, mine=mine: mine.release())
         except (ProtocolError, TimeoutError) as exc:
-            log.warning(
-                "dropping allocator client",
-                extra={"error.type": type(exc).__name__, "error.message": str(exc)},
-            )
+            log.warning("dropping allocator client", extra=error_fields(exc))
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -351,93 +155,41 @@ class AllocatorServer:
         response: protocol.Message
         match request:
             case Lease(id=request_id, count=count):
-                try:
-                    start, stop = await self.allocator.lease(count)
-                    response = Granted(id=request_id, start=start, stop=stop)
-                    self._leases_by_worker[worker] = self._leases_by_worker.get(worker, 0) + 1
-                except AllocatorError as exc:
-                    self.lease_refusals_total += 1
-                    log.warning(
-                        "lease refused",
-                        extra={"error.type": type(exc).__name__, "error.message": str(exc)},
-                    )
-                    response = Refused(id=request_id, reason=str(exc))
+                response = await self._lease(request_id, count, worker)
             case Report(counters=counters):
                 self.worker_totals.add(counters)
                 self._count_issued(counters.issued)
                 return  # reports are one-way
             case Recall(id=request_id, key=key, fingerprint=fingerprint):
-                response = await self._recall(request_id, key, fingerprint)
+                response = await self.idempotency.recall(request_id, key, fingerprint)
             case Remember(id=request_id, key=key, fingerprint=fingerprint, response=answer):
-                response = await self._remember(request_id, key, fingerprint, answer)
+                response = await self.idempotency.remember(request_id, key, fingerprint, answer)
             case Abandon(key=key, response=answer):
                 # After any Remember of the same answer on this connection: both wait in
                 # arrival order for the store.
-                try:
-                    await self.allocator.store.abandon(key, answer)
-                except StoreError as exc:
-                    _idempotency_failed(exc)
+                await self.idempotency.abandon(key, answer)
                 return  # one-way
             case StatusQuery(id=request_id):
                 response = Status(
                     id=request_id, allocator=self.status(), workers=self.worker_totals
                 )
             case Hello(id=request_id):
-                response = Welcome(
-                    id=request_id, key=self.allocator.key, scheme=self.allocator.scheme
-                )
+                response = self._welcome(request_id)
         if not writer.is_closing():
             writer.write(protocol.encode(response))
 
-    async def _recall(self, request_id: int, key: str, fingerprint: bytes) -> protocol.Message:
+    def _welcome(self, request_id: int) -> Welcome:
+        return Welcome(id=request_id, key=self.allocator.key, scheme=self.allocator.scheme)
+
+    async def _lease(self, request_id: int, count: int, worker: int) -> Granted | Refused:
         try:
-            kept = await self.allocator.store.recall(key, fingerprint)
-        except StoreError as exc:
-            return _idempotency_failed(exc, request_id)
-        if kept is None:
-            # Refused here, before the worker takes numbers (and time) for an answer it could
-            # not keep: when the largest Remember there can be would not fit.
-            full = self.idempotency_bytes + MAX_FRAME > self.idempotency_max_bytes
-            if full:
-                self.idempotency_refusals_total += 1
-            return Recalled(id=request_id, fingerprint=None, response=None, full=full)
-        return Recalled(
-            id=request_id,
-            fingerprint=kept.fingerprint,
-            response=kept.response,
-            unaudited=kept.unaudited,
-        )
-
-    async def _remember(
-        self, request_id: int, key: str, fingerprint: bytes, answer: bytes
-    ) -> protocol.Message:
-        size = len(key.encode()) + len(fingerprint) + len(answer)
-        if self.idempotency_bytes + size > self.idempotency_max_bytes:
-            self.idempotency_refusals_total += 1
-            return Recalled(id=request_id, fingerprint=None, response=None, full=True)
-        self.idempotency_bytes += size
-        try:
-            kept = await self.allocator.store.remember(
-                key, fingerprint, answer, self.idempotency_ttl
-            )
-        except StoreError as exc:
-            self.idempotency_bytes -= size  # perhaps written after all: the next round tells
-            return _idempotency_failed(exc, request_id)
-        if kept.response != answer:
-            self.idempotency_bytes -= size  # a racing twin's answer stands, not ours
-        return Recalled(id=request_id, fingerprint=kept.fingerprint, response=kept.response)
-
-    async def _purge_expired_keys(self) -> None:
-        while True:
-            await asyncio.sleep(PURGE_INTERVAL)
-            with contextlib.suppress(StoreError):  # the next round tries again
-                await self.purge_round()
-
-    async def purge_round(self) -> None:
-        """Drop every expired idempotency key, one small batch at a time; then measure."""
-        while await self.allocator.store.forget_expired(PURGE_BATCH):
-            pass
-        self.idempotency_bytes = await self.allocator.store.idempotency_bytes()
+            start, stop = await self.allocator.lease(count)
+        except AllocatorError as exc:
+            self.allocator.stats.lease_refusals_total += 1
+            log.warning("lease refused", extra=error_fields(exc))
+            return Refused(id=request_id, reason=str(exc))
+        self._leases_by_worker[worker] = self._leases_by_worker.get(worker, 0) + 1
+        return Granted(id=request_id, start=start, stop=stop)
 
     def _count_issued(self, count: int) -> None:
         second = int(time.monotonic())
@@ -454,7 +206,7 @@ class AllocatorServer:
     def issue_rate(self) -> float:
         """Numbers issued per second over the last RATE_WINDOW seconds, from worker reports."""
         self._forget_old_issues(time.monotonic())
-        window = min(RATE_WINDOW, self.allocator.uptime)
+        window = min(RATE_WINDOW, time.monotonic() - self._created)
         return sum(n for _, n in self._issued) / max(window, 1.0)
 
     def status(self) -> AllocatorStatus:
@@ -472,86 +224,10 @@ class AllocatorServer:
             leases_by_worker={str(pid): n for pid, n in self._leases_by_worker.items()},
             started_at=allocator.started_at,
             uptime_seconds=allocator.uptime,
-            store_up=allocator.last_store_error is None,
-            last_checkpoint_at=allocator.last_checkpoint_at,
-            last_checkpoint_latency_seconds=allocator.last_checkpoint_latency,
-            last_store_error=allocator.last_store_error,
-            last_store_error_at=allocator.last_store_error_at,
-            leases_total=allocator.leases_total,
-            leased_numbers_total=allocator.leased_numbers_total,
-            lease_refusals_total=self.lease_refusals_total,
-            reservations_total=allocator.reservations_total,
-            reservation_errors_total=allocator.reservation_errors_total,
-            reservation_seconds=allocator.reservation_seconds,
-            idempotency_bytes=self.idempotency_bytes,
-            idempotency_max_bytes=self.idempotency_max_bytes,
-            idempotency_refusals_total=self.idempotency_refusals_total,
+            store_up=allocator.stats.last_store_error is None,
+            idempotency_max_bytes=self.idempotency.max_bytes,
+            **msgspec.structs.asdict(allocator.stats),
         )
-
-
-BUSY = "too many idempotency requests in flight on this connection"
-
-
-def _idempotency_failed(exc: StoreError, request_id: int | None = None) -> Refused:
-    log.warning(
-        "idempotency key store failed",
-        extra={"error.type": type(exc).__name__, "error.message": str(exc)},
-    )
-    return Refused(id=request_id or 0, reason=str(exc))
-
-
-def bind_unix_socket(path: str) -> socket.socket:
-    """Bind ``path`` with mode 0600 in a directory only we can enter.
-
-    A leftover file is removed only if it is a socket nobody listens on: a live allocator
-    keeps its socket, and we never unlink something that is not a socket.
-    """
-    private_directory(os.path.dirname(path))
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        pass
-    else:
-        if not stat.S_ISSOCK(mode):
-            raise OSError(f"{path} exists and is not a socket")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
-        except OSError:
-            os.unlink(path)  # stale: its allocator is gone
-        else:
-            raise OSError(f"another allocator is listening on {path}")
-        finally:
-            probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o177)  # created 0600: never readable by others, not even briefly
-    try:
-        sock.bind(path)
-    finally:
-        os.umask(old_umask)
-    os.chmod(path, 0o600)
-    return sock
-
-
-def read_key_file(path: str) -> bytes:
-    """The operator's key; refused, as ssh refuses a private key, if others may read it."""
-    with open(path) as file:
-        mode = stat.S_IMODE(os.fstat(file.fileno()).st_mode)
-        if mode & 0o077:
-            raise PermissionError(
-                f"{path} is open to other users (mode {mode:04o}); the key must be readable by "
-                "this user only: chmod 600 it"
-            )
-        text = file.read().strip()
-    try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        raise ValueError(f"{path} must hold the key as hex digits") from None
-    if len(key) != protocol.KEY_BYTES:
-        raise ValueError(
-            f"{path} must hold {protocol.KEY_BYTES} bytes ({2 * protocol.KEY_BYTES} hex digits)"
-        )
-    return key
 
 
 async def serve(config: Config, ready: Callable[[], None] = lambda: None) -> None:
@@ -583,50 +259,3 @@ def main(config: Config, ready: Callable[[], None]) -> None:
     """The allocator process: the supervisor's child target."""
     logs.configure(config.log_level)
     lifecycle.run(serve(config, ready), config.event_loop)
-
-
-def _where(store: Store) -> dict[str, str]:
-    return {"tracking.store": store.kind, "tracking.store_location": store.location}
-
-
-async def run_commands(config: Config, commands: Commands) -> int:
-    """``--init-store`` then ``--raise-reserved-to``; the exit status.
-
-    ``--init-store`` creates the store, with the key of ``key_file`` when set; on an existing
-    store it only checks that key. ``--raise-reserved-to`` raises the mark, never lowers it,
-    and never creates a store: after a failed restore it must not leave a new one behind.
-    Safe while the service runs: the store raises the mark in one atomic statement, and the
-    allocator reserves from the stored mark, so its next reservation starts above the value.
-    """
-    value = commands.raise_reserved_to
-    if value is not None and not 0 <= value <= COUNTER_LIMIT:
-        log.error("the mark must be between 0 and 2**56", extra={"tracking.reserved": value})
-        return 2
-    action = "initialise the store" if commands.init_store else "raise the reservation mark"
-    store = open_store(config.store, create=commands.init_store)
-    try:
-        key = read_key_file(config.key_file) if config.key_file else None
-        await store.open()
-        await store.load_key(key)
-        if commands.init_store:
-            log.info(
-                "store initialised" if store.created else "store already initialised",
-                extra={**_where(store), "tracking.key_source": "key_file" if key else "random"},
-            )
-        if value is not None:
-            before = await store.durable_mark()
-            after = await store.raise_mark(value)
-            raised = "reservation mark raised"
-            log.info(
-                raised if after > before else "reservation mark already high enough",
-                extra={"tracking.reserved_before": before, "tracking.reserved": after},
-            )
-    except (AllocatorError, OSError, ValueError) as exc:  # OSError, ValueError: the key file
-        log.error(
-            f"cannot {action}",
-            extra={"error.type": type(exc).__name__, "error.message": str(exc), **_where(store)},
-        )
-        return 1
-    finally:
-        await store.close()
-    return 0

@@ -32,6 +32,11 @@ def ecs_timestamp(millisecond: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)) + f".{fraction:03d}Z"
 
 
+def error_fields(exc: BaseException) -> dict[str, str]:
+    """ECS's fields for an error a log line reports: ``extra=error_fields(exc)``."""
+    return {"error.type": type(exc).__name__, "error.message": str(exc)}
+
+
 class EcsFormatter(JsonFormatter):
     """python-json-logger's formatter, writing ecs-logging lines."""
 
@@ -58,9 +63,8 @@ class EcsFormatter(JsonFormatter):
         log_data["ecs.version"] = ECS_VERSION
         log_data["event.dataset"] = APP_DATASET
         super().add_fields(log_data, record, message_dict)
-        if record.exc_info and record.exc_info[0] is not None:
-            log_data["error.type"] = record.exc_info[0].__name__
-            log_data["error.message"] = str(record.exc_info[1])
+        if record.exc_info and record.exc_info[1] is not None:
+            log_data.update(error_fields(record.exc_info[1]))
 
 
 def configure(level: str) -> None:

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from allocator.store import SCHEMES, SQLITE_URL
+
 DEFAULT_CONFIG_FILE = "config/tracking.toml"
 DEFAULT_STATE_DIR = "state"
 ENV_PREFIX = "TRACKING_"
@@ -188,7 +190,7 @@ def _resolve_paths(values: dict[str, Any], env: Mapping[str, str]) -> None:
         values["runtime_dir"] = runtime or os.path.join(state_dir, "run")
     values["runtime_dir"] = os.path.abspath(values["runtime_dir"])
     if not values.get("store"):
-        values["store"] = "sqlite:///" + os.path.join(state_dir, "tracking.sqlite3")
+        values["store"] = SQLITE_URL + os.path.join(state_dir, "tracking.sqlite3")
 
 
 def _coerce(values: dict[str, Any]) -> dict[str, Any]:
@@ -210,8 +212,8 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
 def _check(config: Config) -> Config:
     if config.log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
-    if not config.store.startswith(("sqlite:///", "postgresql://", "postgres://")):
-        raise ConfigError("store must be sqlite:///PATH or postgresql://…")
+    if not config.store.startswith(SCHEMES):
+        raise ConfigError(f"store must be a URL that starts with {' or '.join(SCHEMES)}")
     try:
         _check_ports(config.store)
     except ValueError as exc:

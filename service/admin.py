@@ -14,7 +14,8 @@ from collections.abc import Callable
 import msgspec
 from aiohttp import web
 
-from allocator.protocol import AllocatorError, Status
+from allocator.errors import AllocatorError
+from allocator.protocol import Status
 from service import errors, metrics
 from service.answers import JsonAnswer
 from service.keys import CLIENT, CONFIG, METRICS

@@ -22,7 +22,7 @@ import re
 import msgspec
 from aiohttp import web
 
-from allocator.protocol import AllocatorError, IdempotencyFull
+from allocator.errors import AllocatorError, IdempotencyFull
 from service import errors
 from service.answers import JsonAnswer
 from service.issuing import audit_of, body_for, numbers_for

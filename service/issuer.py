@@ -14,7 +14,7 @@ import logging
 import time
 
 from allocator.client import AllocatorClient
-from allocator.protocol import AllocatorError, AllocatorUnavailable
+from allocator.errors import AllocatorError, AllocatorUnavailable
 from service.numbers import NumberFormatter
 
 log = logging.getLogger("service.issuer")

@@ -8,7 +8,7 @@ allocator's state. Rendering uses prometheus_client's exposition code.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -76,115 +76,116 @@ def _buckets(histogram: Histogram, bounds: tuple[float, ...]) -> list[tuple[str,
     return cumulative
 
 
+Getter = Callable[[Status], float]
+
+# Every unlabelled counter and gauge: its name, its help, and where a Status holds its value.
+COUNTERS: tuple[tuple[str, str, Getter], ...] = (
+    ("tracking_numbers_issued", "Tracking numbers issued", lambda s: s.workers.issued),
+    (
+        "tracking_worker_lease_failures",
+        "Requests that found no number in hand and got no block from the allocator",
+        lambda s: s.workers.lease_failures,
+    ),
+    ("tracking_allocator_leases", "Blocks leased to workers", lambda s: s.allocator.leases_total),
+    (
+        "tracking_allocator_leased_numbers",
+        "Counter values leased to workers",
+        lambda s: s.allocator.leased_numbers_total,
+    ),
+    (
+        "tracking_allocator_lease_refusals",
+        "Lease requests refused (the store could not be written)",
+        lambda s: s.allocator.lease_refusals_total,
+    ),
+    (
+        "tracking_allocator_reservations",
+        "Reservations made durable in the store",
+        lambda s: s.allocator.reservations_total,
+    ),
+    (
+        "tracking_allocator_reservation_errors",
+        "Reservations the store failed to make durable",
+        lambda s: s.allocator.reservation_errors_total,
+    ),
+    (
+        "tracking_idempotency_refusals",
+        "Requests with a new Idempotency-Key refused because the store kept its maximum",
+        lambda s: s.allocator.idempotency_refusals_total,
+    ),
+)
+GAUGES: tuple[tuple[str, str, Getter], ...] = (
+    ("tracking_allocator_next", "First counter value not yet leased", lambda s: s.allocator.next),
+    (
+        "tracking_allocator_reserved",
+        "Durable reservation mark: no value below it is leased again",
+        lambda s: s.allocator.reserved,
+    ),
+    (
+        "tracking_allocator_numbers_left",
+        "Counter values left before the number space is exhausted",
+        lambda s: s.allocator.numbers_left,
+    ),
+    (
+        "tracking_allocator_connected_workers",
+        "Workers connected to the allocator",
+        lambda s: s.allocator.connected_workers,
+    ),
+    (
+        "tracking_allocator_store_up",
+        "1 if the last store operation succeeded, else 0",
+        lambda s: 1 if s.allocator.store_up else 0,
+    ),
+    (
+        "tracking_idempotency_bytes",
+        "Bytes of Idempotency-Keys and answers the store keeps (measured each minute)",
+        lambda s: s.allocator.idempotency_bytes,
+    ),
+    (
+        "tracking_idempotency_max_bytes",
+        "idempotency_max_bytes: past it, requests with a new key get a 503",
+        lambda s: s.allocator.idempotency_max_bytes,
+    ),
+    (
+        "tracking_allocator_start_time_seconds",
+        "When the allocator started, in seconds since the epoch",
+        lambda s: s.allocator.started_at,
+    ),
+)
+
+
 class _StatusCollector(Collector):
     def __init__(self, status: Status) -> None:
         self.status = status
 
     def collect(self) -> Iterator[Metric]:
-        workers, allocator = self.status.workers, self.status.allocator
-
-        def counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
-            return CounterMetricFamily(name, documentation, value=value)
-
-        def gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
-            return GaugeMetricFamily(name, documentation, value=value)
-
-        yield counter("tracking_numbers_issued", "Tracking numbers issued", workers.issued)
+        status = self.status
+        for name, documentation, counter in COUNTERS:
+            yield CounterMetricFamily(name, documentation, value=counter(status))
+        for name, documentation, gauge in GAUGES:
+            yield GaugeMetricFamily(name, documentation, value=gauge(status))
         requests = CounterMetricFamily(
             "tracking_http_requests",
             "HTTP requests answered, by route, method and status",
             labels=("route", "method", "status"),
         )
-        for (route, method, status), count in sorted(workers.requests.items()):
-            requests.add_metric((route, method, str(status)), count)
+        for (route, method, code), count in sorted(status.workers.requests.items()):
+            requests.add_metric((route, method, str(code)), count)
         yield requests
         durations = HistogramMetricFamily(
             "tracking_http_request_duration_seconds",
             "Time spent answering HTTP requests, by route",
             labels=("route",),
         )
-        for route, histogram in sorted(workers.durations.items()):
+        for route, histogram in sorted(status.workers.durations.items()):
             durations.add_metric((route,), _buckets(histogram, REQUEST_BUCKETS), histogram.total)
         yield durations
-        yield counter(
-            "tracking_worker_lease_failures",
-            "Requests that found no number in hand and got no block from the allocator",
-            workers.lease_failures,
-        )
-        yield counter(
-            "tracking_allocator_leases", "Blocks leased to workers", allocator.leases_total
-        )
-        yield counter(
-            "tracking_allocator_leased_numbers",
-            "Counter values leased to workers",
-            allocator.leased_numbers_total,
-        )
-        yield counter(
-            "tracking_allocator_lease_refusals",
-            "Lease requests refused (the store could not be written)",
-            allocator.lease_refusals_total,
-        )
-        yield counter(
-            "tracking_allocator_reservations",
-            "Reservations made durable in the store",
-            allocator.reservations_total,
-        )
-        yield counter(
-            "tracking_allocator_reservation_errors",
-            "Reservations the store failed to make durable",
-            allocator.reservation_errors_total,
-        )
+        reservations = status.allocator.reservation_seconds
         reservation = HistogramMetricFamily(
             "tracking_allocator_reservation_duration_seconds",
             "Time to make a reservation durable",
         )
-        reservation.add_metric(
-            (),
-            _buckets(allocator.reservation_seconds, RESERVATION_BUCKETS),
-            allocator.reservation_seconds.total,
-        )
+        reservation.add_metric((), _buckets(reservations, RESERVATION_BUCKETS), reservations.total)
         yield reservation
-        yield gauge("tracking_allocator_next", "First counter value not yet leased", allocator.next)
-        yield gauge(
-            "tracking_allocator_reserved",
-            "Durable reservation mark: no value below it is leased again",
-            allocator.reserved,
-        )
-        yield gauge(
-            "tracking_allocator_numbers_left",
-            "Counter values left before the number space is exhausted",
-            allocator.numbers_left,
-        )
-        yield gauge(
-            "tracking_allocator_connected_workers",
-            "Workers connected to the allocator",
-            allocator.connected_workers,
-        )
-        yield gauge(
-            "tracking_allocator_store_up",
-            "1 if the last store operation succeeded, else 0",
-            1 if allocator.store_up else 0,
-        )
-        yield gauge(
-            "tracking_idempotency_bytes",
-            "Bytes of Idempotency-Keys and answers the store keeps (measured each minute)",
-            allocator.idempotency_bytes,
-        )
-        yield gauge(
-            "tracking_idempotency_max_bytes",
-            "idempotency_max_bytes: past it, requests with a new key get a 503",
-            allocator.idempotency_max_bytes,
-        )
-        yield counter(
-            "tracking_idempotency_refusals",
-            "Requests with a new Idempotency-Key refused because the store kept its maximum",
-            allocator.idempotency_refusals_total,
-        )
-        yield gauge(
-            "tracking_allocator_start_time_seconds",
-            "When the allocator started, in seconds since the epoch",
-            allocator.started_at,
-        )
 
 
 def render(status: Status) -> bytes:

@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Callable
 from typing import NamedTuple
 
-from allocator.protocol import SCHEME_FEISTEL4, SCHEME_FEISTEL10
+from allocator.counter import SCHEME_FEISTEL4, SCHEME_FEISTEL10
 
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 SERIAL_LENGTH = 11

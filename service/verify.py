@@ -13,7 +13,8 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
-from allocator.protocol import COUNTER_LIMIT, AllocatorError
+from allocator.counter import COUNTER_LIMIT
+from allocator.errors import AllocatorError
 from service import errors
 from service.admin import refusal
 from service.answers import JsonAnswer

@@ -13,7 +13,7 @@ import time
 import msgspec
 from aiohttp import web
 
-from allocator.protocol import AllocatorError
+from allocator.errors import AllocatorError
 from service import errors, idempotency
 from service.answers import JsonAnswer
 from service.issuing import audit_of, body_for, numbers_for

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from allocator.server import Allocator, AllocatorServer
+from allocator.actor import Allocator
+from allocator.server import AllocatorServer
 from allocator.store import open_store
 from config import settings
 from config.settings import Config

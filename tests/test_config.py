@@ -12,6 +12,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from allocator.store import SCHEMES, open_store
 from config import settings
 from config.settings import Config, ConfigError
 
@@ -196,6 +197,12 @@ def test_wrong_types_and_out_of_range_values_are_rejected_naming_the_field(
 
     with pytest.raises(ConfigError, match=field):
         settings.load(["--config", str(path), *argv], env=env)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_every_store_scheme_is_accepted_and_opens_a_store(scheme: str) -> None:
+    config = load_no_file("--store", scheme + "tracking@db/tracking")
+    assert open_store(config.store).kind in ("sqlite", "postgresql")
 
 
 @pytest.mark.parametrize("store", ["mysql://db/tracking", "tracking.sqlite3"])

@@ -4,9 +4,11 @@ from pathlib import Path
 
 import pytest
 
+from allocator.actor import Allocator
 from allocator.client import AllocatorClient
-from allocator.protocol import NEW_STORE_SCHEME, SCHEME_FEISTEL4, AllocatorUnavailable, KeyMismatch
-from allocator.server import Allocator, bind_unix_socket
+from allocator.counter import NEW_STORE_SCHEME, SCHEME_FEISTEL4
+from allocator.errors import AllocatorUnavailable, KeyMismatch
+from allocator.unix_socket import bind_unix_socket
 from config.settings import Config
 from tests.allocator.old_stores import make_a_store_from_before_schemes
 from tests.conftest import Allocators

@@ -9,8 +9,10 @@ import time
 import pytest
 
 from allocator.client import AllocatorClient
-from allocator.protocol import MAX_FRAME, IdempotencyFull, LeaseRefused, Remembered
+from allocator.errors import IdempotencyFull, LeaseRefused
+from allocator.protocol import MAX_FRAME
 from allocator.server import MAX_IDEMPOTENCY_INFLIGHT_PER_CONNECTION
+from allocator.store import Remembered
 from config.settings import Config
 from tests.conftest import Allocators
 
@@ -66,8 +68,8 @@ async def test_the_purge_makes_room_again(allocators: Allocators, client: Alloca
     while await allocator.store.recall("k-010") is not None:  # expired by the store's clock
         assert time.monotonic() < deadline
         await asyncio.sleep(0.02)
-    await server.purge_round()
-    assert server.idempotency_bytes == 0
+    await server.idempotency.purge_round()
+    assert allocator.stats.idempotency_bytes == 0
     assert await client.recall("new", FINGERPRINT) is None  # room again
     await client.remember("new", FINGERPRINT, ANSWER)
 

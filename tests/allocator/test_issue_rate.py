@@ -11,8 +11,9 @@ import types
 import pytest
 
 from allocator import server as server_module
+from allocator.actor import Allocator
 from allocator.protocol import Report, WorkerCounters
-from allocator.server import RATE_WINDOW, Allocator, AllocatorServer
+from allocator.server import RATE_WINDOW, AllocatorServer
 from config.settings import Config
 
 

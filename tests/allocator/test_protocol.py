@@ -5,15 +5,8 @@ import msgspec
 import pytest
 
 from allocator import protocol
-from allocator.protocol import (
-    MAX_FRAME,
-    Granted,
-    Hello,
-    Lease,
-    ProtocolError,
-    Refused,
-    Welcome,
-)
+from allocator.errors import ProtocolError
+from allocator.protocol import MAX_FRAME, Granted, Hello, Lease, Refused, Welcome
 
 REQUESTS = [Hello(id=1, pid=4242), Lease(id=2, count=1000)]
 RESPONSES = [

@@ -11,10 +11,13 @@ import msgspec
 import pytest
 
 from allocator import protocol
+from allocator.actor import Allocator
 from allocator.client import AllocatorClient
-from allocator.protocol import Granted, Hello, KeyMismatch, Lease, LeaseRefused, StoreError
-from allocator.server import Allocator, bind_unix_socket
-from allocator.store import SQLiteStore, open_store
+from allocator.errors import KeyMismatch, LeaseRefused, StoreError
+from allocator.protocol import Granted, Hello, Lease
+from allocator.store import open_store
+from allocator.store.sqlite import SQLiteStore
+from allocator.unix_socket import bind_unix_socket
 from config.settings import Config
 from tests.conftest import Allocators
 
@@ -191,7 +194,7 @@ BAD_INPUT = {
 
 async def assert_dropped_without_a_grant(allocator: Allocator, config: Config, data: bytes) -> None:
     """Send ``data`` as a client would; no grant comes back, and others are still served."""
-    before = allocator.leased_numbers_total
+    before = allocator.stats.leased_numbers_total
     answer = await raw_exchange(config.allocator_socket, data)
     # At most the Welcome of a valid Hello comes back, never a grant.
     reader = asyncio.StreamReader()
@@ -199,7 +202,7 @@ async def assert_dropped_without_a_grant(allocator: Allocator, config: Config, d
     reader.feed_eof()
     while (payload := await protocol.read_frame(reader)) is not None:
         assert not isinstance(protocol.decode_response(payload), Granted)
-    assert allocator.leased_numbers_total == before
+    assert allocator.stats.leased_numbers_total == before
     # ...and the allocator still serves everyone else.
     client = AllocatorClient(config.allocator_socket, timeout=5)
     start, stop = await client.lease(3)

@@ -15,9 +15,10 @@ import msgspec
 import pytest
 
 from allocator import protocol
+from allocator.actor import Allocator
 from allocator.client import AllocatorClient
 from allocator.protocol import Granted, Hello, Lease, StatusQuery
-from allocator.server import HELLO_TIMEOUT, MAX_INFLIGHT_PER_CONNECTION, Allocator
+from allocator.server import HELLO_TIMEOUT, MAX_INFLIGHT_PER_CONNECTION
 from config.settings import Config
 from tests.allocator.test_server import assert_dropped_without_a_grant
 
@@ -97,7 +98,7 @@ async def test_many_bad_clients_at_once_do_not_hold_up_a_worker(
         await client.close()
         return grants
 
-    leased_before = allocator.leased_numbers_total
+    leased_before = allocator.stats.leased_numbers_total
     attackers = [
         *(garbage() for _ in range(50)),
         *(oversized() for _ in range(50)),
@@ -116,7 +117,7 @@ async def test_many_bad_clients_at_once_do_not_hold_up_a_worker(
     assert all(a_stop <= b_start for (_, a_stop), (b_start, _) in itertools.pairwise(blocks))
     # Nothing was granted to anyone but the two workers.
     granted = sum(stop - start for start, stop in blocks)
-    assert allocator.leased_numbers_total - leased_before == granted == 2 * 100 * 10
+    assert allocator.stats.leased_numbers_total - leased_before == granted == 2 * 100 * 10
 
 
 async def test_a_silent_client_is_dropped_after_the_hello_timeout(

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from allocator.protocol import StoreError
-from allocator.store import SCHEMA_VERSION, SQLiteStore, open_store
+from allocator.errors import StoreError
+from allocator.store import open_store
+from allocator.store.schema import SCHEMA_VERSION
+from allocator.store.sqlite import SQLiteStore
 
 
 @pytest.fixture

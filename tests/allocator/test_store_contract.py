@@ -21,24 +21,14 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from allocator import store as store_module
-from allocator.protocol import (
-    COUNTER_LIMIT,
-    NEW_STORE_SCHEME,
-    SCHEME_FEISTEL4,
-    KeyMismatch,
-    Remembered,
-    StoreError,
-)
-from allocator.server import STORE_RETRY_DELAY, Allocator
-from allocator.store import (
-    SCHEMA_VERSION,
-    PostgresStore,
-    SQLiteStore,
-    Store,
-    StoreMissing,
-    open_store,
-)
+from allocator.actor import STORE_RETRY_DELAY, Allocator
+from allocator.counter import COUNTER_LIMIT, NEW_STORE_SCHEME, SCHEME_FEISTEL4
+from allocator.errors import KeyMismatch, StoreError, StoreMissing
+from allocator.store import Remembered, Store, open_store
+from allocator.store import postgres as store_module
+from allocator.store.postgres import PostgresStore
+from allocator.store.schema import SCHEMA_VERSION
+from allocator.store.sqlite import SQLiteStore
 from tests.allocator.old_stores import make_a_store_from_before_schemes
 from tests.system.conftest import REPO, PostgresServer, missing_server
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from allocator.protocol import StoreError
-from allocator.server import bind_unix_socket, read_key_file, run_commands
-from allocator.store import SQLiteStore
+from allocator.commands import read_key_file, run_commands
+from allocator.errors import StoreError
+from allocator.store.sqlite import SQLiteStore
+from allocator.unix_socket import bind_unix_socket
 from config.settings import Commands, Config
 
 KEY = bytes(range(32))

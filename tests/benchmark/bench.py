@@ -267,7 +267,7 @@ def number_costs() -> dict[str, float]:
     The counters are random, as the permuted serials the formatter sees are: one counter over
     and over would keep every table look-up in the caches.
     """
-    from allocator.protocol import NEW_STORE_SCHEME
+    from allocator.counter import NEW_STORE_SCHEME
     from service.numbers import NumberFormatter, Permutation, check_character
 
     key = bytes(range(32))

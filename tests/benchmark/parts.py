@@ -23,7 +23,8 @@ import msgspec
 import uvloop
 from yarl import URL
 
-from allocator.server import Allocator, AllocatorServer
+from allocator.actor import Allocator
+from allocator.server import AllocatorServer
 from allocator.store import open_store
 from config import settings
 from service import numbers, params, views

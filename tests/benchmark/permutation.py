@@ -23,7 +23,7 @@ import time
 import timeit
 from collections.abc import Callable
 
-from allocator.protocol import SCHEME_FEISTEL4, SCHEME_FEISTEL10
+from allocator.counter import SCHEME_FEISTEL4, SCHEME_FEISTEL10
 from service import numbers
 from service.numbers import ALPHABET, NumberFormatter, Permutation, Rounds, check_character
 

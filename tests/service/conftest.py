@@ -7,7 +7,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from allocator.server import Allocator
+from allocator.actor import Allocator
 from config.settings import Config
 from service.app import create_app
 from service.errors import AppRunner

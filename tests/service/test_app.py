@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 from aiohttp.test_utils import TestClient
 
-from allocator.server import Allocator
+from allocator.actor import Allocator
 from config.settings import Config
 from service import params, views
 from service.keys import ISSUER

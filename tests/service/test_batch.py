@@ -7,7 +7,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from stdnum.iso7064 import mod_37_36
 
-from allocator.server import Allocator
+from allocator.actor import Allocator
 from service.keys import ACCESS_LOG
 from tests.conftest import CANONICAL_QUERY, NUMBER_PATTERN
 

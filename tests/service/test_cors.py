@@ -4,7 +4,7 @@ from collections.abc import Callable
 
 from aiohttp.test_utils import TestClient
 
-from allocator.server import Allocator
+from allocator.actor import Allocator
 from config.settings import Config
 from tests.conftest import CANONICAL_QUERY
 from tests.service.conftest import ClientFactory

@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 import pytest
 from aiohttp.test_utils import TestClient
 
-from allocator.server import Allocator
+from allocator.actor import Allocator
 from config.settings import Config
 from service import admin, app
 from service.keys import METRICS

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from allocator.protocol import Remembered
+from allocator.store import Remembered
 from config.settings import Config
 from service.idempotency import FULL, FULL_RETRY_AFTER_SECONDS, KEY_RULE, MISMATCH
 from service.keys import ACCESS_LOG, ISSUER

@@ -3,9 +3,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from allocator.actor import Allocator
 from allocator.client import AllocatorClient
-from allocator.protocol import AllocatorUnavailable
-from allocator.server import Allocator
+from allocator.errors import AllocatorUnavailable
 from config.settings import Config
 from service.issuer import MAX_BLOCK, MIN_BLOCK, Issuer
 from tests.conftest import Allocators

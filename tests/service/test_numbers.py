@@ -8,7 +8,7 @@ from itertools import pairwise
 import pytest
 from stdnum.iso7064 import mod_37_36
 
-from allocator.protocol import NEW_STORE_SCHEME, SCHEME_FEISTEL4, SCHEME_FEISTEL10
+from allocator.counter import NEW_STORE_SCHEME, SCHEME_FEISTEL4, SCHEME_FEISTEL10
 from service.numbers import ALPHABET, SCHEMES, NumberFormatter, Permutation, check_character
 
 KEY = bytes(range(32))

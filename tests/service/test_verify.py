@@ -4,8 +4,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from stdnum.iso7064 import mod_37_36
 
-from allocator.protocol import COUNTER_LIMIT, SCHEME_FEISTEL4
-from allocator.server import Allocator
+from allocator.actor import Allocator
+from allocator.counter import COUNTER_LIMIT, SCHEME_FEISTEL4
 from config.settings import Config
 from service.numbers import NumberFormatter, Permutation
 from service.verify import problems, serial_of, suggestion

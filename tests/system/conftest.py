@@ -23,7 +23,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from allocator.protocol import NEW_STORE_SCHEME
+from allocator.counter import NEW_STORE_SCHEME
 from service.numbers import NumberFormatter, Permutation
 from tests.conftest import CANONICAL_QUERY
 

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from allocator.protocol import COUNTER_LIMIT
+from allocator.counter import COUNTER_LIMIT
 from tests.conftest import CANONICAL_QUERY
 from tests.system.conftest import REPO, Service
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from allocator.protocol import NEW_STORE_SCHEME
+from allocator.counter import NEW_STORE_SCHEME
 from service.numbers import NumberFormatter
 from tests.system.conftest import REPO, Service, load, sqlite_state
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from allocator.protocol import NEW_STORE_SCHEME
+from allocator.counter import NEW_STORE_SCHEME
 from service.numbers import NumberFormatter, Permutation
 from tests.system.conftest import Outcome, PostgresServer, Service, free_port, load
 from tests.system.test_run import assert_valid

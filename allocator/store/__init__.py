@@ -1,0 +1,139 @@
+"""Where the counter's reservation mark and the permutation key are kept durably.
+
+A store hands out *reservations*: half-open ranges of counter values that are durably marked
+as taken before they are returned, so no range is ever handed out twice, even across crashes
+and (with a shared database) across hosts.
+
+Two stores sit behind one interface, ``Store``, in modules of the same shape: SQLite
+(``sqlite.py``: one host, the default) and PostgreSQL (``postgres.py``: several hosts sharing
+one counter). ``schema.py`` holds both stores' tables.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Protocol
+
+from allocator.errors import KeyMismatch, StoreError, StoreMissing
+
+SQLITE_URL = "sqlite:///"
+POSTGRES_URLS = ("postgresql://", "postgres://")
+# Every prefix a ``store`` setting may start with: the configuration checks against this list.
+SCHEMES = (SQLITE_URL, *POSTGRES_URLS)
+
+
+class Remembered(NamedTuple):
+    """An answer kept under an idempotency key, and the fingerprint of its request.
+
+    ``unaudited``: its first delivery was abandoned, so no access line carries its numbers and
+    no counter counted them; the one recall told so must do both.
+    """
+
+    fingerprint: bytes
+    response: bytes
+    unaudited: bool = False
+
+
+class Store(Protocol):
+    kind: str
+    # Values per reservation when the operator sets none and the rate asks for less.
+    default_step: int
+    # Whether open() and load_key() may create a new store. A store created by mistake (a wrong
+    # path, a lost volume) restarts the counter at 0; under an operator's key_file, that would
+    # issue every earlier number again.
+    create: bool
+    # True once load_key() has created the store's key (a new store).
+    created: bool
+    # Where it is, as it may be logged: a path, or the URL without its secrets.
+    location: str
+
+    async def open(self) -> None:
+        """Connect, and create the schema if it is missing (StoreMissing if ``create`` is off)."""
+
+    async def load_key(self, supplied: bytes | None = None) -> bytes:
+        """The permutation key, created at first use (``supplied``, else random bytes).
+
+        Raises KeyMismatch if ``supplied`` differs from the key already stored, and StoreMissing
+        if there is none and ``create`` is off.
+        """
+
+    async def load_scheme(self) -> int:
+        """The permutation scheme the stored key is used with: fixed when the key is made."""
+
+    async def durable_mark(self) -> int:
+        """The stored reservation mark: every value below it may have been handed out."""
+
+    async def reserve(self, count: int) -> tuple[int, int]:
+        """Durably take ``count`` values and return them as ``(start, stop)``."""
+
+    async def release(self, start: int, stop: int) -> bool:
+        """Give back the unused tail ``[start, stop)`` if nobody reserved past it since."""
+
+    async def raise_mark(self, value: int) -> int:
+        """Raise the mark to ``value`` if it is lower (never lower it); the mark after."""
+
+    # Idempotency keys. Expiry follows the store's own clock (see docs/reliability.md): the
+    # database's for PostgreSQL, so hosts with skewed clocks agree; for SQLite, the wall clock
+    # read when the store was opened, advanced by the monotonic clock.
+
+    async def recall(self, key: str, fingerprint: bytes = b"") -> Remembered | None:
+        """The live answer remembered under an idempotency key, if there is one.
+
+        ``unaudited`` is True for the one caller with the same ``fingerprint`` that takes over
+        an answer whose first delivery was abandoned: it must count and audit it.
+        """
+
+    async def remember(
+        self, key: str, fingerprint: bytes, response: bytes, ttl: float
+    ) -> Remembered:
+        """Durably keep ``response`` under ``key`` for ``ttl`` seconds, unless a live answer is
+        there already: the answer that stands, ours or the one that was first."""
+
+    async def abandon(self, key: str, response: bytes) -> None:
+        """``response``, if it stands under ``key``, never reached its client: the next
+        recall with its fingerprint is told so."""
+
+    async def forget_expired(self, limit: int) -> int:
+        """Drop at most ``limit`` expired answers (and abandonment marks); how many."""
+
+    async def idempotency_bytes(self) -> int:
+        """The bytes of keys, fingerprints and answers kept, expired or not."""
+
+    async def close(self) -> None: ...
+
+
+def where(store: Store) -> dict[str, str]:
+    """The log fields that say which store a line is about."""
+    return {"tracking.store": store.kind, "tracking.store_location": store.location}
+
+
+def checked_key(key: bytes | None, supplied: bytes | None, where: str) -> bytes:
+    """The key a store read, checked against the operator's (``Store.load_key``)."""
+    if key is None:
+        raise StoreMissing.at(where)
+    if supplied is not None and key != supplied:
+        raise KeyMismatch("the configured key differs from the key stored with the counter")
+    return bytes(key)
+
+
+def reserved_range(stop: int | None, count: int) -> tuple[int, int]:
+    """The ``count`` values below the mark a reservation raised to ``stop`` (``Store.reserve``);
+    None: the raise would have passed the end of the counter space."""
+    if stop is None:
+        raise StoreError("the counter space is exhausted")
+    return stop - count, stop
+
+
+def open_store(url: str, *, create: bool = True) -> Store:
+    """The store for a ``store`` setting (not yet opened); ``create``: see ``Store.create``."""
+    # The backends are imported here rather than above: they import config.settings, which
+    # imports SCHEMES from this module. (allocator.server imports both at its start.)
+    if url.startswith(SQLITE_URL):
+        from allocator.store.sqlite import SQLiteStore
+
+        return SQLiteStore(url.removeprefix(SQLITE_URL), create)
+    if url.startswith(POSTGRES_URLS):
+        from allocator.store.postgres import PostgresStore
+
+        return PostgresStore(url, create)
+    # Not the URL itself: it may hold a password.
+    raise StoreError(f"unsupported store: its URL must start with one of {', '.join(SCHEMES)}")

@@ -1,0 +1,48 @@
+"""The allocator's Unix socket: bound privately, and probed for a live allocator."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+
+from config.settings import private_directory
+
+
+def accepts_connections(path: str) -> bool:
+    """Whether anyone listens on the Unix socket ``path``: a running allocator."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def bind_unix_socket(path: str) -> socket.socket:
+    """Bind ``path`` with mode 0600 in a directory only we can enter.
+
+    A leftover file is removed only if it is a socket nobody listens on: a live allocator
+    keeps its socket, and we never unlink something that is not a socket.
+    """
+    private_directory(os.path.dirname(path))
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(mode):
+            raise OSError(f"{path} exists and is not a socket")
+        if accepts_connections(path):
+            raise OSError(f"another allocator is listening on {path}")
+        os.unlink(path)  # stale: its allocator is gone
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)  # created 0600: never readable by others, not even briefly
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    return sock
