@@ -25,7 +25,7 @@ from aiohttp import web
 from allocator.protocol import AllocatorError, IdempotencyFull
 from service import errors
 from service.answers import JsonAnswer
-from service.issuing import audit_of, body_for, numbers_for
+from service.issued import audit_of, body_for, numbers_for
 from service.keys import CLIENT, ISSUER, METRICS
 from service.observe import ISSUE_ROUTE, Audit, record
 from service.params import TrackingRequest

@@ -69,6 +69,22 @@ def check_character(text: str) -> str:
     return _final(_state_after(text))
 
 
+class Parts(NamedTuple):
+    """What a well-shaped number holds, as ``parse`` reads it."""
+
+    origin: str
+    destination: str
+    serial: int  # the permuted counter
+    check: str  # the check character, as written
+    expected_check: str  # the check character of the 15 characters before it
+
+
+def parse(number: str) -> Parts:
+    """The parts of ``number``: 16 characters of ``ALPHABET`` (checked by the caller)."""
+    body, check = number[:-1], number[-1]
+    return Parts(body[:2], body[2:4], int(body[4:], 36), check, check_character(body))
+
+
 def _pair_tables() -> tuple[list[str], bytes, bytes]:
     """Two-character base-36 digits, and the check state after one or two more characters.
 

@@ -16,7 +16,7 @@ from aiohttp import web
 from allocator.protocol import AllocatorError
 from service import errors, idempotency
 from service.answers import JsonAnswer
-from service.issuing import audit_of, body_for, numbers_for
+from service.issued import audit_of, body_for, numbers_for
 from service.keys import CORRELATION_IDS, ISSUER, METRICS
 from service.observe import ISSUE_ROUTE, UNMATCHED_ROUTE, observed, record, route_of
 from service.params import validate

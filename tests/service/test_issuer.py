@@ -7,7 +7,7 @@ from allocator.client import AllocatorClient
 from allocator.protocol import AllocatorUnavailable
 from allocator.server import Allocator
 from config.settings import Config
-from service.issuer import MAX_BLOCK, MIN_BLOCK, Issuer
+from service.blocks import MAX_BLOCK, MIN_BLOCK, Issuer
 from tests.conftest import Allocators
 
 

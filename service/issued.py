@@ -9,7 +9,7 @@ import datetime
 
 import msgspec
 
-from service.issuer import Issuer
+from service.blocks import Issuer
 from service.observe import Audit
 from service.params import TrackingRequest
 
