@@ -79,6 +79,11 @@ class TrackingRequest(msgspec.Struct, frozen=True):
     # single number's.
     count: Count | None = None
 
+    @property
+    def how_many(self) -> int:
+        """How many numbers the request asks for."""
+        return 1 if self.count is None else int(self.count)
+
 
 FIELDS = tuple(field.name for field in msgspec.structs.fields(TrackingRequest))
 REQUIRED = tuple(field.name for field in msgspec.structs.fields(TrackingRequest) if field.required)
