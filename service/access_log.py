@@ -1,11 +1,10 @@
 """The access log: one ecs-logging JSON line per request, on stdout.
 
 Application logs go through python-json-logger (config/logs.py); the access log does not,
-because it is on the hot path: a LogRecord and python-json-logger's formatter cost about 20 to
-35 µs a line on our machines, a large share of a request. Here a line is one msgspec
-encode of a Struct whose field names are the same ECS names, in the order ecs-logging asks
-(the order of the Struct's fields), into a buffer that is written out once per turn of the
-event loop, in whole lines. See docs/performance.md.
+because it is on the hot path, where a LogRecord and that formatter cost a large share of a
+request (docs/performance.md). Here a line is a msgspec encode of Structs whose field names
+are the same ECS names, in the order ecs-logging asks (the order of the Structs' fields), into
+a buffer that is written out once per turn of the event loop, in whole lines.
 """
 
 from __future__ import annotations
@@ -22,11 +21,12 @@ from config.logs import ACCESS_DATASET, ECS_VERSION, SERVICE_NAME, ecs_timestamp
 FLUSH_SIZE = 64 * 1024  # bytes that trigger a flush at once
 # Writes to a pipe up to PIPE_BUF bytes are atomic: lines of several workers never interleave.
 CHUNK = select.PIPE_BUF
+_COMMA = ord(",")
 
 
 class AccessLine(
     msgspec.Struct,
-    omit_defaults=True,
+    kw_only=True,
     rename={
         "timestamp": "@timestamp",
         "level": "log.level",
@@ -40,6 +40,33 @@ class AccessLine(
         "path": "url.path",
         "status": "http.response.status_code",
         "duration_ns": "event.duration",
+    },
+):
+    """What every access line carries. Keyword-only, so the constants can be defaults between
+    the fields that change (the defaults are encoded too)."""
+
+    # ecs-logging: @timestamp, log.level and message first, in this order; then ecs.version.
+    timestamp: str
+    level: str = "info"
+    message: str
+    ecs: str = ECS_VERSION
+    dataset: str = ACCESS_DATASET
+    logger: str = "access"
+    service: str = SERVICE_NAME
+    pid: int
+    request_id: str
+    method: str
+    path: str
+    status: int
+    duration_ns: int
+
+
+class Audit(
+    msgspec.Struct,
+    frozen=True,
+    gc=False,  # only strings: no cycle for the collector to find
+    omit_defaults=True,
+    rename={
         # ECS has no fields for these: ours, under tracking.* (docs/operations.md).
         "number": "tracking.number",
         "origin": "tracking.origin",
@@ -51,31 +78,17 @@ class AccessLine(
         "numbers": "tracking.numbers",
     },
 ):
-    # ecs-logging: @timestamp, log.level and message first, in this order; then ecs.version.
-    timestamp: str
-    level: str
-    message: str
-    ecs: str
-    dataset: str
-    logger: str
-    service: str
-    pid: int
-    request_id: str
-    method: str
-    path: str
-    status: int
-    duration_ns: int
-    # Only on lines of requests that issued a number: the audit trail, every request field but
-    # the customer's name, which is never logged.
-    number: str | None = None
-    origin: str | None = None
-    destination: str | None = None
-    weight: str | None = None
-    created_at: str | None = None  # the request's, as the client sent it
-    customer_id: str | None = None
-    customer_slug: str | None = None
-    # Every number of a request with a count (``number`` is the first).
-    numbers: list[str] | None = None
+    """The audit trail of issued numbers, at the end of their access line: who got which
+    numbers. Every request field but the customer's name, which is never logged."""
+
+    number: str  # the first, or only, number
+    origin: str
+    destination: str
+    weight: str
+    created_at: str  # the request's, as the client sent it
+    customer_id: str
+    customer_slug: str
+    numbers: list[str] | None = None  # every number of a request with a count
 
 
 class _Clock:
@@ -108,48 +121,37 @@ class AccessLog:
 
     def write(
         self,
+        *,
         request_id: str,
         method: str,
         path: str,
         status: int,
         duration_ns: int,
-        number: str | None = None,
-        origin: str | None = None,
-        destination: str | None = None,
-        weight: str | None = None,
-        created_at: str | None = None,
-        customer_id: str | None = None,
-        customer_slug: str | None = None,
-        numbers: list[str] | None = None,
+        audit: Audit | None = None,
     ) -> None:
         if not self.enabled:
             return
         line = AccessLine(
-            self._clock.now(),
-            "info",
-            f"{method} {path} {status}",
-            ECS_VERSION,
-            ACCESS_DATASET,
-            "access",
-            SERVICE_NAME,
-            self._pid,
-            request_id,
-            method,
-            path,
-            status,
-            duration_ns,
-            number,
-            origin,
-            destination,
-            weight,
-            created_at,
-            customer_id,
-            customer_slug,
-            numbers,
+            timestamp=self._clock.now(),
+            message=f"{method} {path} {status}",
+            pid=self._pid,
+            request_id=request_id,
+            method=method,
+            path=path,
+            status=status,
+            duration_ns=duration_ns,
         )
-        self._encoder.encode_into(line, self._buffer, -1)
-        self._buffer.extend(b"\n")
-        if len(self._buffer) >= FLUSH_SIZE:
+        buffer, encode_into = self._buffer, self._encoder.encode_into
+        encode_into(line, buffer, -1)
+        if audit is not None:
+            # The audit continues the line's object: it is encoded over the line's closing
+            # brace, and its own opening brace becomes a comma. One flat object, as before the
+            # audit had a Struct of its own, without copying its fields into the line.
+            end = len(buffer) - 1
+            encode_into(audit, buffer, end)
+            buffer[end] = _COMMA
+        buffer.extend(b"\n")
+        if len(buffer) >= FLUSH_SIZE:
             self.flush()
         elif self._flush_handle is None:
             # At the end of this turn of the loop: the lines of every request answered in it

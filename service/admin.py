@@ -32,20 +32,27 @@ def _is_loopback(remote: str | None) -> bool:
     return address.is_loopback
 
 
-def refusal(request: web.Request, correlation_id: str) -> web.StreamResponse | None:
-    """None if this client may use the operator endpoints, else the JSON 401 or 403."""
+def is_operator(request: web.Request) -> bool:
+    """Whether this client may use the operator endpoints: loopback, or the admin token."""
     if _is_loopback(request.remote):
-        return None
+        return True
     token = request.app[CONFIG].admin_token
     if not token:
-        return errors.forbidden(correlation_id)
+        return False
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
     # The bytes the client sent: a byte that is not UTF-8 arrives as a lone surrogate, which
     # a plain encode() refuses (a 500). Such a token is wrong, not an error.
     sent = presented.strip().encode("utf-8", "surrogateescape")
-    if scheme.lower() == "bearer" and hmac.compare_digest(sent, token.encode()):
+    return scheme.lower() == "bearer" and hmac.compare_digest(sent, token.encode())
+
+
+def refusal(request: web.Request, correlation_id: str) -> web.StreamResponse | None:
+    """None if this client may use the operator endpoints, else the JSON 401 or 403."""
+    if is_operator(request):
         return None
-    return errors.unauthorized(correlation_id)
+    if request.app[CONFIG].admin_token:
+        return errors.unauthorized(correlation_id)
+    return errors.forbidden(correlation_id)
 
 
 async def _status(request: web.Request) -> Status:

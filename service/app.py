@@ -15,9 +15,9 @@ from allocator.client import AllocatorClient
 from config.settings import Config
 from service import admin, verify, views
 from service.access_log import AccessLog
+from service.blocks import Issuer
 from service.correlation import HEADERS as CORRELATION_HEADERS
 from service.correlation import CorrelationIds
-from service.issuer import Issuer
 from service.keys import ACCESS_LOG, CLIENT, CONFIG, CORRELATION_IDS, ISSUER, METRICS
 from service.metrics import REPORT_INTERVAL, WorkerMetrics
 from service.observe import ISSUE_ROUTE
@@ -39,7 +39,9 @@ def create_app(config: Config) -> web.Application:
     app[CORRELATION_IDS] = CorrelationIds()
     app[ACCESS_LOG] = AccessLog(enabled=config.access_log)
     app[METRICS] = WorkerMetrics()
-    app.cleanup_ctx.append(_allocator)
+    # Started in this order, stopped in the reverse: the last report goes out before the
+    # client closes, and the access log is flushed after everything else.
+    app.cleanup_ctx.extend((_flushed_access_log, _blocks, _metrics_reports))
     for path, handler in ROUTES:
         # HEAD runs a GET handler: HEAD of the issuing route would consume numbers that nobody
         # receives, so it is a 405 (docs/reliability.md).
@@ -106,22 +108,32 @@ def _ascii_cors_headers(request: web.Request) -> bool:
     return all(headers.get(name, "").isascii() for name in _CORS_REQUEST_HEADERS)
 
 
-async def _allocator(app: web.Application) -> AsyncIterator[None]:
-    """The allocator client, the worker's blocks, and the metrics reports, for the app's life."""
+async def _flushed_access_log(app: web.Application) -> AsyncIterator[None]:
+    """The access lines still buffered go out when the app stops."""
+    yield
+    app[ACCESS_LOG].flush()
+
+
+async def _blocks(app: web.Application) -> AsyncIterator[None]:
+    """The allocator client and the worker's blocks, the first of them asked for at once."""
     config = app[CONFIG]
     client = AllocatorClient(config.allocator_socket, config.lease_timeout)
     issuer = Issuer(client, config.lease_timeout)
     app[CLIENT] = client
     app[ISSUER] = issuer
     issuer.prefetch()
+    yield
+    await issuer.close()  # and the client with it
+
+
+async def _metrics_reports(app: web.Application) -> AsyncIterator[None]:
+    """The worker's counts, sent to the allocator every second and once more at the end."""
     reporting = asyncio.create_task(_report(app))
     yield
     reporting.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await reporting
-    app[METRICS].report_to(client)
-    await issuer.close()
-    app[ACCESS_LOG].flush()
+    app[METRICS].report_to(app[CLIENT])
 
 
 async def _report(app: web.Application) -> None:

@@ -25,9 +25,8 @@ from aiohttp import web
 from allocator.errors import AllocatorError, IdempotencyFull
 from service import errors
 from service.answers import JsonAnswer
-from service.issuing import audit_of, body_for, numbers_for
-from service.keys import CLIENT, ISSUER, METRICS
-from service.observe import ISSUE_ROUTE, Audit, record
+from service.issued import body_for
+from service.keys import CLIENT, ISSUER
 from service.params import TrackingRequest
 
 HEADER = "Idempotency-Key"
@@ -56,18 +55,14 @@ def fingerprint(query: TrackingRequest) -> bytes:
 
 
 async def answer(
-    request: web.Request, query: TrackingRequest, correlation_id: str, started: int
-) -> web.StreamResponse:
-    """The answer to a valid request that carries an Idempotency-Key."""
+    request: web.Request, query: TrackingRequest, correlation_id: str
+) -> tuple[JsonAnswer, list[str] | None]:
+    """The answer to a valid request that carries an Idempotency-Key, and the numbers it
+    delivers for the first time (to be counted and audited), if any."""
     app = request.app
-
-    def done(status: int, response: JsonAnswer, audit: Audit | None = None) -> JsonAnswer:
-        record(app, request, ISSUE_ROUTE, status, started, correlation_id, ISSUE_ROUTE, audit)
-        return response
-
     key = key_of(request.headers[HEADER])
     if key is None:
-        return done(400, errors.invalid_parameters({HEADER: [KEY_RULE]}, correlation_id))
+        return errors.invalid_parameters({HEADER: [KEY_RULE]}, correlation_id), None
     digest = fingerprint(query)
     client = app[CLIENT]
     ours = False  # the answer that stands is the one this request built
@@ -75,7 +70,9 @@ async def answer(
     try:
         kept = await client.recall(key, digest)
         if kept is None:
-            numbers = await numbers_for(app[ISSUER], query)
+            numbers = await app[ISSUER].issue_many(
+                query.origin_country_id, query.destination_country_id, query.how_many
+            )
             body = body_for(query, numbers, correlation_id)
             try:
                 kept = await client.remember(key, digest, body)
@@ -90,25 +87,14 @@ async def answer(
         elif kept.unaudited:  # its first delivery was abandoned: this is the delivery
             delivered = numbers_in(kept.response)
     except IdempotencyFull:
-        return done(
-            503,
-            errors.json_error(
-                503,
-                FULL,
-                correlation_id,
-                headers={"Retry-After": str(FULL_RETRY_AFTER_SECONDS)},
-            ),
-        )
+        headers = {"Retry-After": str(FULL_RETRY_AFTER_SECONDS)}
+        return errors.json_error(503, FULL, correlation_id, headers=headers), None
     except AllocatorError:
-        return done(503, errors.unavailable(correlation_id))
+        return errors.unavailable(correlation_id), None
     if kept.fingerprint != digest:
-        return done(422, errors.json_error(422, MISMATCH, correlation_id))
-    audit = None
-    if delivered is not None:
-        app[METRICS].issued(len(delivered))
-        audit = audit_of(query, delivered)
+        return errors.json_error(422, MISMATCH, correlation_id), None
     headers = None if ours else {REPLAYED: "true"}
-    return done(200, JsonAnswer(kept.response, correlation_id, headers=headers), audit)
+    return JsonAnswer(kept.response, correlation_id, headers=headers), delivered
 
 
 def numbers_in(response: bytes) -> list[str]:

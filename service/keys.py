@@ -5,8 +5,8 @@ from aiohttp import web
 from allocator.client import AllocatorClient
 from config.settings import Config
 from service.access_log import AccessLog
+from service.blocks import Issuer
 from service.correlation import CorrelationIds
-from service.issuer import Issuer
 from service.metrics import WorkerMetrics
 
 CONFIG = web.AppKey("config", Config)

@@ -69,13 +69,29 @@ def check_character(text: str) -> str:
     return _final(_state_after(text))
 
 
+class Parts(NamedTuple):
+    """What a well-shaped number holds, as ``parse`` reads it."""
+
+    origin: str
+    destination: str
+    serial: int  # the permuted counter
+    check: str  # the check character, as written
+    expected_check: str  # the check character of the 15 characters before it
+
+
+def parse(number: str) -> Parts:
+    """The parts of ``number``: 16 characters of ``ALPHABET`` (checked by the caller)."""
+    body, check = number[:-1], number[-1]
+    return Parts(body[:2], body[2:4], int(body[4:], 36), check, check_character(body))
+
+
 def _pair_tables() -> tuple[list[str], bytes, bytes]:
     """Two-character base-36 digits, and the check state after one or two more characters.
 
     Formatting then costs six table look-ups instead of eleven divisions and fifteen check
-    steps. The tables take 48 KB: the permuted serials are random, so each look-up lands
-    anywhere in them, and under load larger tables (three characters: 4.9 MB with their
-    strings) miss the caches; see docs/performance.md.
+    steps. The permuted serials are random, so each look-up lands anywhere in the tables: they
+    must stay small enough for the caches, which three-character ones are not under load
+    (docs/performance.md has the sizes and costs).
     """
     digits = [ALPHABET[i // 36] + ALPHABET[i % 36] for i in range(_PAIR)]
     # rows[state][value] is the state after one more character; after_two is rows joined.

@@ -1,7 +1,8 @@
 """Counting and logging each request: the access line and the metrics, in one place.
 
-Handlers call ``record`` (the hot path, directly) or are wrapped by ``observed``; aiohttp's
-own error answers are recorded by ``service.errors.JsonErrorRequestHandler``.
+The issuing route's handler ends with ``finish``; the other handlers are wrapped by
+``observed``; aiohttp's own error answers are recorded by
+``service.errors.JsonErrorRequestHandler``. All of them go through ``record``.
 """
 
 from __future__ import annotations
@@ -9,22 +10,23 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from aiohttp import web
 
+from service.access_log import Audit
 from service.keys import ACCESS_LOG, CORRELATION_IDS, METRICS
+from service.params import Errors, TrackingRequest
 
 ISSUE_ROUTE = "/next-tracking-number"
 UNMATCHED_ROUTE = "unmatched"  # the metrics label of requests that matched no route
-# The audit trail of issued numbers, in AccessLog.write's order: (first) number, origin,
-# destination, weight, the request's created_at, customer id, customer slug, and every number
-# of a request with a count. A plain tuple: a NamedTuple costs about 1 µs more per request.
-Audit = tuple[str, str, str, str, str, str, str, list[str] | None]
+Answer = TypeVar("Answer", bound=web.StreamResponse)
 
 
 def record(
     app: web.Application,
     request: web.BaseRequest,
+    *,
     route: str,
     status: int,
     started_ns: int,
@@ -34,15 +36,61 @@ def record(
 ) -> None:
     """Count a finished request and write its access line.
 
-    ``audit`` is what the line of issued numbers carries: every request field but the
-    customer's name (see ``Audit``).
+    ``route`` is its metrics label, ``path`` its ``url.path`` (the request's by default), and
+    ``audit`` the line's record of the numbers it delivered.
     """
     elapsed = time.perf_counter_ns() - started_ns
     method = request.method
     app[METRICS].observe(route, method, status, elapsed / 1e9)
     app[ACCESS_LOG].write(
-        correlation_id, method, path or request.path, status, elapsed, *audit or ()
+        request_id=correlation_id,
+        method=method,
+        path=path or request.path,
+        status=status,
+        duration_ns=elapsed,
+        audit=audit,
     )
+
+
+def finish(
+    request: web.Request,
+    response: Answer,
+    started_ns: int,
+    correlation_id: str,
+    query: TrackingRequest | Errors,
+    numbers: list[str] | None,
+) -> Answer:
+    """Record an answer of the issuing route, and return it.
+
+    ``numbers`` are those the answer delivers for the first time (None if it delivers none): they
+    are counted as issued, and the access line audits them with the valid ``query`` they answer.
+    """
+    app = request.app
+    audit = None
+    if numbers is not None:
+        assert isinstance(query, TrackingRequest), "numbers answer a valid query only"
+        app[METRICS].issued(len(numbers))
+        audit = Audit(
+            number=numbers[0],
+            origin=query.origin_country_id,
+            destination=query.destination_country_id,
+            weight=query.weight,
+            created_at=query.created_at,
+            customer_id=query.customer_id,
+            customer_slug=query.customer_slug,
+            numbers=None if query.count is None else numbers,
+        )
+    record(
+        app,
+        request,
+        route=ISSUE_ROUTE,
+        status=response.status,
+        started_ns=started_ns,
+        correlation_id=correlation_id,
+        path=ISSUE_ROUTE,  # the route's own: cheaper than the request's, and the same
+        audit=audit,
+    )
+    return response
 
 
 Handler = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
@@ -62,8 +110,14 @@ def observed(route: str | None = None) -> Callable[[Handler], AiohttpHandler]:
             app = request.app
             correlation_id = app[CORRELATION_IDS].of(request.headers)
             response = await handler(request, correlation_id)
-            name = route or route_of(request)
-            record(app, request, name, response.status, started, correlation_id)
+            record(
+                app,
+                request,
+                route=route or route_of(request),
+                status=response.status,
+                started_ns=started,
+                correlation_id=correlation_id,
+            )
             return response
 
         return observed_handler

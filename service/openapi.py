@@ -15,12 +15,12 @@ from aiohttp import web
 from allocator.protocol import AllocatorStatus
 from service import idempotency
 from service.answers import JSON, JsonAnswer
+from service.countries import COUNTRY_CODES
 from service.errors import ErrorBody
-from service.issuing import IssuedNumber, IssuedNumbers
+from service.issued import IssuedNumber, IssuedNumbers
 from service.observe import observed
 from service.params import (
     BLANKS,
-    COUNTRY_CODES,
     EXAMPLE,
     FIELDS,
     JOINERS,
@@ -58,9 +58,9 @@ def _class(ranges: list[tuple[int, int]]) -> str:
 
 def _name_pattern() -> str:
     """The customer name rule (service/params.py) as a pattern, for this document only: the
-    service checks names that are not ASCII with ``unicodedata``, as a pattern this long costs
-    about 9 µs a name. Characters that show nothing (spaces, marks, the joiners, blanks), then
-    one that shows, then any allowed. Built at import, before a worker serves (about 0.2 s)."""
+    service checks names that are not ASCII with ``unicodedata``, as a pattern this long is
+    slower (docs/performance.md). Characters that show nothing (spaces, marks, the joiners,
+    blanks), then one that shows, then any allowed. Built at import, before a worker serves."""
     # One letter per code point: its category's (C is refused), with the joiners and blanks
     # moved to Z (allowed, shows nothing). Runs of letters are then ranges, found by re.
     kinds = list("".join(c[0] for c in map(unicodedata.category, map(chr, range(0x110000)))))

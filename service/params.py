@@ -3,9 +3,9 @@
 The rules live in the annotated fields of ``TrackingRequest``, and for a customer name that is
 not ASCII, in ``_readable``: which characters are unassigned, format or private-use is
 Unicode's table (``unicodedata``), which a pattern could only spell out as hundreds of ranges,
-checked one by one (9 µs a name). A valid query is checked by one ``msgspec.convert`` call.
-When that fails, each field is checked again on its own (beside known-good values for the
-others) so that every bad field is reported, not just the first.
+checked one by one (docs/performance.md has the cost). A valid query is checked by one
+``msgspec.convert`` call. When that fails, each field is checked again on its own (beside
+known-good values for the others) so that every bad field is reported, not just the first.
 
 Equal values are made equal strings, so that the idempotency fingerprint of two equal requests
 is the same: country codes upper case, UUIDs lower case, names trimmed, weights without
@@ -24,33 +24,12 @@ import msgspec
 from multidict import MultiMapping
 from yarl import URL
 
-# ISO 3166-1 alpha-2: the 249 officially assigned codes. User-assigned codes (AA, QM to QZ,
-# XA to XZ, ZZ) and reserved ones are not countries and are rejected. All lower case ("my") is
-# accepted and upper-cased; mixed case is not.
-# fmt: off
-COUNTRY_CODES = [
-    "AD", "AE", "AF", "AG", "AI", "AL", "AM", "AO", "AQ", "AR", "AS", "AT", "AU", "AW", "AX", "AZ",
-    "BA", "BB", "BD", "BE", "BF", "BG", "BH", "BI", "BJ", "BL", "BM", "BN", "BO", "BQ", "BR", "BS",
-    "BT", "BV", "BW", "BY", "BZ", "CA", "CC", "CD", "CF", "CG", "CH", "CI", "CK", "CL", "CM", "CN",
-    "CO", "CR", "CU", "CV", "CW", "CX", "CY", "CZ", "DE", "DJ", "DK", "DM", "DO", "DZ", "EC", "EE",
-    "EG", "EH", "ER", "ES", "ET", "FI", "FJ", "FK", "FM", "FO", "FR", "GA", "GB", "GD", "GE", "GF",
-    "GG", "GH", "GI", "GL", "GM", "GN", "GP", "GQ", "GR", "GS", "GT", "GU", "GW", "GY", "HK", "HM",
-    "HN", "HR", "HT", "HU", "ID", "IE", "IL", "IM", "IN", "IO", "IQ", "IR", "IS", "IT", "JE", "JM",
-    "JO", "JP", "KE", "KG", "KH", "KI", "KM", "KN", "KP", "KR", "KW", "KY", "KZ", "LA", "LB", "LC",
-    "LI", "LK", "LR", "LS", "LT", "LU", "LV", "LY", "MA", "MC", "MD", "ME", "MF", "MG", "MH", "MK",
-    "ML", "MM", "MN", "MO", "MP", "MQ", "MR", "MS", "MT", "MU", "MV", "MW", "MX", "MY", "MZ", "NA",
-    "NC", "NE", "NF", "NG", "NI", "NL", "NO", "NP", "NR", "NU", "NZ", "OM", "PA", "PE", "PF", "PG",
-    "PH", "PK", "PL", "PM", "PN", "PR", "PS", "PT", "PW", "PY", "QA", "RE", "RO", "RS", "RU", "RW",
-    "SA", "SB", "SC", "SD", "SE", "SG", "SH", "SI", "SJ", "SK", "SL", "SM", "SN", "SO", "SR", "SS",
-    "ST", "SV", "SX", "SY", "SZ", "TC", "TD", "TF", "TG", "TH", "TJ", "TK", "TL", "TM", "TN", "TO",
-    "TR", "TT", "TV", "TW", "TZ", "UA", "UG", "UM", "US", "UY", "UZ", "VA", "VC", "VE", "VG", "VI",
-    "VN", "VU", "WF", "WS", "YE", "YT", "ZA", "ZM", "ZW",
-]
-# fmt: on
+from service.countries import COUNTRY_CODES
 
 # msgspec patterns are searched, not matched: every one is anchored with ^ and \Z (not $, which
 # would also match before a trailing newline). Character classes are spelled out because \d
 # matches every Unicode digit.
+# All lower case ("my") is accepted and upper-cased (``_normalise``); mixed case is not.
 Country = Literal[tuple(COUNTRY_CODES)]  # type: ignore[valid-type]
 Weight = Annotated[
     str,
@@ -99,6 +78,11 @@ class TrackingRequest(msgspec.Struct, frozen=True):
     # Optional: how many numbers to issue at once. Absent, one, and the answer's shape is the
     # single number's.
     count: Count | None = None
+
+    @property
+    def how_many(self) -> int:
+        """How many numbers the request asks for."""
+        return 1 if self.count is None else int(self.count)
 
 
 FIELDS = tuple(field.name for field in msgspec.structs.fields(TrackingRequest))

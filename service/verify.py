@@ -16,15 +16,14 @@ from aiohttp import web
 from allocator.counter import COUNTER_LIMIT
 from allocator.errors import AllocatorError
 from service import errors
-from service.admin import refusal
+from service.admin import is_operator
 from service.answers import JsonAnswer
+from service.countries import COUNTRIES
 from service.keys import CLIENT
-from service.numbers import ALPHABET, NUMBER_LENGTH, Permutation, check_character
+from service.numbers import ALPHABET, NUMBER_LENGTH, Permutation, parse
 from service.observe import observed
-from service.params import COUNTRY_CODES
 
 MALFORMED = "Malformed tracking number"
-_COUNTRIES = frozenset(COUNTRY_CODES)
 _CHARACTERS = frozenset(ALPHABET)
 # Characters people and scanners mistake for one another. A typo fix is suggested only when
 # exactly one of these swaps makes the number valid: any character swapped for any other would
@@ -62,20 +61,17 @@ def malformed(number: str) -> list[str]:
 
 def problems(number: str) -> list[str]:
     """Why a well-shaped ``number`` cannot be one we issue; empty when it is valid."""
+    parts = parse(number)
     found = []
-    if number[:2] not in _COUNTRIES:
+    if parts.origin not in COUNTRIES:
         found.append("characters 1 and 2 are not an assigned ISO 3166-1 alpha-2 country code")
-    if number[2:4] not in _COUNTRIES:
+    if parts.destination not in COUNTRIES:
         found.append("characters 3 and 4 are not an assigned ISO 3166-1 alpha-2 country code")
-    if serial_of(number) >= COUNTER_LIMIT:
+    if parts.serial >= COUNTER_LIMIT:
         found.append("characters 5 to 15 are beyond the range of any number ever issued")
-    if check_character(number[:15]) != number[15]:
+    if parts.check != parts.expected_check:
         found.append("the check character (the last) does not match the other 15")
     return found
-
-
-def serial_of(number: str) -> int:
-    return int(number[4:15], 36)
 
 
 def suggestion(number: str) -> str | None:
@@ -96,10 +92,11 @@ async def verify(request: web.Request, correlation_id: str) -> web.StreamRespons
     if found := malformed(number):
         return errors.json_error(400, MALFORMED, correlation_id, details={"number": found})
     found = problems(number)
-    verdict = Verdict(number, not found, number[:2], number[2:4], correlation_id, found)
+    parts = parse(number)
+    verdict = Verdict(number, not found, parts.origin, parts.destination, correlation_id, found)
     if found:
         verdict.suggestion = suggestion(number)
-    if refusal(request, correlation_id) is None:
+    if is_operator(request):
         client = request.app[CLIENT]
         try:
             status = await client.status()
@@ -108,6 +105,6 @@ async def verify(request: web.Request, correlation_id: str) -> web.StreamRespons
         # A status answer comes after the key and its scheme; the inverse must be the store's.
         assert client.key is not None
         assert client.scheme is not None
-        counter = Permutation(client.key, client.scheme).invert(serial_of(number))
+        counter = Permutation(client.key, client.scheme).invert(parts.serial)
         verdict.issued = verdict.valid and counter < status.allocator.next
     return JsonAnswer(msgspec.json.encode(verdict), correlation_id)

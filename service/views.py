@@ -16,9 +16,9 @@ from aiohttp import web
 from allocator.errors import AllocatorError
 from service import errors, idempotency
 from service.answers import JsonAnswer
-from service.issuing import audit_of, body_for, numbers_for
+from service.issued import body_for
 from service.keys import CORRELATION_IDS, ISSUER, METRICS
-from service.observe import ISSUE_ROUTE, UNMATCHED_ROUTE, observed, record, route_of
+from service.observe import ISSUE_ROUTE, UNMATCHED_ROUTE, finish, observed, route_of
 from service.params import validate
 
 
@@ -34,36 +34,33 @@ _encoder = msgspec.json.Encoder()
 
 
 async def next_tracking_number(request: web.Request) -> web.StreamResponse:
-    """The hot path. It records its own metrics and access line (see the module docstring)."""
+    """The hot path, in order: parameters, blocks and number, answer, access line."""
     started = time.perf_counter_ns()
     app = request.app
     correlation_id = app[CORRELATION_IDS].of(request.headers)
     url = request.rel_url
     query = validate(url.raw_query_string, url.query)
+    numbers = None  # those the answer delivers
     if isinstance(query, dict):  # the errors (a builtin type test is the cheapest)
         response = errors.invalid_parameters(query, correlation_id)
-        record(app, request, ISSUE_ROUTE, 400, started, correlation_id, ISSUE_ROUTE)
-        return response
-    if idempotency.HEADER in request.headers:
-        return await idempotency.answer(request, query, correlation_id, started)
-    issuer = app[ISSUER]
-    number = None
-    if query.count is None:  # one number, most often from the blocks in hand: no await
-        number = issuer.issue_nowait(query.origin_country_id, query.destination_country_id)
-    if number is not None:
-        numbers = [number]
+    elif idempotency.HEADER in request.headers:
+        response, numbers = await idempotency.answer(request, query, correlation_id)
     else:
+        issuer = app[ISSUER]
+        origin, destination = query.origin_country_id, query.destination_country_id
+        # One number, most often from the blocks in hand: no await.
+        number = issuer.issue_nowait(origin, destination) if query.count is None else None
         try:
-            numbers = await numbers_for(issuer, query)
+            if number is not None:
+                numbers = [number]
+            else:
+                numbers = await issuer.issue_many(origin, destination, query.how_many)
         except AllocatorError:
             app[METRICS].lease_failed()
-            record(app, request, ISSUE_ROUTE, 503, started, correlation_id, ISSUE_ROUTE)
-            return errors.unavailable(correlation_id)
-    body = body_for(query, numbers, correlation_id)
-    app[METRICS].issued(len(numbers))
-    audit = audit_of(query, numbers)
-    record(app, request, ISSUE_ROUTE, 200, started, correlation_id, ISSUE_ROUTE, audit)
-    return JsonAnswer(body, correlation_id)
+            response = errors.unavailable(correlation_id)
+        else:
+            response = JsonAnswer(body_for(query, numbers, correlation_id), correlation_id)
+    return finish(request, response, started, correlation_id, query, numbers)
 
 
 @observed()

@@ -7,7 +7,7 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from config.settings import Config
-from service.admin import refusal
+from service.admin import is_operator, refusal
 from service.keys import CONFIG
 
 
@@ -52,3 +52,25 @@ def test_a_missing_or_wrong_token_is_unauthorized(make_config, authorization: st
 def test_the_right_token_opens_the_endpoints_to_anyone(make_config, authorization: str) -> None:  # type: ignore[no-untyped-def]
     config = make_config("--admin-token", "s3cret")
     assert refusal(request_from("192.0.2.7", config, authorization), "c") is None
+
+
+@pytest.mark.parametrize(
+    ("peer", "token", "authorization", "operator"),
+    [
+        ("127.0.0.1", None, None, True),
+        ("::1", "s3cret", None, True),
+        ("192.0.2.7", None, "Bearer s3cret", False),
+        ("192.0.2.7", "s3cret", "Bearer wrong", False),
+        ("192.0.2.7", "s3cret", None, False),
+        ("192.0.2.7", "s3cret", "Bearer s3cret", True),
+    ],
+)
+def test_is_operator_says_who_may_use_the_operator_endpoints(
+    make_config,  # type: ignore[no-untyped-def]
+    peer: str,
+    token: str | None,
+    authorization: str | None,
+    operator: bool,
+) -> None:
+    config = make_config("--admin-token", token) if token else make_config()
+    assert is_operator(request_from(peer, config, authorization)) is operator

@@ -7,7 +7,7 @@ from allocator.actor import Allocator
 from allocator.client import AllocatorClient
 from allocator.errors import AllocatorUnavailable
 from config.settings import Config
-from service.issuer import MAX_BLOCK, MIN_BLOCK, Issuer
+from service.blocks import MAX_BLOCK, MIN_BLOCK, Issuer
 from tests.conftest import Allocators
 
 

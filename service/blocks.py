@@ -1,4 +1,4 @@
-"""A worker's supply of counter values, turned into tracking numbers.
+"""The worker's blocks of counter values (``Issuer``), turned into tracking numbers.
 
 The worker holds a current block and a spare one (double buffering). When half of the current
 block is used it asks the allocator for the spare in the background, so a request never waits
@@ -17,6 +17,7 @@ from allocator.client import AllocatorClient
 from allocator.errors import AllocatorError, AllocatorUnavailable
 from service.numbers import NumberFormatter
 
+# Named for the Issuer: operators filter on this log.logger (docs/operations.md).
 log = logging.getLogger("service.issuer")
 
 MIN_BLOCK = 16

@@ -1,4 +1,4 @@
-"""What a request for numbers gets: the numbers, and the body of the answer that carries them.
+"""The body of the answer that carries issued numbers.
 
 Shared by the hot path (service/views.py) and idempotent requests (service/idempotency.py).
 """
@@ -9,8 +9,6 @@ import datetime
 
 import msgspec
 
-from service.issuer import Issuer
-from service.observe import Audit
 from service.params import TrackingRequest
 
 
@@ -53,12 +51,6 @@ def _zone_of(timestamp: str) -> datetime.timezone:
     return zone
 
 
-async def numbers_for(issuer: Issuer, query: TrackingRequest) -> list[str]:
-    """The numbers ``query`` asks for; raises AllocatorError when they cannot be had in time."""
-    count = 1 if query.count is None else int(query.count)
-    return await issuer.issue_many(query.origin_country_id, query.destination_country_id, count)
-
-
 def body_for(query: TrackingRequest, numbers: list[str], correlation_id: str) -> bytes:
     """The JSON answer; with a ``count``, it also lists every number."""
     metadata = RequestMetadata(
@@ -68,17 +60,3 @@ def body_for(query: TrackingRequest, numbers: list[str], correlation_id: str) ->
     if query.count is None:
         return _encoder.encode(IssuedNumber(numbers[0], issued_at, correlation_id, metadata))
     return _encoder.encode(IssuedNumbers(numbers[0], issued_at, correlation_id, metadata, numbers))
-
-
-def audit_of(query: TrackingRequest, numbers: list[str]) -> Audit:
-    """What the access line of issued numbers carries: who got which numbers. Never the name."""
-    return (
-        numbers[0],
-        query.origin_country_id,
-        query.destination_country_id,
-        query.weight,
-        query.created_at,
-        query.customer_id,
-        query.customer_slug,
-        None if query.count is None else numbers,
-    )
