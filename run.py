@@ -257,6 +257,7 @@ class Supervisor:
         self._ready_lines = b""
         # Their loops beat at least 5 times per heartbeat_timeout: one late beat is no death.
         self.liveness = Liveness(min(HEARTBEAT_INTERVAL, config.heartbeat_timeout / 5))
+        self._beats: dict[int, float] = {}  # pid: its last beat (monotonic)
         self._watchdog = watchdog_interval()
 
     def _worker(self, n: int, config: Config) -> Child:
@@ -344,16 +345,18 @@ class Supervisor:
         return {int(line) for line in lines}
 
     def _read_beats(self) -> None:
-        """Note when each child's loop last beat. A pid we no longer watch (a worker replaced
-        by a reload, draining) is ignored."""
-        pids = self.liveness.read()
-        if not pids:
-            return
+        """Note when each child's loop last beat. Beats are kept by pid, so that a worker a
+        reload started is credited with the beats it sent before it joined the workers; one
+        older than heartbeat_timeout says nothing any more, and is forgotten."""
         now = time.monotonic()
-        by_pid = {child.pid: child for child in (self.allocator, *self.workers)}
-        for pid in pids:
-            if (child := by_pid.get(pid)) is not None:
-                child.last_beat = now
+        for pid in self.liveness.read():
+            self._beats[pid] = now
+        timeout = self.config.heartbeat_timeout
+        self._beats = {pid: at for pid, at in self._beats.items() if now - at <= timeout}
+        for child in (self.allocator, *self.workers):
+            at = self._beats.get(child.pid)
+            if at is not None and at >= child.started_at:  # not a former owner of its pid
+                child.last_beat = at
 
     def _replace_wedged(self, children: list[Child], now: float) -> None:
         """SIGKILL every child whose loop has been silent longer than heartbeat_timeout."""

@@ -377,3 +377,33 @@ def test_the_watchdog_is_pinged_only_while_every_child_beats(
         drain()
     assert "READY=1" in received
     assert ("WATCHDOG=1" in received) is beats
+
+
+def slow_starting_worker(config: Config, listener: socket.socket, ready: run.Ready) -> None:
+    """A worker on the real lifecycle.run that takes most of a heartbeat_timeout to serve (its
+    loop beats meanwhile), then runs two more before it calls itself settled."""
+
+    async def main() -> None:
+        await asyncio.sleep(0.8 * config.heartbeat_timeout)
+        record(config, "worker-start")
+        ready()
+        await asyncio.sleep(2 * config.heartbeat_timeout)
+        record(config, "worker-settled")
+        await lifecycle.until_stop_requested(os.getppid())
+
+    lifecycle.run(main(), "asyncio")
+
+
+def test_workers_a_slow_reload_started_are_credited_with_their_beats(
+    make_config: Callable[..., Config],
+) -> None:
+    # The reload waits for each new worker in turn, longer than heartbeat_timeout in all: the
+    # first one beat all along, and must not be taken for a wedged one when it joins.
+    config = make_config("--workers", "2", "--heartbeat-timeout", "1")
+    with supervising(config, slow_starting_worker, beating_allocator) as supervised:
+        wait_for(lambda: starts(config, "worker-settled") == 2)
+        supervised.supervisor.push(signal.SIGHUP)
+        wait_for(lambda: starts(config, "worker-settled") == 4)
+        restarts = supervised.supervisor.liveness.wedged_restarts()
+    assert restarts == {"allocator": 0, "worker": 0}
+    assert starts(config) == 4
