@@ -104,6 +104,7 @@ def test_a_stopped_worker_is_killed_and_replaced_and_its_clients_are_served_agai
                 # then are reset, and aiohttp sends the GET again on a new connection.
                 async with asyncio.timeout(TIMEOUT + SLACK):
                     await asyncio.gather(*(one() for _ in range(16)))
+                pool_answered = time.monotonic() - stopped_at
                 # A fresh set of connections, all answered; and the new worker-1 serves too.
                 replacement = service.wait_for_child("worker-1", 2, SLACK)
                 log_start = len(service.log().encode())
@@ -113,9 +114,15 @@ def test_a_stopped_worker_is_killed_and_replaced_and_its_clients_are_served_agai
                         and answered_by(service, replacement, log_start)
                     ):
                         await asyncio.sleep(0.1)
+                replacement_served = time.monotonic() - stopped_at
             finally:
                 if alive(stopped):  # the supervisor did not kill it: let it go
                     os.kill(stopped, signal.SIGCONT)
+        # Figures, not assertions: how long clients waited on this machine.
+        print(
+            f"\nworker wedged: pooled requests all answered {pool_answered:.2f} s after SIGSTOP, "
+            f"the replacement serving fresh connections after {replacement_served:.2f} s"
+        )
         return stopped, replacement
 
     try:
@@ -154,6 +161,7 @@ def test_a_stopped_worker_is_killed_and_replaced_and_its_clients_are_served_agai
 def test_a_stopped_allocator_is_killed_and_replaced_and_reissues_nothing(short_tmp: Path) -> None:
     service = Service(short_tmp, 2, "--heartbeat-timeout", str(TIMEOUT), "--lease-timeout", "0.25")
     before, during = Outcome(), Outcome()
+    served_again = 0.0
 
     async def run() -> int:
         # Gently: workers size their blocks to a second of the recent rate, and small blocks
@@ -163,6 +171,7 @@ def test_a_stopped_allocator_is_killed_and_replaced_and_reissues_nothing(short_t
         workers = {service.child_pids(f"worker-{n}")[-1] for n in (1, 2)}
         log_start = len(service.log().encode())
         os.kill(allocator, signal.SIGSTOP)
+        stopped_at = time.monotonic()
         try:
             # Workers serve their blocks, then 503 (lease_timeout): both must have run dry (or
             # the allocator been replaced already), or a full round below could come from one
@@ -176,6 +185,8 @@ def test_a_stopped_allocator_is_killed_and_replaced_and_reissues_nothing(short_t
                     await fresh_round(service, during)
                 while not await fresh_round(service, during):  # noqa: ASYNC110  polled: a condition of the service
                     await asyncio.sleep(0.1)
+            nonlocal served_again
+            served_again = time.monotonic() - stopped_at
         finally:
             if alive(allocator):
                 os.kill(allocator, signal.SIGCONT)
@@ -212,5 +223,6 @@ def test_a_stopped_allocator_is_killed_and_replaced_and_reissues_nothing(short_t
     assert max(counters_of(key, numbers)) < final_mark
     print(
         f"\nallocator wedged: before={len(before.numbers)} during={len(during.numbers)} "
-        f"503s={during.unavailable} after={len(after.numbers)}"
+        f"503s={during.unavailable} after={len(after.numbers)}; a fresh round all answered "
+        f"{served_again:.2f} s after SIGSTOP"
     )
