@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
+import mmap
 import os
 import signal
+import struct
 from collections.abc import Coroutine
 from typing import Any
 
@@ -20,6 +21,7 @@ log = logging.getLogger("lifecycle")
 HEARTBEAT_INTERVAL = 1.0
 # The kinds of child the supervisor counts wedged restarts for: the metric's label values.
 CHILD_KINDS = ("allocator", "worker")
+_COUNTS = struct.Struct(f"={len(CHILD_KINDS)}q")  # one 64-bit counter per kind
 
 
 class Liveness:
@@ -38,8 +40,9 @@ class Liveness:
         os.set_blocking(self.write_fd, False)
         os.set_blocking(self.read_fd, False)
         self._unread = b""
-        # Shared memory: written by the supervisor only, read by any worker.
-        self._wedged = multiprocessing.get_context("fork").RawArray("q", len(CHILD_KINDS))
+        # Anonymous shared memory (no file, no descriptor), which forked children share:
+        # written by the supervisor only, read by any worker.
+        self._wedged = mmap.mmap(-1, _COUNTS.size)
 
     def beat(self) -> None:
         """One beat, from the child (a line of at most PIPE_BUF bytes: never interleaved)."""
@@ -56,10 +59,12 @@ class Liveness:
         return [int(line) for line in lines]
 
     def count_wedged(self, kind: str) -> None:
-        self._wedged[CHILD_KINDS.index(kind)] += 1
+        counts = list(_COUNTS.unpack_from(self._wedged))
+        counts[CHILD_KINDS.index(kind)] += 1
+        _COUNTS.pack_into(self._wedged, 0, *counts)
 
     def wedged_restarts(self) -> dict[str, int]:
-        return dict(zip(CHILD_KINDS, self._wedged, strict=True))
+        return dict(zip(CHILD_KINDS, _COUNTS.unpack_from(self._wedged), strict=True))
 
     def close(self) -> None:
         os.close(self.read_fd)
