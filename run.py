@@ -4,7 +4,9 @@
 It takes the listening socket from systemd (socket activation) or binds it once itself, starts
 the allocator and waits until it serves, then starts the workers, which inherit the listening
 socket, and tells systemd ``READY=1`` once they serve. It restarts any child that dies, with
-back-off, and pings systemd's watchdog while every child is alive. On SIGTERM or SIGINT it
+back-off, and replaces (SIGKILL, then the same restart) any child whose event loop stops
+beating for ``heartbeat_timeout``: a wedged child is alive but serves nobody. It pings
+systemd's watchdog while every child is alive and beating. On SIGTERM or SIGINT it
 stops in order: ``STOPPING=1``, workers drain and exit, the allocator writes its final
 checkpoint, exit 0. On SIGHUP it re-reads its configuration and replaces the workers one at a
 time: a new one starts and serves before the old one drains.
@@ -30,7 +32,8 @@ from collections.abc import Callable
 from typing import Any
 
 from allocator.unix_socket import accepts_connections
-from config import logs, settings
+from config import lifecycle, logs, settings
+from config.lifecycle import HEARTBEAT_INTERVAL, Liveness
 from config.sd_notify import listen_sockets, notify, watchdog_interval
 from config.settings import Config, ConfigError
 
@@ -61,9 +64,10 @@ def worker_target(config: Config, listener: socket.socket, ready: Ready) -> None
     worker.main(config, listener, ready)
 
 
-def _child(target: Callable[..., None], ready_fd: int, *args: Any) -> None:
+def _child(target: Callable[..., None], ready_fd: int, liveness: Liveness, *args: Any) -> None:
     # Forked children inherit the supervisor's handlers: start them clean. SIGINT is ignored
     # because a Ctrl-C reaches the whole process group, and stopping is the supervisor's job.
+    lifecycle.supervised_by(liveness)  # lifecycle.run beats on it from the child's loop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload is the supervisor's job too
@@ -92,19 +96,28 @@ class Child:
         self.backoff = BACKOFF_MIN
         self.restart_at: float | None = None
         self.terminated = False  # SIGTERM sent: it drains, and never gets a second one
+        self.last_beat: float | None = None  # when this process's loop last beat (monotonic)
+        self.wedged = False  # SIGKILLed for its silence: it is dying, never killed twice
 
     @property
     def alive(self) -> bool:
         return self.process is not None and self.process.is_alive()
 
-    def start(self, ready_fd: int) -> None:
+    @property
+    def kind(self) -> str:
+        """The label of the wedged-restarts metric: ``allocator`` or ``worker``."""
+        return "allocator" if self.name == "allocator" else "worker"
+
+    def start(self, ready_fd: int, liveness: Liveness) -> None:
         self.process = _fork.Process(
-            target=_child, args=(self.target, ready_fd, *self.args), name=self.name
+            target=_child, args=(self.target, ready_fd, liveness, *self.args), name=self.name
         )
         self.process.start()
         self.started_at = time.monotonic()
         self.restart_at = None
         self.terminated = False
+        self.last_beat = None
+        self.wedged = False
         log.info(
             "child started",
             extra={"tracking.child": self.name, "tracking.child_pid": self.process.pid},
@@ -133,6 +146,35 @@ class Child:
     @property
     def pid(self) -> int | None:
         return None if self.process is None else self.process.pid
+
+    def silent_since(self) -> float:
+        """The last sign of progress (monotonic): its last beat, or its start."""
+        return self.started_at if self.last_beat is None else self.last_beat
+
+    def watched(self) -> bool:
+        """Whether its silence is ours to judge: a child told to stop has its own deadline."""
+        return self.alive and not self.terminated and not self.wedged
+
+    def beating(self, now: float, timeout: float) -> bool:
+        """Alive, and its loop beat within ``timeout``: what the watchdog ping vouches for.
+        A child that has not beaten yet since it started is not vouched for."""
+        return self.alive and self.last_beat is not None and now - self.last_beat <= timeout
+
+    def kill_wedged(self, now: float, timeout: float) -> None:
+        """SIGKILL: a blocked loop cannot drain, and a stopped process cannot even handle
+        SIGTERM. The sentinel then fires and ``reap`` restarts it as any dead child."""
+        assert self.process is not None
+        log.error(
+            "child wedged; killing",
+            extra={
+                "tracking.child": self.name,
+                "tracking.child_pid": self.process.pid,
+                "tracking.silent_seconds": round(now - self.silent_since(), 3),
+                "tracking.heartbeat_timeout": timeout,
+            },
+        )
+        self.process.kill()
+        self.wedged = True
 
     def terminate(self) -> None:
         """Ask the child to stop (drain, checkpoint), once: a second SIGTERM is never sent."""
@@ -203,6 +245,9 @@ class Supervisor:
         # Children write their name and a newline here once they serve.
         self._ready_r, self._ready_w = os.pipe()
         self._ready_lines = b""
+        # Their loops beat at least 5 times per heartbeat_timeout: one late beat is no death.
+        self.liveness = Liveness(min(HEARTBEAT_INTERVAL, config.heartbeat_timeout / 5))
+        self._beats: dict[int, float] = {}  # pid: its last beat (monotonic)
         self._watchdog = watchdog_interval()
 
     def _worker(self, n: int, config: Config) -> Child:
@@ -221,6 +266,7 @@ class Supervisor:
         finally:
             for fd in (self._wake_r, self._wake_w, self._ready_r, self._ready_w):
                 os.close(fd)
+            self.liveness.close()
 
     def _run(self) -> int:
         if accepts_connections(self.config.allocator_socket):
@@ -229,12 +275,12 @@ class Supervisor:
                 extra={"tracking.socket": self.config.allocator_socket},
             )
             return 1
-        self.allocator.start(self._ready_w)
+        self.allocator.start(self._ready_w, self.liveness)
         if not self._wait_until_serving([self.allocator]):
             self.allocator.stop(time.monotonic() + ALLOCATOR_STOP_TIMEOUT)
             return 0 if self._stop_requested() else 1
         for worker in self.workers:
-            worker.start(self._ready_w)
+            worker.start(self._ready_w, self.liveness)
         if not self._wait_until_serving(self.workers):
             self._shutdown()
             return 0 if self._stop_requested() else 1
@@ -273,7 +319,9 @@ class Supervisor:
                 log.error("children did not start in time", extra={"tracking.child": late[0]})
                 return False
             sentinels = [c.process.sentinel for c in children if c.process]
-            multiprocessing.connection.wait([self._ready_r, self._wake_r, *sentinels], remaining)
+            readable = [self._ready_r, self._wake_r, self.liveness.read_fd, *sentinels]
+            multiprocessing.connection.wait(readable, remaining)
+            self._read_beats()  # the others beat on while we wait: they are not wedged
             waiting -= self._read_ready()
         return True
 
@@ -286,6 +334,28 @@ class Supervisor:
         *lines, self._ready_lines = self._ready_lines.split(b"\n")
         return {int(line) for line in lines}
 
+    def _read_beats(self) -> None:
+        """Note when each child's loop last beat. Beats are kept by pid, so that a worker a
+        reload started is credited with the beats it sent before it joined the workers; one
+        older than heartbeat_timeout says nothing any more, and is forgotten."""
+        now = time.monotonic()
+        for pid in self.liveness.read():
+            self._beats[pid] = now
+        timeout = self.config.heartbeat_timeout
+        self._beats = {pid: at for pid, at in self._beats.items() if now - at <= timeout}
+        for child in (self.allocator, *self.workers):
+            at = self._beats.get(child.pid)
+            if at is not None and at >= child.started_at:  # not a former owner of its pid
+                child.last_beat = at
+
+    def _replace_wedged(self, children: list[Child], now: float) -> None:
+        """SIGKILL every child whose loop has been silent longer than heartbeat_timeout."""
+        timeout = self.config.heartbeat_timeout
+        for child in children:
+            if child.watched() and now - child.silent_since() >= timeout:
+                child.kill_wedged(now, timeout)
+                self.liveness.count_wedged(child.kind)
+
     def _supervise(self) -> None:
         next_ping = time.monotonic()
         while True:
@@ -297,16 +367,21 @@ class Supervisor:
                     self._reload()
             children = [self.allocator, *self.workers]
             self._reap_retiring()
+            self._read_beats()
             now = time.monotonic()
+            self._replace_wedged(children, now)
             for child in children:
                 child.reap()
                 if child.restart_at is not None and child.restart_at <= now:
-                    child.start(self._ready_w)
+                    child.start(self._ready_w, self.liveness)
             self._read_ready()  # restarted children say so too; nobody waits for them
             if self._watchdog is not None and now >= next_ping:
-                # Only while every child is up: a child stuck in restarts lets systemd act.
-                # A ping missed for a brief restart is sent as soon as the child is back.
-                if all(child.alive for child in children):
+                # Only while every child is up and its loop beats: a child stuck in restarts,
+                # or wedged and not replaced (SIGKILL cannot end a process stuck in the kernel;
+                # a new one that never beats), lets systemd act. A ping missed for a brief
+                # restart is sent as soon as the child is back and has beaten.
+                timeout = self.config.heartbeat_timeout
+                if all(child.beating(now, timeout) for child in children):
                     notify("WATCHDOG=1")
                     next_ping = now + self._watchdog
                 else:
@@ -316,11 +391,15 @@ class Supervisor:
             sentinels += [c.process.sentinel for c, _ in self.retiring if c.process]
             wake_at = [c.restart_at for c in children if c.restart_at is not None]
             wake_at += [deadline for _, deadline in self.retiring]
+            # A silent child must be judged on time even when no other child beats.
+            wake_at += [
+                c.silent_since() + self.config.heartbeat_timeout for c in children if c.watched()
+            ]
             if self._watchdog is not None:
                 wake_at.append(next_ping)
             timeout = max(0.0, min(wake_at, default=now + 1.0) - now)
             ready = multiprocessing.connection.wait(
-                [self._wake_r, self._ready_r, *sentinels], timeout
+                [self._wake_r, self._ready_r, self.liveness.read_fd, *sentinels], timeout
             )
             if self._wake_r in ready:
                 os.read(self._wake_r, 512)
@@ -356,7 +435,7 @@ class Supervisor:
         old, new = self.workers, []
         for n in range(1, config.workers + 1):
             child = self._worker(n, config)
-            child.start(self._ready_w)
+            child.start(self._ready_w, self.liveness)
             if not self._wait_until_serving([child]):
                 child.stop(time.monotonic() + config.shutdown_timeout)
                 self.workers = new + old[len(new) :]

@@ -26,7 +26,8 @@ step() { printf '\n== %s\n' "$*"; }
 METRICS_COUNTERS="tracking_numbers_issued_total tracking_http_requests_total
   tracking_worker_lease_failures_total tracking_allocator_leases_total
   tracking_allocator_leased_numbers_total tracking_allocator_lease_refusals_total
-  tracking_allocator_reservations_total tracking_allocator_reservation_errors_total"
+  tracking_allocator_reservations_total tracking_allocator_reservation_errors_total
+  tracking_supervisor_wedged_restarts_total"
 METRICS_HISTOGRAMS="tracking_http_request_duration_seconds
   tracking_allocator_reservation_duration_seconds"
 METRICS_GAUGES="tracking_allocator_next tracking_allocator_reserved

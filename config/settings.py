@@ -57,6 +57,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     # Slow clients (service/limits.py, docs/reliability.md).
     header_timeout: Seconds = 10.0
     keepalive_timeout: Seconds = 75.0
+    # A child whose event loop shows no progress this long is killed and restarted (run.py).
+    heartbeat_timeout: Annotated[float, msgspec.Meta(ge=1.0)] = 20.0
 
     @property
     def allocator_socket(self) -> str:
@@ -94,6 +96,8 @@ HELP: dict[str, str] = {
     "connecting or from the first byte of a request; then the connection is closed",
     "keepalive_timeout": "seconds an idle keep-alive connection is kept open (longer than a "
     "load balancer's idle timeout)",
+    "heartbeat_timeout": "seconds a worker's or the allocator's event loop may show no progress "
+    "before the supervisor kills and restarts it (at least 1; 20 by default)",
 }
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -299,8 +303,8 @@ def private_directory(path: str) -> None:
         )
 
 
-# What the allocator or the listening socket hold for the life of the service. A reload
-# (SIGHUP) replaces the workers only, so these need a restart (docs/operations.md).
+# What the allocator, the listening socket or the supervisor hold for the life of the service.
+# A reload (SIGHUP) replaces the workers only, so these need a restart (docs/operations.md).
 RESTART_ONLY = (
     "host",
     "port",
@@ -312,6 +316,7 @@ RESTART_ONLY = (
     "event_loop",
     "idempotency_ttl",
     "idempotency_max_bytes",
+    "heartbeat_timeout",  # the supervisor sets the children's beat interval from it at start
 )
 
 

@@ -3,7 +3,9 @@
 Each worker counts in plain Python (a dict increment and a bisect per request) and sends the
 counts since its last report to the allocator every second. The allocator sums the reports, so
 whichever worker is scraped renders the same totals: its own, everyone else's, and the
-allocator's state. Rendering uses prometheus_client's exposition code.
+allocator's state. The supervisor's count of wedged children it replaced is read from the
+memory it shares with every child (config/lifecycle.py). Rendering uses prometheus_client's
+exposition code.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from allocator.protocol import (
     Status,
     WorkerCounters,
 )
+from config import lifecycle
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 REPORT_INTERVAL = 1.0  # seconds between a worker's reports
@@ -186,6 +189,16 @@ class _StatusCollector(Collector):
         )
         reservation.add_metric((), _buckets(reservations, RESERVATION_BUCKETS), reservations.total)
         yield reservation
+        # The supervisor's own count, from the memory it shares with its children: not part
+        # of the allocator's status, so an allocator restart does not reset it.
+        wedged = CounterMetricFamily(
+            "tracking_supervisor_wedged_restarts",
+            "Children killed and restarted because their event loop stopped beating",
+            labels=("child",),
+        )
+        for kind, count in lifecycle.wedged_restarts().items():
+            wedged.add_metric((kind,), count)
+        yield wedged
 
 
 def render(status: Status) -> bytes:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
+import logging
 import os
 import signal
 import socket
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import run
-from config import settings
+from config import lifecycle, settings
 from config.sd_notify import listen_sockets
 from config.settings import Config
 
@@ -68,11 +70,15 @@ def crashing_worker(config: Config, listener: socket.socket, ready: run.Ready) -
 
 
 @contextlib.contextmanager
-def supervising(config: Config, worker: Callable[..., None]) -> Iterator[Supervised]:
+def supervising(
+    config: Config,
+    worker: Callable[..., None],
+    allocator: Callable[..., None] = listening_allocator,
+) -> Iterator[Supervised]:
     """A Supervisor running in a thread; stopped with SIGTERM when the block ends."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
-        supervisor = run.Supervisor(config, listener, allocator=listening_allocator, worker=worker)
+        supervisor = run.Supervisor(config, listener, allocator=allocator, worker=worker)
         supervised = Supervised(supervisor)
         thread = threading.Thread(target=lambda: supervised.status.append(supervisor.run()))
         thread.start()
@@ -218,3 +224,186 @@ def test_sockets_passed_to_another_process_are_not_taken(monkeypatch: pytest.Mon
     monkeypatch.setenv("LISTEN_PID", str(os.getpid() + 1))
     monkeypatch.setenv("LISTEN_FDS", "1")
     assert listen_sockets() == []
+
+
+# --- wedged children: a loop that stops beating is killed and restarted -------------------------
+
+
+def beating_allocator(config: Config, ready: run.Ready) -> None:
+    """Stands in for the allocator on the real lifecycle.run: its loop beats until SIGTERM."""
+
+    async def main() -> None:
+        os.makedirs(config.runtime_dir, exist_ok=True)
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(config.allocator_socket)
+        sock.listen()
+        record(config, "allocator-start")
+        ready()
+        await lifecycle.until_stop_requested(os.getppid())
+        record(config, "allocator-stop")
+        os.unlink(config.allocator_socket)
+
+    lifecycle.run(main(), "asyncio")
+
+
+def starts(config: Config, name: str = "worker-start") -> int:
+    return [e[0] for e in events(config)].count(name)
+
+
+def wedging_worker(config: Config, listener: socket.socket, ready: run.Ready) -> None:
+    """A worker on the real lifecycle.run whose first start blocks its loop once it served
+    (a bug, a stuck system call): alive, silent. Later starts serve until SIGTERM."""
+
+    async def main() -> None:
+        first = starts(config) == 0
+        record(config, "worker-start")
+        ready()
+        if first:
+            await asyncio.sleep(0.2)  # beats a few times first
+            record(config, "worker-wedged")
+            time.sleep(3600)  # noqa: ASYNC251  the loop is blocked: no beat ever again
+        await lifecycle.until_stop_requested(os.getppid())
+
+    lifecycle.run(main(), "asyncio")
+
+
+def busy_worker(config: Config, listener: socket.socket, ready: run.Ready) -> None:
+    """A worker busy for three heartbeat timeouts with a long request that awaits, and one
+    that computes in slices: its loop goes on turning, so it goes on beating."""
+
+    async def long_request() -> None:
+        await asyncio.sleep(3 * config.heartbeat_timeout)
+
+    async def computing_request() -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 3 * config.heartbeat_timeout
+        while loop.time() < deadline:
+            sum(range(10_000))  # CPU-bound, but it yields between slices
+            await asyncio.sleep(0)
+
+    async def main() -> None:
+        record(config, "worker-start")
+        ready()
+        await asyncio.gather(long_request(), computing_request())
+        record(config, "worker-requests-done")
+        await lifecycle.until_stop_requested(os.getppid())
+
+    lifecycle.run(main(), "asyncio")
+
+
+def test_a_worker_whose_loop_stops_beating_is_killed_and_restarted(
+    make_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
+) -> None:
+    config = make_config("--workers", "1", "--heartbeat-timeout", "1")
+    caplog.set_level(logging.INFO, logger="supervisor")
+    with supervising(config, wedging_worker, beating_allocator) as supervised:
+        wait_for(lambda: starts(config) == 2)
+        restarts = supervised.supervisor.liveness.wedged_restarts()
+    assert supervised.status == [0]
+    assert restarts == {"allocator": 0, "worker": 1}
+    wedged_pid = next(pid for name, pid, _ in events(config) if name == "worker-wedged")
+    (line,) = [r for r in caplog.records if r.getMessage() == "child wedged; killing"]
+    assert line.levelno == logging.ERROR
+    assert getattr(line, "tracking.child") == "worker-1"
+    assert getattr(line, "tracking.child_pid") == wedged_pid
+    assert getattr(line, "tracking.silent_seconds") >= 1.0
+    (death,) = [r for r in caplog.records if r.getMessage() == "child died; restarting"]
+    assert getattr(death, "process.exit_code") == -signal.SIGKILL
+    # The allocator beat all along: it was left alone, and stopped last as always.
+    assert starts(config, "allocator-start") == 1
+    assert [e[0] for e in events(config)][-1] == "allocator-stop"
+
+
+def test_an_allocator_whose_loop_stops_beating_is_killed_and_restarted(
+    make_config: Callable[..., Config],
+) -> None:
+    def wedging_allocator(config: Config, ready: run.Ready) -> None:
+        if starts(config, "allocator-start") == 0:
+            record(config, "allocator-start")
+            ready()
+            os.kill(os.getpid(), signal.SIGSTOP)  # stopped: not even SIGTERM is handled
+        beating_allocator(config, ready)
+
+    config = make_config("--workers", "1", "--heartbeat-timeout", "1")
+    with supervising(config, busy_worker, wedging_allocator) as supervised:
+        wait_for(lambda: starts(config, "allocator-start") == 2)
+        restarts = supervised.supervisor.liveness.wedged_restarts()
+    assert supervised.status == [0]
+    assert restarts == {"allocator": 1, "worker": 0}
+
+
+def test_a_busy_worker_whose_loop_turns_is_not_killed(
+    make_config: Callable[..., Config],
+) -> None:
+    config = make_config("--workers", "1", "--heartbeat-timeout", "1")
+    with supervising(config, busy_worker, beating_allocator) as supervised:
+        wait_for(lambda: starts(config, "worker-requests-done") == 1)
+        restarts = supervised.supervisor.liveness.wedged_restarts()
+    assert restarts == {"allocator": 0, "worker": 0}
+    assert starts(config) == 1
+
+
+@pytest.mark.parametrize("beats", [True, False], ids=["beating", "never-beating"])
+def test_the_watchdog_is_pinged_only_while_every_child_beats(
+    make_config: Callable[..., Config],
+    monkeypatch: pytest.MonkeyPatch,
+    short_tmp: Path,
+    beats: bool,
+) -> None:
+    # A child that never beats (wedged before its loop ran, again after each restart, or stuck
+    # where SIGKILL cannot reach it) must not be vouched for: systemd then steps in.
+    notify_path = str(short_tmp / "notify")
+    monkeypatch.setenv("NOTIFY_SOCKET", notify_path)
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")  # a ping every 0.1 s while healthy
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    received: list[str] = []
+    config = make_config("--workers", "1", "--heartbeat-timeout", "1")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(notify_path)
+        systemd.settimeout(0.05)
+
+        def drain() -> None:
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    received.append(systemd.recv(4096).decode())
+
+        worker = busy_worker if beats else steady_worker  # steady_worker never beats
+        with supervising(config, worker, beating_allocator):
+            if beats:
+                wait_for(lambda: drain() or "WATCHDOG=1" in received)
+            else:
+                # Killed for its silence and restarted twice: 2 s without a beat from it.
+                wait_for(lambda: drain() or starts(config) == 3)
+        drain()
+    assert "READY=1" in received
+    assert ("WATCHDOG=1" in received) is beats
+
+
+def slow_starting_worker(config: Config, listener: socket.socket, ready: run.Ready) -> None:
+    """A worker on the real lifecycle.run that takes most of a heartbeat_timeout to serve (its
+    loop beats meanwhile), then runs two more before it calls itself settled."""
+
+    async def main() -> None:
+        await asyncio.sleep(0.8 * config.heartbeat_timeout)
+        record(config, "worker-start")
+        ready()
+        await asyncio.sleep(2 * config.heartbeat_timeout)
+        record(config, "worker-settled")
+        await lifecycle.until_stop_requested(os.getppid())
+
+    lifecycle.run(main(), "asyncio")
+
+
+def test_workers_a_slow_reload_started_are_credited_with_their_beats(
+    make_config: Callable[..., Config],
+) -> None:
+    # The reload waits for each new worker in turn, longer than heartbeat_timeout in all: the
+    # first one beat all along, and must not be taken for a wedged one when it joins.
+    config = make_config("--workers", "2", "--heartbeat-timeout", "1")
+    with supervising(config, slow_starting_worker, beating_allocator) as supervised:
+        wait_for(lambda: starts(config, "worker-settled") == 2)
+        supervised.supervisor.push(signal.SIGHUP)
+        wait_for(lambda: starts(config, "worker-settled") == 4)
+        restarts = supervised.supervisor.liveness.wedged_restarts()
+    assert restarts == {"allocator": 0, "worker": 0}
+    assert starts(config) == 4
