@@ -12,7 +12,7 @@ import pytest
 from allocator import protocol
 from allocator.client import AllocatorClient
 from allocator.protocol import Granted, Hello, Lease, LeaseRefused, StoreError
-from allocator.server import Allocator, bind_unix_socket
+from allocator.server import HELLO_TIMEOUT, Allocator, bind_unix_socket
 from allocator.store import SQLiteStore, open_store
 from config.settings import Config
 from tests.conftest import Allocators
@@ -179,9 +179,16 @@ async def test_bad_input_is_dropped_without_a_grant(
 
 
 async def test_a_silent_client_does_not_block_others(allocator: Allocator, config: Config) -> None:
-    _, silent = await asyncio.open_unix_connection(config.allocator_socket)
-    client = AllocatorClient(config.allocator_socket, timeout=5)
-    assert await client.lease(1)
+    silent_reader, silent = await asyncio.open_unix_connection(config.allocator_socket)
+    leased_before = allocator.leased_numbers_total
+    # Half the hello timeout: a lease that had to wait until the silent client is dropped
+    # would time out.
+    client = AllocatorClient(config.allocator_socket, timeout=HELLO_TIMEOUT / 2)
+    start, stop = await client.lease(1)
+    assert stop - start == 1
+    assert allocator.leased_numbers_total - leased_before == 1
+    # Granted while the silent client was still connected, not after it was dropped.
+    assert not silent_reader.at_eof()
     await client.close()
     silent.close()
 
