@@ -171,7 +171,7 @@ class Allocator:
         finally:
             self._reserving = None
         latency = time.monotonic() - began
-        self.last_store_error = None
+        self.last_store_error = self.last_store_error_at = None
         self.last_checkpoint_at = time.time()
         self.last_checkpoint_latency = latency
         self.reservations_total += 1

@@ -123,12 +123,16 @@ async def test_when_the_store_fails_it_grants_what_is_reserved_then_refuses(
         assert stop <= reserved
     assert allocator.next == reserved == granted
     assert durable_mark(config) == reserved
+    assert allocator.last_store_error is not None
+    assert allocator.last_store_error_at is not None
 
     # Writable again: it recovers by itself, and never reissues.
     await allocator.store._connection().execute("PRAGMA query_only=OFF")
     await asyncio.sleep(1.1)  # the store retry delay
     start, _ = await allocator.lease(5)
     assert start >= reserved
+    # The status's last store error and its time are cleared together (docs/operations.md).
+    assert (allocator.last_store_error, allocator.last_store_error_at) == (None, None)
 
 
 async def test_a_refused_lease_reaches_the_client(allocator: Allocator, config: Config) -> None:
