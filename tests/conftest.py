@@ -27,8 +27,8 @@ CANONICAL_QUERY = {
 }
 NUMBER_PATTERN = r"^[A-Z0-9]{1,16}$"
 
-# A Hypothesis failure must show up again when the run is repeated (docs/operations.md,
-# "Tests"). In CI (CI is set; .ci/run sets it) every run draws the same examples: a failure
+# A Hypothesis failure must show up again when the run is repeated (docs/reliability.md,
+# "The evidence"). In CI (CI is set; .ci/run sets it) every run draws the same examples: a failure
 # there fails every rerun, and HYPOTHESIS_PROFILE=ci repeats it on any machine. Elsewhere the
 # examples vary from run to run, and a failing one is kept in .hypothesis/ (git-ignored) and
 # tried first on the next run. Both print the failure's @reproduce_failure blob.
