@@ -510,7 +510,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config, commands = settings.parse(argv)
     except ConfigError as exc:
-        print(f"run.py: {exc}", file=sys.stderr)
+        # JSON on stdout like every other line, so that log pipelines and Filebeat read it. The
+        # configured level is part of what failed; an error shows at any level.
+        logs.configure("INFO")
+        log.error(
+            "invalid configuration",
+            extra={"error.type": type(exc).__name__, "error.message": str(exc)},
+        )
         return 2
     logs.configure(config.log_level)
     if commands.given:

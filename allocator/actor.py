@@ -149,7 +149,7 @@ class Allocator:
         finally:
             self._reserving = None
         latency = time.monotonic() - began
-        stats.last_store_error = None
+        stats.last_store_error = stats.last_store_error_at = None
         stats.last_checkpoint_at = time.time()
         stats.last_checkpoint_latency_seconds = latency
         stats.reservations_total += 1
@@ -173,7 +173,7 @@ class Allocator:
         )
 
     async def stop(self) -> None:
-        """Final checkpoint: give back the unused tail so a clean restart leaves no gap."""
+        """Final checkpoint: give back the unleased tail (a restart skips what workers held)."""
         if self._reserving is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reserving

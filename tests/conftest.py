@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from allocator.actor import Allocator
 from allocator.server import AllocatorServer
@@ -25,6 +27,17 @@ CANONICAL_QUERY = {
     "customer_slug": "redbox-logistics",
 }
 NUMBER_PATTERN = r"^[A-Z0-9]{1,16}$"
+
+# A Hypothesis failure must show up again when the run is repeated (docs/reliability.md,
+# "The evidence"). In CI (CI is set; .ci/run sets it) every run draws the same examples: a failure
+# there fails every rerun, and HYPOTHESIS_PROFILE=ci repeats it on any machine. Elsewhere the
+# examples vary from run to run, and a failing one is kept in .hypothesis/ (git-ignored) and
+# tried first on the next run. Both print the failure's @reproduce_failure blob.
+hypothesis_settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+hypothesis_settings.register_profile("dev", print_blob=True)
+hypothesis_settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev")
+)
 
 
 @pytest.fixture

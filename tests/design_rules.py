@@ -156,6 +156,13 @@ def customer_slug(value: str) -> Verdict:
     )
 
 
+def count(value: str) -> Verdict:
+    """How many numbers at once (README, optional): a whole number from 1 to 1000."""
+    if value[1:2] and value[0] == "0" and set(value) <= DIGITS:
+        return None  # leading zeros ("007"): the README does not say
+    return value.isascii() and value.isdigit() and 1 <= int(value) <= 1000
+
+
 RULES: dict[str, Callable[[str], Verdict]] = {
     "origin_country_id": country,
     "destination_country_id": country,
@@ -164,7 +171,11 @@ RULES: dict[str, Callable[[str], Verdict]] = {
     "customer_id": customer_id,
     "customer_name": customer_name,
     "customer_slug": customer_slug,
+    "count": count,
 }
+# Fields a request may leave out; every other field of RULES is required.
+OPTIONAL = frozenset({"count"})
+REQUIRED = tuple(name for name in RULES if name not in OPTIONAL)
 
 
 def normalised(field: str, value: str) -> str:
@@ -344,6 +355,13 @@ slugs = st.one_of(
     st.text(max_size=20),
 )
 
+counts = st.one_of(
+    st.integers(1, 1000).map(str),
+    st.integers(-5, 2000).map(str),
+    st.sampled_from(["", "0", "1001", "1.0", "1e3", "+1", " 1", "\u0661", "\uff11", "10_0"]),
+    st.text(max_size=5),
+)
+
 VALUES: dict[str, st.SearchStrategy[str]] = {
     "origin_country_id": countries,
     "destination_country_id": countries,
@@ -352,6 +370,7 @@ VALUES: dict[str, st.SearchStrategy[str]] = {
     "customer_id": uuids,
     "customer_name": names,
     "customer_slug": slugs,
+    "count": counts,
 }
 
 # Values the rules allow, built from the rules' own terms.
@@ -377,6 +396,7 @@ VALID_VALUES: dict[str, st.SearchStrategy[str]] = {
     "customer_slug": st.lists(_word, min_size=1, max_size=10)
     .map("-".join)
     .filter(lambda slug: len(slug) <= 255),
+    "count": st.integers(1, 1000).map(str),
 }
 
 

@@ -41,17 +41,17 @@ def listening_allocator(config: Config, ready: run.Ready) -> None:
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(config.allocator_socket)
     sock.listen()
-    record(config, "allocator-start")
-    ready()
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    record(config, "allocator-start")
+    ready()
     stopped.wait()
     record(config, "allocator-stop")
     os.unlink(config.allocator_socket)
 
 
 def steady_worker(config: Config, listener: socket.socket, ready: run.Ready) -> None:
-    # The handler first: a test may stop the service as soon as it sees "worker-start".
+    # The handler first: a test that saw "worker-start" may have SIGTERM sent at once.
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     record(config, "worker-start")

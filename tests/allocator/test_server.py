@@ -15,6 +15,7 @@ from allocator.actor import Allocator
 from allocator.client import AllocatorClient
 from allocator.errors import KeyMismatch, LeaseRefused, StoreError
 from allocator.protocol import Granted, Hello, Lease
+from allocator.server import HELLO_TIMEOUT
 from allocator.store import open_store
 from allocator.store.sqlite import SQLiteStore
 from allocator.unix_socket import bind_unix_socket
@@ -162,12 +163,16 @@ async def test_when_the_store_fails_it_grants_what_is_reserved_then_refuses(
         assert stop <= reserved
     assert allocator.next == reserved == granted
     assert durable_mark(config) == reserved
+    assert allocator.stats.last_store_error is not None
+    assert allocator.stats.last_store_error_at is not None
 
     # Writable again: it recovers by itself, and never reissues.
     await allocator.store._connection().execute("PRAGMA query_only=OFF")
     await asyncio.sleep(1.1)  # the store retry delay
     start, _ = await allocator.lease(5)
     assert start >= reserved
+    # The status's last store error and its time are cleared together (docs/operations.md).
+    assert (allocator.stats.last_store_error, allocator.stats.last_store_error_at) == (None, None)
 
 
 async def test_a_refused_lease_reaches_the_client(allocator: Allocator, config: Config) -> None:
@@ -218,9 +223,16 @@ async def test_bad_input_is_dropped_without_a_grant(
 
 
 async def test_a_silent_client_does_not_block_others(allocator: Allocator, config: Config) -> None:
-    _, silent = await asyncio.open_unix_connection(config.allocator_socket)
-    client = AllocatorClient(config.allocator_socket, timeout=5)
-    assert await client.lease(1)
+    silent_reader, silent = await asyncio.open_unix_connection(config.allocator_socket)
+    leased_before = allocator.stats.leased_numbers_total
+    # Half the hello timeout: a lease that had to wait until the silent client is dropped
+    # would time out.
+    client = AllocatorClient(config.allocator_socket, timeout=HELLO_TIMEOUT / 2)
+    start, stop = await client.lease(1)
+    assert stop - start == 1
+    assert allocator.stats.leased_numbers_total - leased_before == 1
+    # Granted while the silent client was still connected, not after it was dropped.
+    assert not silent_reader.at_eof()
     await client.close()
     silent.close()
 

@@ -36,9 +36,10 @@ NUMBERS = 40  # per container
 # The supervisor's lines of an orderly stop, in order (the log field relied on is `message`).
 CLEAN_STOP = ["stopping: draining workers", "stopping: allocator", "allocator stopped", "stopped"]
 # The permutation key, as the allocator stored it on the volume (read-only: it is running).
-READ_KEY = (
+READ_KEY_AND_MARK = (
     "import sqlite3; db = 'file:/var/lib/tracking/tracking.sqlite3?mode=ro'; "
-    "print(sqlite3.connect(db, uri=True).execute('SELECT key FROM counter').fetchone()[0].hex())"
+    "key, mark = sqlite3.connect(db, uri=True).execute('SELECT key, reserved FROM counter')"
+    ".fetchone(); print(key.hex(), mark)"
 )
 # Lines that no clean stop has: a child killed after its grace, a child dead or failed.
 UNCLEAN = re.compile(r"killing|died|failed|Traceback", re.IGNORECASE)
@@ -219,7 +220,9 @@ def test_a_second_container_on_the_same_volume_continues_without_a_duplicate(run
     second.issue(NUMBERS)
     # Decoded with the key on the volume (counters_of checks each number formats back from
     # it): the same key, and counters past every one the first container issued.
-    key = bytes.fromhex(second.exec("python", "-c", READ_KEY).strip())
-    before, after = counters_of(key, first.numbers), counters_of(key, second.numbers)
+    key_hex, mark = second.exec("python", "-c", READ_KEY_AND_MARK).split()
+    key = bytes.fromhex(key_hex)
+    before = counters_of(key, first.numbers, int(mark))
+    after = counters_of(key, second.numbers, int(mark))
     assert min(after) > max(before)
     assert len(set(first.numbers + second.numbers)) == len(first.numbers) + len(second.numbers)

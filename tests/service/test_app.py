@@ -1,5 +1,6 @@
 import asyncio
 import datetime
+import json
 import re
 import uuid
 from collections.abc import Callable
@@ -220,6 +221,29 @@ async def raw_request(client: TestClient, data: bytes) -> tuple[int, dict[str, s
     return int(status_line.split()[1]), headers, body
 
 
+async def json_error(
+    client: TestClient, data: bytes, *, status: int | None = None
+) -> tuple[int, dict]:
+    """Send ``data`` raw; assert the answer is a JSON 4xx error of the usual shape, and return
+    its status and document."""
+    code, headers, body = await raw_request(client, data)
+    assert 400 <= code < 500, (code, body[:200])
+    if status is not None:
+        assert code == status, (code, body[:200])
+    assert headers["Content-Type"].startswith("application/json"), headers
+    assert b"<html" not in body.lower()
+    assert b"Traceback" not in body
+    document = json.loads(body)
+    # {"error": …, "details": …, "correlation_id": …}, details only for a 400.
+    assert set(document) <= {"error", "details", "correlation_id"}, document
+    assert isinstance(document["error"], str)
+    assert document["error"]
+    assert "details" not in document or code == 400, document
+    assert document["correlation_id"] == headers["X-Request-ID"], (document, headers)
+    assert int(headers["Content-Length"]) == len(body)
+    return code, document
+
+
 @pytest.mark.parametrize(
     "data",
     [
@@ -231,11 +255,7 @@ async def raw_request(client: TestClient, data: bytes) -> tuple[int, dict[str, s
     ids=["garbage", "huge header", "huge request line", "malformed header"],
 )
 async def test_malformed_requests_get_a_json_4xx(client: TestClient, data: bytes) -> None:
-    status, headers, body = await raw_request(client, data)
-    assert 400 <= status < 500
-    assert headers["Content-Type"].startswith("application/json")
-    assert b"error" in body
-    assert b"<html" not in body
+    await json_error(client, data)
 
 
 async def test_health_follows_the_allocator_away_and_back(

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 
 from service import params
 from tests.conftest import CANONICAL_QUERY
-from tests.service.test_app import PATH, raw_request
+from tests.service.test_app import PATH, json_error, raw_request
 
 VALID_QUERY = urlencode(CANONICAL_QUERY)
 
@@ -22,23 +22,6 @@ VALID_QUERY = urlencode(CANONICAL_QUERY)
 def http_get(target: str, *headers: str) -> bytes:
     lines = [f"GET {target} HTTP/1.1", "Host: x", *headers, "Connection: close", "", ""]
     return "\r\n".join(lines).encode("latin-1")
-
-
-async def json_error(
-    client: TestClient, data: bytes, *, status: int | None = None
-) -> tuple[int, dict]:
-    """Send ``data`` raw; assert the answer is a JSON 4xx error, and return it."""
-    code, headers, body = await raw_request(client, data)
-    assert 400 <= code < 500, (code, body[:200])
-    if status is not None:
-        assert code == status, (code, body[:200])
-    assert headers["Content-Type"].startswith("application/json"), headers
-    assert b"<html" not in body.lower()
-    assert b"Traceback" not in body
-    document = json.loads(body)
-    assert document["error"]
-    assert document["correlation_id"]
-    return code, document
 
 
 async def test_an_oversized_query_string_is_a_json_4xx(client: TestClient) -> None:

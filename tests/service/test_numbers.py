@@ -1,4 +1,5 @@
 import hashlib
+import itertools
 import random
 import re
 from collections import Counter
@@ -177,9 +178,70 @@ def test_serial_is_zero_padded_to_eleven_characters(value: int) -> None:
     assert NumberFormatter(KEY, NEW_STORE_SCHEME).format("MY", "ID", counter)[4:15] == base36(value)
 
 
+# ISO/IEC 7064 MOD 37,36, written again from the standard's hybrid system (M = 36), for
+# testing: P1 = M; for each character, S = P + value, P' = (||S||_M * 2) mod (M + 1), where
+# ||S||_M is S mod M, or M when that is 0. The check character makes the final ||S||_M = 1.
+M = 36
+
+
+def reference_state(text: str, p: int = M) -> int:
+    for char in text:
+        p = ((p + ALPHABET.index(char)) % M or M) * 2 % (M + 1)
+    return p
+
+
+def reference_check_character(text: str) -> str:
+    return ALPHABET[(1 - reference_state(text)) % M]
+
+
 def test_check_character_matches_the_iso_7064_test_vector() -> None:
+    assert reference_check_character("A12425GABC1234002") == "M"
     assert mod_37_36.calc_check_digit("A12425GABC1234002") == "M"
     assert check_character("A12425GABC1234002") == "M"
+    # The reference agrees with python-stdnum's as well.
+    rng = random.Random(7)
+    for _ in range(1_000):
+        text = "".join(rng.choices(ALPHABET, k=rng.randrange(31)))
+        assert reference_check_character(text) == mod_37_36.calc_check_digit(text), text
+
+
+def prefixes_by_state(prefix: str, length: int) -> dict[int, str]:
+    """For each of the 36 check states, a ``prefix`` + ``length`` base-36 digits that ends in it."""
+    found: dict[int, str] = {}
+    for value in range(36**length):
+        text = prefix + base36(value)[-length:]
+        found.setdefault(reference_state(text), text)
+        if len(found) == M:
+            return found
+    raise AssertionError(f"{prefix!r} does not reach every state in {length} digits")
+
+
+def test_every_check_step_of_the_formatter_agrees_with_the_reference() -> None:
+    """Exhaustive over what the formatter's tables hold: every state before every last pair
+    of serial digits, every route state before every possible first digit, every final state.
+    """
+    formatter = NumberFormatter(KEY, NEW_STORE_SCHEME)
+    permute = Permutation(KEY, NEW_STORE_SCHEME)
+    serials: list[str] = []
+    # The last pair after each of the 36 states: the two-character step in every cell.
+    for text in prefixes_by_state("MYID0000000", 2).values():
+        serials += [text[4:] + base36(pair)[-2:] for pair in range(36**2)]
+    numbers = [("MYID", serial) for serial in serials]
+    # The first digit (at most J: serials are below 2**56) after each of the 36 route states.
+    routes: dict[int, str] = {}
+    for first, second in itertools.product(ALPHABET[10:], repeat=2):
+        routes.setdefault(reference_state("MY" + first + second), "MY" + first + second)
+    assert len(routes) == M
+    numbers += [(route, digit + "0" * 10) for route in routes.values() for digit in ALPHABET[:20]]
+    finals = set()
+    for route, serial_text in numbers:
+        counter = permute.invert(int(serial_text, 36))  # a tool here; the number is checked
+        number = formatter.format(route[:2], route[2:], counter)
+        assert number[:15] == route + serial_text
+        assert number[15] == reference_check_character(number[:15]), number
+        assert check_character(number[:15]) == number[15], number
+        finals.add(reference_state(number[:15]))
+    assert len(finals) == M
 
 
 def test_check_character_agrees_with_stdnum_on_random_text() -> None:

@@ -21,6 +21,10 @@ from tests.conftest import CANONICAL_QUERY, Allocators
 from tests.service.conftest import ClientFactory
 
 HEADER_TIMEOUT = 0.5
+# How long a test waits for a cut-off before it fails: far above HEADER_TIMEOUT, so that a
+# loaded machine cannot fail it, and far below keepalive_timeout (75 s), the only other timer
+# that would close these connections. The tests wait for the cut-off; they do not time it.
+CUT_OFF_WITHIN = 30.0
 HEAD = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
@@ -39,24 +43,24 @@ async def connect(client: TestClient) -> tuple[asyncio.StreamReader, asyncio.Str
     return await asyncio.open_connection("127.0.0.1", client.port)
 
 
-async def closed_after(reader: asyncio.StreamReader, limit: float) -> float:
-    """Seconds until the server closes the connection; fails after ``limit``."""
-    began = time.monotonic()
+async def cut_off(reader: asyncio.StreamReader) -> None:
+    """Wait until the server closes the connection, without an answer."""
     try:
-        data = await asyncio.wait_for(reader.read(), limit)
+        data = await asyncio.wait_for(reader.read(), CUT_OFF_WITHIN)
     except ConnectionError:  # our own write hit the closed socket first
         data = b""
     assert data == b""  # closed without an answer: there was no request to answer
-    return time.monotonic() - began
 
 
 async def test_a_client_that_connects_and_says_nothing_is_cut_off(
     allocators: Allocators, make_config: Callable[..., Config], make_client: ClientFactory
 ) -> None:
     client = await limited_client(allocators, make_config, make_client)
+    began = time.monotonic()  # the server's timer cannot start before we connect
     reader, writer = await connect(client)
-    elapsed = await closed_after(reader, 5 * HEADER_TIMEOUT)
-    assert elapsed >= HEADER_TIMEOUT * 0.8
+    await cut_off(reader)
+    # Not before the timeout (less a timer's granularity).
+    assert time.monotonic() - began >= HEADER_TIMEOUT - 0.01
     writer.close()
 
 
@@ -65,38 +69,36 @@ async def test_a_client_that_sends_its_head_one_byte_at_a_time_is_cut_off(
 ) -> None:
     client = await limited_client(allocators, make_config, make_client)
     reader, writer = await connect(client)
-    began = time.monotonic()
+    closed = asyncio.create_task(cut_off(reader))
+    # A head that never ends: one more byte of a header every 0.05 s, until the server hangs
+    # up. A timer that each byte restarted would never fire, and cut_off would fail.
+    writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: ")
     with contextlib.suppress(ConnectionError):  # cut off while writing: what we expect
-        for byte in HEAD[:-2]:  # never the final CRLF: the head is never complete
-            writer.write(bytes([byte]))
+        while not closed.done():
+            writer.write(b"a")
             await writer.drain()
             await asyncio.sleep(0.05)
-    # The bytes kept coming (len(HEAD) * 0.05 s is longer than the timeout), yet the head had
-    # to be complete within the timeout.
-    assert len(HEAD) * 0.05 > 2 * HEADER_TIMEOUT
-    await closed_after(reader, 5 * HEADER_TIMEOUT)
-    assert time.monotonic() - began < 2 * HEADER_TIMEOUT
+    await closed
     writer.close()
 
 
 async def test_many_slow_clients_do_not_delay_a_normal_one(
     allocators: Allocators, make_config: Callable[..., Config], make_client: ClientFactory
 ) -> None:
-    client = await limited_client(allocators, make_config, make_client)
+    # A head timeout long enough that, even on a loaded machine, the normal requests below are
+    # answered before it cuts the slow connections off.
+    client = await limited_client(allocators, make_config, make_client, "--header-timeout", "3")
     slow = [await connect(client) for _ in range(200)]
     for _, writer in slow:
         writer.write(b"GET /health HTTP/1.1\r\nHo")
-    latencies = []
     for _ in range(20):
-        began = time.monotonic()
         response = await client.get("/next-tracking-number", params=CANONICAL_QUERY)
         assert response.status == 200
-        latencies.append(time.monotonic() - began)
-        await asyncio.sleep(0.02)
-    assert max(latencies) < 0.25, latencies
-    # ...and every slow connection is gone soon after the timeout.
-    for reader, _ in slow:
-        assert await asyncio.wait_for(reader.read(), 5 * HEADER_TIMEOUT) == b""
+    # Every normal request was answered while all 200 slow heads were still pending: none of
+    # them had to be cut off first.
+    assert not any(reader.at_eof() for reader, _ in slow)
+    # ...and every slow connection is cut off after the timeout.
+    await asyncio.gather(*(cut_off(reader) for reader, _ in slow))
     for _, writer in slow:
         writer.close()
 
@@ -109,15 +111,15 @@ async def test_a_keep_alive_connection_may_idle_but_its_next_head_must_be_prompt
     writer.write(HEAD)
     assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
     await reader.readuntil(b"}")  # the JSON body
-    # Idle between requests is the keep-alive timer's business, not the head's.
+    # Idle between requests, longer than the head timeout, on purpose: idling is the keep-alive
+    # timer's business, not the head's.
     await asyncio.sleep(3 * HEADER_TIMEOUT)
     writer.write(HEAD)
     assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
     await reader.readuntil(b"}")
-    # A next head that starts but never ends is cut off.
+    # A next head that starts but never ends is cut off (long before keepalive_timeout).
     writer.write(b"GET /hea")
-    elapsed = await closed_after(reader, 5 * HEADER_TIMEOUT)
-    assert elapsed < 3 * HEADER_TIMEOUT
+    await cut_off(reader)
     writer.close()
 
 
@@ -127,7 +129,7 @@ async def test_a_request_being_answered_is_never_cut_off(
     # An allocator that accepts and never answers: the request waits the whole lease timeout,
     # longer than the head timeout, while the first bytes of a pipelined second request arm
     # the head timer.
-    config = make_config("--header-timeout", str(HEADER_TIMEOUT), "--lease-timeout", "1.5")
+    config = make_config("--header-timeout", str(HEADER_TIMEOUT), "--lease-timeout", "3")
     os.makedirs(config.runtime_dir, mode=0o700, exist_ok=True)
     accepted: list[asyncio.StreamWriter] = []
     mute = await asyncio.start_unix_server(
@@ -143,7 +145,9 @@ async def test_a_request_being_answered_is_never_cut_off(
         began = time.monotonic()
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         assert head.startswith(b"HTTP/1.1 503")
-        assert time.monotonic() - began > 2 * HEADER_TIMEOUT  # the timer fired meanwhile
+        # The head timer fired meanwhile: this lower bound only grows on a loaded machine, and
+        # leaves 2 s for the pause above to overrun.
+        assert time.monotonic() - began > 2 * HEADER_TIMEOUT
         await reader.readuntil(b"}")
         writer.write(b"Host: x\r\n\r\n")
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)

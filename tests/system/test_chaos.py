@@ -113,4 +113,4 @@ def test_sigkills_under_load_never_make_a_duplicate(
     assert_valid(numbers)
     # Every counter lies below the durable mark: nothing was granted from beyond it.
     key, mark = sqlite_state(short_tmp / "tracking.sqlite3")
-    assert max(counters_of(key, numbers)) < mark
+    counters_of(key, numbers, mark)

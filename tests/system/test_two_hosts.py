@@ -25,9 +25,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from allocator.counter import NEW_STORE_SCHEME
-from service.numbers import NumberFormatter, Permutation
-from tests.system.conftest import Outcome, PostgresServer, Service, free_port, load
+from tests.system.conftest import Outcome, PostgresServer, Service, counters_of, free_port, load
 from tests.system.test_run import assert_valid
 
 # Small, so that the hosts' reservations interleave many times in a few seconds of load.
@@ -55,17 +53,10 @@ class SharedStore:
         return mark
 
     async def counters(self, numbers: list[str]) -> list[int]:
-        """The counter behind each number, decoded with the key stored beside the counter."""
+        """The counter behind each number, which must lie below the mark stored now."""
         key = await self.fetchval("SELECT key FROM tracking_counter")
         assert isinstance(key, bytes)
-        permutation = Permutation(key, NEW_STORE_SCHEME)  # a new store: the new scheme
-        counters = [permutation.invert(int(number[4:15], 36)) for number in numbers]
-        # The decoding is right only if it formats back to the very same numbers.
-        formatter = NumberFormatter(key, NEW_STORE_SCHEME)
-        every = max(len(numbers) // 50, 1)
-        for number, counter in list(zip(numbers, counters, strict=True))[::every]:
-            assert formatter.format("MY", "ID", counter) == number
-        return counters
+        return await asyncio.to_thread(counters_of, key, numbers, await self.mark())
 
 
 @pytest.fixture
