@@ -24,11 +24,11 @@ from aiohttp import web
 
 from allocator.errors import AllocatorError, IdempotencyFull
 from service import errors
-from service.answers import JsonAnswer
 from service.issuing import audit_of, body_for, numbers_for
 from service.keys import CLIENT, ISSUER, METRICS
 from service.observe import ISSUE_ROUTE, Audit, record
 from service.params import TrackingRequest
+from service.server.answers import JsonAnswer
 
 HEADER = "Idempotency-Key"
 REPLAYED = "Idempotent-Replayed"

@@ -17,11 +17,11 @@ from allocator.counter import COUNTER_LIMIT
 from allocator.errors import AllocatorError
 from service import errors
 from service.admin import refusal
-from service.answers import JsonAnswer
 from service.keys import CLIENT
 from service.numbers import ALPHABET, NUMBER_LENGTH, Permutation, check_character
 from service.observe import observed
 from service.params import COUNTRY_CODES
+from service.server.answers import JsonAnswer
 
 MALFORMED = "Malformed tracking number"
 _COUNTRIES = frozenset(COUNTRY_CODES)

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, make_mocked_request
 
-from service.answers import JsonAnswer
+from service.server.answers import JsonAnswer
 
 CORRELATION_ID = "3f0e7a1c-0000-8000-8000-000000000001"
 BODY = b'{"answer":42}'

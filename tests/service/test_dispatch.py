@@ -6,9 +6,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, make_mocked_request
 
-from service.dispatch import issuing_first
 from service.observe import ISSUE_ROUTE, route_of
 from service.params import REQUIRED
+from service.server.dispatch import issuing_first
 
 ROUTER = web.Response(text="router")
 NAME = web.AppKey("name", str)
