@@ -10,8 +10,9 @@ The rest of the service uses aiohttp's public API only. Every private name these
 on is listed in tests/service/test_aiohttp_private_names.py, which fails naming the name and
 the module when an aiohttp release changes one.
 
-Before a new aiohttp version is allowed (the pin in pyproject.toml names the minor versions CI
-tests): run that test on it, and read the new source of each routine it lists as copied.
+aiohttp is pinned (pyproject.toml) to the minor version CI tests, from the release the test's
+fingerprints were read on. Before a new version is allowed: run that test on it, and read the
+new source of each routine it lists as copied.
 ``dispatch.issuing_first`` is a copy of ``Application._handle`` for one route, and a check
 added there would be skipped silently by the copy (aiohttp 4's ``_handle`` adds one,
 ``_pre_handler_error``); the test's fingerprint of that source fails until someone has read it.
