@@ -82,7 +82,14 @@ class JsonErrorRequestHandler(HeaderTimeoutRequestHandler):
         aiohttp keeps to itself when such a request began: its access line says 0 ns."""
         correlation_id = self.app[CORRELATION_IDS].of(request.headers)
         started = time.perf_counter_ns()
-        record(self.app, request, route_of(request), status, started, correlation_id)
+        record(
+            self.app,
+            request,
+            route=route_of(request),
+            status=status,
+            started_ns=started,
+            correlation_id=correlation_id,
+        )
         return json_error(status, phrase, correlation_id, headers=headers)
 
 
