@@ -54,7 +54,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     idempotency_ttl: Seconds = 86400.0
     # At least one frame of the allocator's protocol (64 KiB): room for the largest answer.
     idempotency_max_bytes: Annotated[int, msgspec.Meta(ge=1 << 16)] = 1 << 30
-    # Slow clients (service/limits.py, docs/reliability.md).
+    # Slow clients (service/server/header_timeout.py, docs/reliability.md).
     header_timeout: Seconds = 10.0
     keepalive_timeout: Seconds = 75.0
     # A child whose event loop shows no progress this long is killed and restarted (run.py).

@@ -17,9 +17,9 @@ from aiohttp import web
 from allocator.errors import AllocatorError
 from allocator.protocol import Status
 from service import errors, metrics
-from service.answers import JsonAnswer
 from service.keys import CLIENT, CONFIG, METRICS
 from service.observe import observed
+from service.server.answers import JsonAnswer
 
 
 def _is_loopback(remote: str | None) -> bool:

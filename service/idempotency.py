@@ -24,10 +24,10 @@ from aiohttp import web
 
 from allocator.errors import AllocatorError, IdempotencyFull
 from service import errors
-from service.answers import JsonAnswer
 from service.issued import body_for
 from service.keys import CLIENT, ISSUER
 from service.params import TrackingRequest
+from service.server.answers import JsonAnswer
 
 HEADER = "Idempotency-Key"
 REPLAYED = "Idempotent-Replayed"

@@ -14,7 +14,6 @@ from aiohttp import web
 
 from allocator.protocol import AllocatorStatus
 from service import idempotency
-from service.answers import JSON, JsonAnswer
 from service.countries import COUNTRY_CODES
 from service.errors import ErrorBody
 from service.issued import IssuedNumber, IssuedNumbers
@@ -28,6 +27,7 @@ from service.params import (
     RULES,
     TrackingRequest,
 )
+from service.server.answers import JSON, JsonAnswer
 from service.verify import Verdict
 from service.views import Health
 

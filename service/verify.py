@@ -17,11 +17,11 @@ from allocator.counter import COUNTER_LIMIT
 from allocator.errors import AllocatorError
 from service import errors
 from service.admin import is_operator
-from service.answers import JsonAnswer
 from service.countries import COUNTRIES
 from service.keys import CLIENT
 from service.numbers import ALPHABET, NUMBER_LENGTH, Permutation, parse
 from service.observe import observed
+from service.server.answers import JsonAnswer
 
 MALFORMED = "Malformed tracking number"
 _CHARACTERS = frozenset(ALPHABET)

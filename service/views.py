@@ -15,11 +15,11 @@ from aiohttp import web
 
 from allocator.errors import AllocatorError
 from service import errors, idempotency
-from service.answers import JsonAnswer
 from service.issued import body_for
 from service.keys import CORRELATION_IDS, ISSUER, METRICS
 from service.observe import ISSUE_ROUTE, UNMATCHED_ROUTE, finish, observed, route_of
 from service.params import validate
+from service.server.answers import JsonAnswer
 
 
 class Health(msgspec.Struct, omit_defaults=True):

@@ -20,7 +20,7 @@ from config import lifecycle, logs
 from config.lifecycle import until_stop_requested
 from config.settings import Config
 from service.app import create_app
-from service.errors import AppRunner, JsonErrorServer
+from service.server.runner import AppRunner, JsonErrorServer
 
 log = logging.getLogger("worker")
 

@@ -30,8 +30,8 @@ from config import settings
 from service import numbers, params, views
 from service.access_log import AccessLog
 from service.app import create_app
-from service.errors import AppRunner
 from service.keys import ACCESS_LOG
+from service.server.runner import AppRunner
 from tests.benchmark.bench import PATH, QUERY
 
 REQUEST = f"GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()

@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from allocator.actor import Allocator
 from config.settings import Config
 from service.app import create_app
-from service.errors import AppRunner
+from service.server.runner import AppRunner
 
 
 class JsonErrorTestServer(TestServer):

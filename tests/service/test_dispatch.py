@@ -6,9 +6,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, make_mocked_request
 
-from service.dispatch import issuing_first
 from service.observe import ISSUE_ROUTE, route_of
 from service.params import REQUIRED
+from service.server.dispatch import issuing_first
 
 ROUTER = web.Response(text="router")
 NAME = web.AppKey("name", str)
@@ -79,7 +79,3 @@ async def test_the_shortcut_serves_what_the_router_serves(client: TestClient) ->
     assert shortcut.headers["Content-Type"] == routed.headers["Content-Type"]
     assert "X-Request-ID" in routed.headers
     assert (await shortcut.json())["details"].keys() == set(REQUIRED) - {"origin_country_id"}
-
-
-def test_aiohttp_keeps_the_private_attribute_the_shortcut_sets() -> None:
-    assert "_match_info" in dir(web.Request)

@@ -1,8 +1,8 @@
 """A slow client cannot hold a worker: request heads must arrive within ``header_timeout``.
 
-Without service/limits.py, aiohttp keeps a connection that sends nothing, or its head one byte
-at a time, until its keep-alive timer fires (an hour by default in the runner), and thousands
-of them exhaust a worker's file descriptors (slowloris).
+Without service/server/header_timeout.py, aiohttp keeps a connection that sends nothing, or its
+head one byte at a time, until its keep-alive timer fires (an hour by default in the runner),
+and thousands of them exhaust a worker's file descriptors (slowloris).
 """
 
 from __future__ import annotations

@@ -7,8 +7,10 @@ comparisons, and given the match info the router would give it, resolved once at
 (it is frozen, and holds no per-request state). Everything else, ``HEAD`` of the same path
 included, goes through aiohttp as usual. See docs/performance.md.
 
-It sets ``Request._match_info``, as aiohttp's ``Application._handle`` does;
-tests/service/test_dispatch.py fails if a new aiohttp changes that.
+It sets ``Request._match_info``, as aiohttp's ``Application._handle`` does: it is that method's
+copy for one route, so a new aiohttp's ``_handle`` must be read before the new version is
+allowed (service/server/__init__.py); tests/service/test_aiohttp_private_names.py fails until
+someone has.
 
 Every request passes here first, so this is also where an ``Expect`` header that is not ASCII
 is refused, before aiohttp's expect handler would fail on it (docs/reliability.md).

@@ -11,7 +11,7 @@ connection is closed. See docs/reliability.md.
 The check is aiohttp's own idle check (``RequestHandler._process_keepalive``): the connection
 is closed only while its handler waits for a request, never while it answers one. It reads
 three of RequestHandler's private attributes (``_request_count``, ``_waiter``, ``_loop``);
-tests/service/test_slow_clients.py fails if a new aiohttp changes them.
+tests/service/test_aiohttp_private_names.py fails if a new aiohttp changes them.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from service.keys import CONFIG
 
-log = logging.getLogger("service.limits")
+log = logging.getLogger("service.server.header_timeout")
 
 
 class HeaderTimeoutRequestHandler(RequestHandler):

@@ -16,8 +16,8 @@ way refuses what aiohttp's serialiser refuses in a header. tests/service/test_an
 compares the two header by header.
 
 The plain way sets the private attributes that ``StreamResponse`` sets itself, and reads the
-request's ``_payload_writer`` and ``_match_info``; tests/service/test_answers.py fails if a new
-aiohttp changes them.
+request's ``_payload_writer`` and ``_match_info``; tests/service/test_aiohttp_private_names.py
+fails if a new aiohttp changes them.
 """
 
 from __future__ import annotations
