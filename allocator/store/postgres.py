@@ -25,7 +25,7 @@ from allocator.store.schema import (
     POSTGRES_IDEMPOTENCY_EXTRAS,
     POSTGRES_TABLES,
     SCHEMA_VERSION,
-    check_version,
+    create_or_check,
 )
 from config.settings import redact_url
 
@@ -100,14 +100,13 @@ class PostgresStore:
         self._one_at_a_time = StoreLock()
 
     async def open(self) -> None:
-        try:
-            version = await self._run(
+        await create_or_check(
+            lambda: self._run(
                 "create the schema", lambda db: _create_schema(db, self.create, self.location)
-            )
-            check_version(version, self.location)
-        except StoreError:
-            await self.close()
-            raise
+            ),
+            self.location,
+            self.close,
+        )
 
     async def load_key(self, supplied: bytes | None = None) -> bytes:
         async def insert_once_then_read(db: asyncpg.Connection) -> bytes | None:

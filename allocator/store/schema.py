@@ -6,6 +6,8 @@ because its database may be shared with other applications.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from allocator.counter import COUNTER_LIMIT, KEY_BYTES, SCHEME_FEISTEL4
 from allocator.errors import StoreError
 
@@ -82,3 +84,15 @@ def check_version(version: int | None, where: str) -> None:
             f"{where}: the store's schema version {version} is newer than this release knows "
             f"({SCHEMA_VERSION})"
         )
+
+
+async def create_or_check(
+    create: Callable[[], Awaitable[int | None]], where: str, close: Callable[[], Awaitable[None]]
+) -> None:
+    """Run a store's schema creation and check the version it reports; a store whose schema
+    is refused is closed again, as a failed open() leaves nothing open."""
+    try:
+        check_version(await create(), where)
+    except StoreError:
+        await close()
+        raise

@@ -22,7 +22,7 @@ from allocator.errors import StoreError, StoreMissing
 from allocator.store import Remembered, checked_key, reserved_range
 from allocator.store.faults import fault
 from allocator.store.lock import StoreLock
-from allocator.store.schema import ADD_SCHEME_COLUMN, SCHEMA_VERSION, SQLITE_TABLES, check_version
+from allocator.store.schema import ADD_SCHEME_COLUMN, SCHEMA_VERSION, SQLITE_TABLES, create_or_check
 from config.settings import private_directory
 
 # How long a statement waits for another process's lock on the file, in milliseconds.
@@ -60,14 +60,13 @@ class SQLiteStore:
         except (sqlite3.Error, OSError) as exc:
             await self.close()
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
-        try:
-            version = await self._run(
+        await create_or_check(
+            lambda: self._run(
                 "create the schema", lambda db: _create_schema(db, self.create, self.location)
-            )
-            check_version(version, self.location)
-        except StoreError:
-            await self.close()
-            raise
+            ),
+            self.location,
+            self.close,
+        )
 
     async def load_key(self, supplied: bytes | None = None) -> bytes:
         async def insert_once_then_read(db: aiosqlite.Connection) -> bytes | None:
