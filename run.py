@@ -418,7 +418,7 @@ class Supervisor:
         except ConfigError as exc:
             log.error(
                 "reload refused: the configuration does not load; nothing changed",
-                extra={"error.message": str(exc)},
+                extra=logs.error_fields(exc),
             )
             return
         config, kept = settings.reloaded(self.config, loaded)
@@ -513,10 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         # JSON on stdout like every other line, so that log pipelines and Filebeat read it. The
         # configured level is part of what failed; an error shows at any level.
         logs.configure("INFO")
-        log.error(
-            "invalid configuration",
-            extra={"error.type": type(exc).__name__, "error.message": str(exc)},
-        )
+        log.error("invalid configuration", extra=logs.error_fields(exc))
         return 2
     logs.configure(config.log_level)
     if commands.given:
@@ -533,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
             extra={
                 "tracking.host": config.host,
                 "tracking.port": config.port,
-                "error.message": str(exc),
+                **logs.error_fields(exc),
             },
         )
         return 1
