@@ -29,6 +29,7 @@ import json
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -83,6 +84,7 @@ def main() -> int:
             capture_output=True, text=True, errors="replace", timeout=120, check=False,
         )  # fmt: skip
 
+    began = time.monotonic()
     failures = []
 
     def check(ok: bool, what: str) -> None:
@@ -124,7 +126,10 @@ def main() -> int:
             check(printed == highest, f"allocator.marks printed {printed}, not {highest}")
             check(printed >= args.stored, "allocator.marks is below the stored mark")
             check(printed >= args.status_reserved, "allocator.marks is below the status's mark")
-    print(f"\n{len(commands)} journal commands of the guide, {len(failures)} failed checks")
+    print(
+        f"\n{len(commands)} journal commands of the guide, {len(failures)} failed checks, "
+        f"{time.monotonic() - began:.1f} s"
+    )
     return 1 if failures else 0
 
 
