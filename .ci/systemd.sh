@@ -4,8 +4,9 @@
 # (.ci/systemd_load.py, 32 connections) while systemd restarts the service 3 times and reloads
 # it twice. Fails unless: 0 failed requests, 0 duplicate numbers; after
 # `systemctl kill -s KILL --kill-whom=main` systemd brings it back and it serves; `systemctl
-# stop` ends with Result=success; the service ran as a dynamic user, never root. Prints the
-# figures (docs/reliability.md quotes them).
+# stop` ends with Result=success; the service ran as a dynamic user, never root; and then every
+# journal command of docs/operations.md works on this real journal (.ci/systemd_journal.py).
+# Prints the figures (docs/reliability.md quotes them).
 #
 # Needs root. Installs debootstrap and systemd-container when missing; the root file system is
 # cached under /tmp, keyed by its package list (about a minute to build, seconds to copy), and
@@ -14,7 +15,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=systemd,systemd-sysv,dbus,python3,python3-venv,ca-certificates,procps
+# jq: docs/operations.md's journal commands use it.
+PACKAGES=systemd,systemd-sysv,dbus,python3,python3-venv,ca-certificates,procps,jq
 CACHE=/tmp/tracking-systemd-rootfs-$(echo "$PACKAGES" | sha256sum | cut -c1-12)
 CONNECTIONS=32
 RESTARTS=3
@@ -256,6 +258,12 @@ echo "after the kill: $(cat "$RUN/after-kill.json")"
 check_figures "$RUN"/{steady,restarts,reloads,after-kill}.json
 
 say "systemctl stop"
+# The mark the service holds, for the restore's "Choosing N" below.
+status_reserved=$(python3 -c '
+import json, sys, urllib.request
+with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/allocator/status", timeout=30) as r:
+    print(json.load(r)["reserved"])
+' "$PORT")
 began=$(date +%s)
 inside systemctl stop tracking.service
 result=$(unit Result)
@@ -271,4 +279,14 @@ if [ "$(journal_count stopped "$began")" -ne 1 ]; then
     fail "no clean stop in the journal"
 fi
 [ "$(journal_count "child did not stop in time; killing" 0)" -eq 0 ] || fail "a child was killed"
+
+say "every journal command of docs/operations.md, on this real journal"
+stored=$(inside python3 -c '
+import sqlite3, sys
+store = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
+print(store.execute("SELECT reserved FROM counter WHERE id = 1").fetchone()[0])
+' /var/lib/private/tracking/tracking.sqlite3)
+python3 .ci/systemd_journal.py --stored "$stored" --status-reserved "$status_reserved" -- \
+    nsenter -t "$(container_pid)" -a env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin ||
+    fail "a journal command of docs/operations.md (above)"
 say "passed"

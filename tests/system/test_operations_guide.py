@@ -4,14 +4,14 @@
 are not JSON: systemd's own, and whatever a crashing process prints. Each ``journalctl … | …``
 command is taken from the guide itself (so this fails when the guide drifts) and run on real
 ``run.py`` output with such lines mixed in. It must print what it prints on the JSON lines
-alone. The configuration error is one of those JSON lines.
+alone. The configuration error is one of those JSON lines. .ci/systemd.sh runs the same
+commands (tests/system/guide_commands.py) on a real systemd's journal.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -24,9 +24,9 @@ from urllib.request import urlopen
 import pytest
 
 from tests.conftest import CANONICAL_QUERY
+from tests.system import guide_commands
 from tests.system.conftest import REPO, Service, running_in_ci, sqlite_state
 
-GUIDE = REPO / "docs" / "operations.md"
 # What journald adds around and between the service's own lines.
 SYSTEMD_LINES = [
     "Starting tracking.service - Tracking numbers...",
@@ -43,12 +43,10 @@ SYSTEMD_LINES = [
 
 def journal_commands() -> list[str]:
     """What follows ``journalctl -u tracking -o cat … |`` in each command of the guide."""
-    text = re.sub(r"\\\n\s*", " ", GUIDE.read_text())  # join continued lines
-    commands = []
-    for match in re.finditer(r"journalctl -u tracking -o cat[^|`\n]*\|([^`\n]+)", text):
-        command = re.sub(r"\s+#\s.*$", "", match.group(1)).strip()  # a trailing comment
-        commands.append(command.replace("/opt/tracking/.venv/bin/python", sys.executable))
-    return commands
+    return [
+        guide_commands.split(command)[1].replace("/opt/tracking/.venv/bin/python", sys.executable)
+        for command in guide_commands.journal_commands()
+    ]
 
 
 def run_on(command: str, journal: str) -> subprocess.CompletedProcess[str]:
