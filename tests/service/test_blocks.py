@@ -79,3 +79,24 @@ async def test_without_the_allocator_it_serves_what_it_holds_then_fails_fast(
         await issuer.issue("MY", "ID")
     assert not issuer.can_issue
     await issuer.close()
+
+
+async def test_a_batch_lets_other_requests_in_between_its_slices(
+    issuer: Issuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("service.blocks.BATCH_SLICE", 4)
+    await issuer.issue("MY", "ID")
+    count = 12
+    assert issuer.buffered >= count  # all in hand: the batch never waits for a block
+    seen_unfinished: list[bool] = []
+
+    async def another_request() -> None:
+        seen_unfinished.append(not batch.done())
+
+    batch = asyncio.create_task(issuer.issue_many("MY", "ID", count))
+    other = asyncio.create_task(another_request())
+    numbers = await batch
+    await other
+    assert len(set(numbers)) == count
+    # The other request ran while the batch was still going: after a slice, not after it all.
+    assert seen_unfinished == [True]
