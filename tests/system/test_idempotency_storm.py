@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import multiprocessing
 import sqlite3
 import time
@@ -113,7 +114,7 @@ async def run_rounds(url: str) -> tuple[list[float], list[float], dict[int, int]
 
 
 def kept_bytes(service: Service) -> int:
-    with sqlite3.connect(service.state_dir / "tracking.sqlite3") as db:
+    with contextlib.closing(sqlite3.connect(service.state_dir / "tracking.sqlite3")) as db:
         (total,) = db.execute(
             "SELECT coalesce(sum(length(CAST(key AS BLOB)) + length(fingerprint)"
             " + length(response)), 0) FROM idempotency"
