@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from allocator.actor import Allocator
 from allocator.client import AllocatorClient
 from allocator.errors import IdempotencyFull, LeaseRefused
 from allocator.protocol import MAX_FRAME
@@ -74,16 +75,22 @@ async def test_the_purge_makes_room_again(allocators: Allocators, client: Alloca
     await client.remember("new", FINGERPRINT, ANSWER)
 
 
-async def test_a_lease_is_granted_while_idempotency_requests_wait_for_the_store(
-    allocators: Allocators, client: AllocatorClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    allocator = await allocators.start()
+def stick_recalls(allocator: Allocator, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Make every recall wait on the store until the returned event is set."""
     release = asyncio.Event()
 
     async def stuck(key: str, fingerprint: bytes = b"") -> None:
         await release.wait()
 
     monkeypatch.setattr(allocator.store, "recall", stuck)
+    return release
+
+
+async def test_a_lease_is_granted_while_idempotency_requests_wait_for_the_store(
+    allocators: Allocators, client: AllocatorClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    allocator = await allocators.start()
+    release = stick_recalls(allocator, monkeypatch)
     # More than a connection's in-flight slots, all waiting on the store.
     recalls = [asyncio.create_task(client.recall(f"k-{n:03d}", FINGERPRINT)) for n in range(40)]
     await asyncio.sleep(0)
@@ -109,12 +116,7 @@ async def test_idempotency_requests_past_a_connections_slots_are_refused_at_once
     allocators: Allocators, client: AllocatorClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     allocator = await allocators.start()
-    release = asyncio.Event()
-
-    async def stuck(key: str, fingerprint: bytes = b"") -> None:
-        await release.wait()
-
-    monkeypatch.setattr(allocator.store, "recall", stuck)
+    release = stick_recalls(allocator, monkeypatch)
     # A client that does not keep to the limit our workers keep to.
     monkeypatch.setattr(client, "_idempotency_slots", asyncio.Semaphore(100))
     recalls = [
