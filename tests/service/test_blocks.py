@@ -1,5 +1,10 @@
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+import os
+import select
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -100,3 +105,77 @@ async def test_a_batch_lets_other_requests_in_between_its_slices(
     assert len(set(numbers)) == count
     # The other request ran while the batch was still going: after a slice, not after it all.
     assert seen_unfinished == [True]
+
+
+# Pinned to the given core, it says it is ready, waits to be woken, and says it woke.
+NEIGHBOUR = """
+import os, sys
+cpu, ready, wake, woke = map(int, sys.argv[1:])
+os.sched_setaffinity(0, {cpu})
+os.write(ready, b"r")
+os.read(wake, 1)
+os.write(woke, b"w")
+"""
+
+
+@contextlib.contextmanager
+def sharing_a_core_with_a_neighbour() -> Iterator[tuple[int, int]]:
+    """This thread and another process pinned to one core: yields the pipe end whose byte wakes
+    the neighbour, and the one that becomes readable once it has run."""
+    ready_r, ready_w = os.pipe()
+    wake_r, wake_w = os.pipe()
+    woke_r, woke_w = os.pipe()
+    ours = os.sched_getaffinity(0)
+    cpu = min(ours)
+    theirs = (ready_w, wake_r, woke_w)
+    neighbour = subprocess.Popen(
+        [sys.executable, "-c", NEIGHBOUR, str(cpu), *map(str, theirs)], pass_fds=theirs
+    )
+    for fd in theirs:
+        os.close(fd)
+    try:
+        assert os.read(ready_r, 1) == b"r"  # pinned, and about to wait
+        os.sched_setaffinity(0, {cpu})  # this thread only: the allocator's stay where they are
+        try:
+            yield wake_w, woke_r
+        finally:
+            os.sched_setaffinity(0, ours)
+    finally:
+        os.close(wake_w)  # the end of the pipe wakes it too, if the test did not get that far
+        assert neighbour.wait(timeout=10) == 0
+        os.close(ready_r)
+        os.close(woke_r)
+
+
+async def test_a_batch_lets_a_process_woken_on_its_core_run_between_its_slices(
+    issuer: Issuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without ``os.sched_yield`` the neighbour waits for the scheduler tick: at HZ=250 up to
+    4 ms, some 50 to 500 numbers into the batch on this machine."""
+    slice_ = 4
+    monkeypatch.setattr("service.blocks.BATCH_SLICE", slice_)
+    count = 2000
+    await issuer.issue("MY", "ID")
+    while issuer.buffered < count:  # all in hand: the batch never waits for a block
+        await issuer.issue_many("MY", "ID", 500)
+        await asyncio.sleep(0.01)  # the lease the batch started lands
+
+    taken = 0
+    taken_when_it_had_run: list[int] = []
+    issue_nowait = issuer.issue_nowait
+
+    def counting_issue_nowait(origin: str, destination: str) -> str | None:
+        nonlocal taken
+        if not taken_when_it_had_run and select.select([woke], [], [], 0)[0]:
+            taken_when_it_had_run.append(taken)
+        taken += 1
+        return issue_nowait(origin, destination)
+
+    monkeypatch.setattr(issuer, "issue_nowait", counting_issue_nowait)
+    with sharing_a_core_with_a_neighbour() as (wake, woke):
+        os.write(wake, b"w")
+        await issuer.issue_many("MY", "ID", count)
+    assert taken == count
+    # It ran at one of the batch's first slice boundaries (the first, on a quiet machine).
+    assert taken_when_it_had_run
+    assert taken_when_it_had_run[0] <= 4 * slice_
