@@ -22,9 +22,9 @@ from service.numbers import NumberFormatter
 log = logging.getLogger("service.issuer")
 
 MIN_BLOCK = 16
-# A batch gives way after every this many numbers (``_give_way``): 1000 numbers are about 7 ms
+# A batch gives way after every this many numbers (``_give_way``): 1000 numbers are milliseconds
 # of CPU, which would otherwise hold up every request that worker has read, and any process
-# the kernel wakes on the worker's core.
+# the kernel wakes on the worker's core (the figures are in docs/performance.md).
 BATCH_SLICE = 16
 MAX_BLOCK = 100_000
 LEASE_INTERVAL = 1.0  # seconds one block should last at the current rate
@@ -34,8 +34,8 @@ async def _give_way() -> None:
     """Between two slices of a batch: let in this worker's other requests, and the processes
     woken on this core."""
     # A process the kernel wakes on this core (a client on the same host, the allocator, the
-    # other worker) would otherwise wait for the next scheduler tick, up to 4 ms at HZ=250:
-    # the storm test's plain p99 went from 0.8 to 4 ms that way (docs/performance.md).
+    # other worker) would otherwise wait for the next scheduler tick, however many slices that
+    # takes: the scheduler need not preempt a running batch for it.
     os.sched_yield()
     await asyncio.sleep(0)
 
