@@ -150,7 +150,7 @@ def sharing_a_core_with_a_neighbour() -> Iterator[tuple[int, int]]:
 async def test_a_batch_lets_a_process_woken_on_its_core_run_between_its_slices(
     issuer: Issuer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Without ``os.sched_yield`` the neighbour waits for the scheduler tick, hundreds of
+    """Without ``os.sched_yield`` the neighbour waits for the scheduler tick, tens or hundreds of
     numbers into the batch."""
     slice_ = 4
     monkeypatch.setattr("service.blocks.BATCH_SLICE", slice_)
