@@ -242,7 +242,7 @@ class Supervisor:
         self.signals: deque[int] = deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
-        # Children write their name and a newline here once they serve.
+        # Children write their pid and a newline here once they serve.
         self._ready_r, self._ready_w = os.pipe()
         self._ready_lines = b""
         # Their loops beat at least 5 times per heartbeat_timeout: one late beat is no death.

@@ -2,7 +2,7 @@
 
 The issuing route's handler ends with ``finish``; the other handlers are wrapped by
 ``observed``; aiohttp's own error answers are recorded by
-``service.errors.JsonErrorRequestHandler``. All of them go through ``record``.
+``service.server.runner.JsonErrorRequestHandler``. All of them go through ``record``.
 """
 
 from __future__ import annotations
