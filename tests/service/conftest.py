@@ -9,6 +9,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from allocator.actor import Allocator
 from config.settings import Config
+from ledger.writer import LedgerWriter
 from service.app import create_app
 from service.server.runner import AppRunner
 
@@ -32,6 +33,8 @@ def make_client(aiohttp_client: Callable[..., Awaitable[TestClient]]) -> ClientF
 
 
 @pytest.fixture
-async def client(allocator: Allocator, config: Config, make_client: ClientFactory) -> TestClient:
-    """The app, served like production, with a real allocator behind it."""
+async def client(
+    allocator: Allocator, ledger_writer: LedgerWriter, config: Config, make_client: ClientFactory
+) -> TestClient:
+    """The app, served like production, with a real allocator and ledger writer behind it."""
     return await make_client(config)

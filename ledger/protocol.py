@@ -1,0 +1,92 @@
+"""The wire format between workers and the ledger's writer.
+
+Frames as the allocator's (``allocator.protocol``: a length prefix, then msgpack), with a cap
+of their own: one frame carries every record a worker made in one turn of its event loop.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from allocator.errors import ProtocolError
+from allocator.protocol import RequestId, frame
+from ledger.records import Record
+
+# A worker's turn may hold many batch requests of up to 1,000 numbers each: a record is under
+# 400 bytes, so this is some 40,000 records, far more than a turn makes.
+MAX_FRAME = 16 * 1024 * 1024
+
+
+class LedgerStats(msgspec.Struct, kw_only=True):
+    """The writer's counts since it started (rendered by /metrics, shown by /allocator/status)."""
+
+    records_written: int = 0
+    commits: int = 0
+    commit_seconds_total: float = 0.0
+    commit_failures: int = 0
+    uniqueness_violations: int = 0
+    largest_batch: int = 0
+    # The newest commit's size and latency; the last failure, if the newest commit failed.
+    last_batch: int = 0
+    last_commit_seconds: float = 0.0
+    last_error: str | None = None
+
+
+class Message(msgspec.Struct, tag=True, frozen=True, array_like=True):
+    id: RequestId
+
+
+class Append(Message):
+    """Make these records durable; answered once they are committed, or cannot be.
+
+    ``key``: the digest of the permutation key their counters are permuted with
+    (``ledger.records.key_digest``)."""
+
+    key: bytes
+    records: list[Record]
+
+
+class StatsQuery(Message):
+    pass
+
+
+class Committed(Message):
+    pass
+
+
+class NotCommitted(Message):
+    """None of the frame's records was committed. ``violation``: one of its counters has a
+    record already (the second line against duplicates), which must never happen."""
+
+    reason: str
+    violation: bool = False
+
+
+class Stats(Message):
+    stats: LedgerStats
+
+
+Request = Append | StatsQuery
+Response = Committed | NotCommitted | Stats
+
+_encoder = msgspec.msgpack.Encoder()
+_request_decoder = msgspec.msgpack.Decoder(Request)
+_response_decoder = msgspec.msgpack.Decoder(Response)
+
+
+def encode(message: Message) -> bytes:
+    return frame(_encoder.encode(message), MAX_FRAME)
+
+
+def decode_request(payload: bytes) -> Request:
+    try:
+        return _request_decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"bad ledger request: {exc}") from None
+
+
+def decode_response(payload: bytes) -> Response:
+    try:
+        return _response_decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"bad ledger response: {exc}") from None

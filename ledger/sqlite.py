@@ -1,0 +1,108 @@
+"""The ledger's SQLite file: its table, a batch's commit, and the reads of one record.
+
+The file is the ledger's own, beside the store's (docs/architecture.md says why): WAL with
+``synchronous=FULL``, the counter's durability, so a committed record survives a power cut.
+The writer process owns the one connection that writes; workers read through connections of
+their own, which WAL lets run beside the writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterable, Iterator
+
+import msgspec
+
+from ledger.records import FIELDS, Record
+
+SCHEMA = (
+    # One row per permutation key the ledger has seen: a rebuilt store with a new key starts
+    # its counter at 0 again, and its numbers differ from the old key's.
+    "CREATE TABLE IF NOT EXISTS ledger_key ( id INTEGER PRIMARY KEY, digest BLOB NOT NULL UNIQUE)",
+    # The primary key is the second line against duplicates: one record per counter and key.
+    # WITHOUT ROWID: the table is the primary key's B-tree, so that constraint costs no index.
+    "CREATE TABLE IF NOT EXISTS record ("
+    " key_id INTEGER NOT NULL REFERENCES ledger_key (id),"
+    " counter INTEGER NOT NULL,"
+    " number TEXT NOT NULL,"
+    " issued_at_ns INTEGER NOT NULL,"
+    " origin TEXT NOT NULL,"
+    " destination TEXT NOT NULL,"
+    " weight TEXT NOT NULL,"
+    " created_at TEXT NOT NULL,"
+    " customer_id TEXT NOT NULL,"
+    " customer_name TEXT NOT NULL,"
+    " customer_slug TEXT NOT NULL,"
+    " correlation_id TEXT NOT NULL,"
+    " host TEXT NOT NULL,"
+    " idempotency_key_digest BLOB,"
+    " PRIMARY KEY (key_id, counter)) WITHOUT ROWID",
+    # Newest first, overall and for one customer (the operators' two questions).
+    "CREATE INDEX IF NOT EXISTS record_by_time ON record (issued_at_ns)",
+    "CREATE INDEX IF NOT EXISTS record_by_customer ON record (customer_id, issued_at_ns)",
+)
+_COLUMNS = ", ".join(("key_id", *FIELDS))
+INSERT = f"INSERT INTO record ({_COLUMNS}) VALUES ({', '.join('?' * (len(FIELDS) + 1))})"
+SELECT_ONE = (
+    f"SELECT {', '.join(FIELDS)} FROM record r JOIN ledger_key k ON k.id = r.key_id"
+    " WHERE k.digest = ? AND r.counter = ?"
+)
+
+
+def open_for_writing(path: str) -> sqlite3.Connection:
+    """The writer's connection, with the schema made and the counter's durability."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        db.execute("PRAGMA busy_timeout=5000")
+        db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is on disk (the WAL fsynced) before COMMIT returns.
+        db.execute("PRAGMA synchronous=FULL")
+        for statement in SCHEMA:
+            db.execute(statement)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def key_id(db: sqlite3.Connection, digest: bytes) -> int:
+    """The ledger's id for a key, made at its first record."""
+    db.execute("INSERT OR IGNORE INTO ledger_key (digest) VALUES (?)", (digest,))
+    (found,) = db.execute("SELECT id FROM ledger_key WHERE digest = ?", (digest,)).fetchone()
+    return int(found)
+
+
+def insert(db: sqlite3.Connection, key: int, records: Iterable[Record]) -> None:
+    """Add ``records`` to the open transaction (sqlite3.IntegrityError when a counter has a
+    record already)."""
+    astuple = msgspec.structs.astuple
+    db.executemany(INSERT, [(key, *astuple(record)) for record in records])
+
+
+@contextlib.contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction, committed durably, or rolled back on any failure."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        # The failed statement may already have ended the transaction.
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise
+
+
+def recorded_number(db: sqlite3.Connection, key: int, counter: int) -> str | None:
+    """The number recorded for ``counter``, if any (to name both numbers of a violation)."""
+    row = db.execute(
+        "SELECT number FROM record WHERE key_id = ? AND counter = ?", (key, counter)
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def find(db: sqlite3.Connection, digest: bytes, counter: int) -> Record | None:
+    """The record of ``counter`` under the key of ``digest``, if there is one."""
+    row = db.execute(SELECT_ONE, (digest, counter)).fetchone()
+    return None if row is None else Record(*row)
