@@ -224,7 +224,10 @@ async def serve(config: Config, ready: Callable[[], None] = lambda: None) -> Non
         await writer.start()
         log.info(
             "ledger writer listening",
-            extra={"tracking.socket": config.ledger_socket, "tracking.ledger": config.ledger_path},
+            extra={
+                "tracking.socket": config.ledger_socket,
+                "tracking.ledger_file": config.ledger_path,
+            },
         )
         ready()
         await until_stop_requested(parent_pid)
