@@ -16,6 +16,7 @@ import signal
 import sqlite3
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ import aiohttp
 import pytest
 
 from tests.conftest import CANONICAL_QUERY
-from tests.system.conftest import Outcome, Service, alive, load
+from tests.system.conftest import Outcome, Service, alive, check_unsurprising, load
+from tests.system.test_faults import fill, get_json, tmpfs, until_both_workers
 
 KILLED_IN_TURN = ("worker-1", "allocator", "ledger", "worker-2")
 
@@ -196,3 +198,58 @@ def test_a_counter_recorded_twice_is_a_503_an_error_line_and_a_metric(short_tmp:
 async def issue(session: aiohttp.ClientSession) -> tuple[int, dict[str, Any]]:
     async with session.get("/next-tracking-number", params=CANONICAL_QUERY) as response:
         return response.status, json.loads(await response.read())
+
+
+@pytest.fixture
+def ledger_filesystem(short_tmp: Path) -> Iterator[Path]:
+    """A 32 MiB tmpfs for the state directory: room for the ledger's WAL, which grows to about
+    4 MiB (1,000 pages) before a checkpoint starts it again from its beginning."""
+    with tmpfs(short_tmp / "state", "32m") as mount_point:
+        yield mount_point
+
+
+def test_a_full_disk_under_the_ledger_gives_503s_that_lose_nothing_then_issuing_resumes(
+    short_tmp: Path, ledger_filesystem: Path
+) -> None:
+    # The ledger (in the state directory) on a small file system; the store beside it, so
+    # that only the ledger runs out of room.
+    service = Service(
+        short_tmp,
+        2,
+        "--state-dir", str(ledger_filesystem),
+        "--store", f"sqlite:///{short_tmp / 'tracking.sqlite3'}",
+    )  # fmt: skip
+    before, during, recovering, after = Outcome(), Outcome(), Outcome(), Outcome()
+
+    async def run() -> dict[str, Any]:
+        await load(service.url, 300, 8, outcome=before)
+        filler = fill(ledger_filesystem)
+        log_start = len(service.log().encode())
+        await until_both_workers(service, "/next-tracking-number", 503, during, log_start)
+        _, refusing = await get_json(service.url + "/allocator/status")
+        filler.unlink()
+        recover_start = len(service.log().encode())
+        await until_both_workers(service, "/next-tracking-number", 200, recovering, recover_start)
+        await load(service.url, 2000, 8, outcome=after)
+        return refusing
+
+    try:
+        service.start()
+        refusing = asyncio.run(run())
+        assert service.stop() == 0
+    finally:
+        service.kill()
+    for outcome in (before, during, recovering, after):
+        check_unsurprising(outcome)
+    assert during.unavailable > 0
+    assert (before.unavailable, after.unavailable, len(after.numbers)) == (0, 0, 2000)
+    # Operators could see why: the writer's error, in the status and in the log.
+    assert refusing["ledger"]["writer_up"] is True
+    assert "full" in refusing["ledger"]["stats"]["last_error"]
+    assert refusing["ledger"]["stats"]["commit_failures_total"] > 0
+    assert refusing["store_up"] is True  # the counter's store never noticed
+    failed = [x for x in service.log_lines() if x.get("message") == "ledger commit failed"]
+    assert failed
+    assert "full" in failed[0]["error.message"]
+    received = before.numbers + during.numbers + recovering.numbers + after.numbers
+    assert_each_number_recorded_once(ledger_filesystem, received)
