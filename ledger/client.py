@@ -1,6 +1,6 @@
 """The workers' side of the ledger's socket.
 
-Every record a worker makes in one turn of its event loop goes to the writer in one frame
+Every request's records a worker makes in one turn of its event loop go to the writer in one frame
 (``record`` only queues; the frame leaves at the end of the turn), and each request waits for
 the writer's answer to its turn's frame. One timer per frame bounds the wait: a writer that
 does not answer within the timeout fails every request of that frame with LedgerUnavailable,
@@ -18,18 +18,18 @@ from allocator.protocol import read_frame
 from ledger import protocol
 from ledger.errors import LedgerError, LedgerUnavailable, NotRecorded, UniquenessViolation
 from ledger.protocol import Append, Committed, LedgerStats, NotCommitted, Stats, StatsQuery
-from ledger.records import Record, key_digest
+from ledger.records import Issue, key_digest
 
 
 class _Frame:
-    """One turn's records, and the requests waiting for them to be durable."""
+    """One turn's issues, and the requests waiting for their records to be durable."""
 
-    __slots__ = ("id", "key", "records", "timer", "waiters")
+    __slots__ = ("id", "issues", "key", "timer", "waiters")
 
     def __init__(self, frame_id: int, key: bytes) -> None:
         self.id = frame_id
         self.key = key
-        self.records: list[Record] = []
+        self.issues: list[Issue] = []
         self.waiters: list[asyncio.Future[None]] = []
         self.timer: asyncio.TimerHandle | None = None
 
@@ -62,9 +62,10 @@ class LedgerClient:
     def connected(self) -> bool:
         return self._writer is not None and not self._writer.is_closing()
 
-    def record(self, key: bytes, records: list[Record]) -> asyncio.Future[None]:
-        """A future that is done once ``records`` are durable; its exception is a LedgerError
-        when they are not (within the timeout). ``key``: the permutation key of their counters."""
+    def record(self, key: bytes, issue: Issue) -> asyncio.Future[None]:
+        """A future that is done once the records of ``issue`` are durable; its exception is a
+        LedgerError when they are not (within the timeout). ``key``: the permutation key of
+        its counters."""
         loop = asyncio.get_running_loop()
         turn = self._turn
         if turn is None:
@@ -72,7 +73,7 @@ class LedgerClient:
                 self._key, self._key_digest = key, key_digest(key)
             turn = self._turn = _Frame(next(self._ids), self._key_digest)
             loop.call_soon(self._send_turn)
-        turn.records.extend(records)
+        turn.issues.append(issue)
         waiter = loop.create_future()
         turn.waiters.append(waiter)
         return waiter
@@ -107,7 +108,7 @@ class LedgerClient:
         turn.timer = loop.call_later(self.timeout, self._expire, turn)
         self._in_flight[turn.id] = turn
         try:
-            frame = protocol.encode(Append(id=turn.id, key=turn.key, records=turn.records))
+            frame = protocol.encode(Append(id=turn.id, key=turn.key, issues=turn.issues))
         except ProtocolError as exc:
             self._settle(turn.id, NotRecorded(str(exc)))
             return

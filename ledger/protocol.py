@@ -10,10 +10,10 @@ import msgspec
 
 from allocator.errors import ProtocolError
 from allocator.protocol import Histogram, RequestId, frame
-from ledger.records import Record
+from ledger.records import Issue
 
-# A worker's turn may hold many batch requests of up to 1,000 numbers each: a record is under
-# 400 bytes, so this is some 40,000 records, far more than a turn makes.
+# A worker's turn may hold many batch requests of up to 1,000 numbers each (about 25 bytes a
+# number, and 300 a request): room for some 500,000 numbers, far more than a turn makes.
 MAX_FRAME = 16 * 1024 * 1024
 
 
@@ -43,13 +43,13 @@ class Message(msgspec.Struct, tag=True, frozen=True, array_like=True):
 
 
 class Append(Message):
-    """Make these records durable; answered once they are committed, or cannot be.
+    """Make these requests' records durable; answered once they are committed, or cannot be.
 
     ``key``: the digest of the permutation key their counters are permuted with
     (``ledger.records.key_digest``)."""
 
     key: bytes
-    records: list[Record]
+    issues: list[Issue]
 
 
 class StatsQuery(Message):

@@ -1,4 +1,4 @@
-"""The ledger's SQLite file: its table, a batch's commit, and the reads of one record.
+"""The ledger's SQLite file: its tables, a batch's insert, and the reads of one record.
 
 The file is the ledger's own, beside the store's (docs/architecture.md says why): WAL with
 ``synchronous=FULL``, the counter's durability, so a committed record survives a power cut.
@@ -19,18 +19,15 @@ import msgspec
 
 from allocator.store.sqlite import private_database_file
 from ledger.errors import LedgerError
-from ledger.records import FIELDS, Record, key_digest
+from ledger.records import ISSUE_COLUMNS, RECORD_COLUMNS, Issue, Record, key_digest
 
 SCHEMA = (
     # One row per permutation key the ledger has seen: a rebuilt store with a new key starts
     # its counter at 0 again, and its numbers differ from the old key's.
     "CREATE TABLE IF NOT EXISTS ledger_key ( id INTEGER PRIMARY KEY, digest BLOB NOT NULL UNIQUE)",
-    # The primary key is the second line against duplicates: one record per counter and key.
-    # WITHOUT ROWID: the table is the primary key's B-tree, so that constraint costs no index.
-    "CREATE TABLE IF NOT EXISTS record ("
-    " key_id INTEGER NOT NULL REFERENCES ledger_key (id),"
-    " counter INTEGER NOT NULL,"
-    " number TEXT NOT NULL,"
+    # One row per request that issued numbers: what it declared, once however many numbers.
+    "CREATE TABLE IF NOT EXISTS issue ("
+    " id INTEGER PRIMARY KEY,"
     " issued_at_ns INTEGER NOT NULL,"
     " origin TEXT NOT NULL,"
     " destination TEXT NOT NULL,"
@@ -41,17 +38,29 @@ SCHEMA = (
     " customer_slug TEXT NOT NULL,"
     " correlation_id TEXT NOT NULL,"
     " host TEXT NOT NULL,"
-    " idempotency_key_digest BLOB,"
-    " PRIMARY KEY (key_id, counter)) WITHOUT ROWID",
+    " idempotency_key_digest BLOB)",
     # Newest first, overall and for one customer (the operators' two questions).
-    "CREATE INDEX IF NOT EXISTS record_by_time ON record (issued_at_ns)",
-    "CREATE INDEX IF NOT EXISTS record_by_customer ON record (customer_id, issued_at_ns)",
+    "CREATE INDEX IF NOT EXISTS issue_by_time ON issue (issued_at_ns)",
+    "CREATE INDEX IF NOT EXISTS issue_by_customer ON issue (customer_id, issued_at_ns)",
+    # One row per number. Its primary key is the second line against duplicates: one record per
+    # counter and key. WITHOUT ROWID: the table is that key's B-tree, so it costs no index.
+    "CREATE TABLE IF NOT EXISTS issued_number ("
+    " key_id INTEGER NOT NULL REFERENCES ledger_key (id),"
+    " counter INTEGER NOT NULL,"
+    " issue_id INTEGER NOT NULL REFERENCES issue (id),"
+    " number TEXT NOT NULL,"
+    " PRIMARY KEY (key_id, counter)) WITHOUT ROWID",
 )
-_COLUMNS = ", ".join(("key_id", *FIELDS))
-INSERT = f"INSERT INTO record ({_COLUMNS}) VALUES ({', '.join('?' * (len(FIELDS) + 1))})"
+INSERT_ISSUE = (
+    f"INSERT INTO issue (id, {', '.join(ISSUE_COLUMNS)})"
+    f" VALUES ({', '.join('?' * (len(ISSUE_COLUMNS) + 1))})"
+)
+INSERT_NUMBER = "INSERT INTO issued_number (key_id, counter, issue_id, number) VALUES (?, ?, ?, ?)"
+_RECORD = ", ".join(f"n.{c}" if c in ("counter", "number") else f"i.{c}" for c in RECORD_COLUMNS)
 SELECT_ONE = (
-    f"SELECT {', '.join(FIELDS)} FROM record r JOIN ledger_key k ON k.id = r.key_id"
-    " WHERE k.digest = ? AND r.counter = ?"
+    f"SELECT {_RECORD} FROM issued_number n"
+    " JOIN ledger_key k ON k.id = n.key_id JOIN issue i ON i.id = n.issue_id"
+    " WHERE k.digest = ? AND n.counter = ?"
 )
 
 
@@ -80,11 +89,25 @@ def key_id(db: sqlite3.Connection, digest: bytes) -> int:
     return int(found)
 
 
-def insert(db: sqlite3.Connection, key: int, records: Iterable[Record]) -> None:
-    """Add ``records`` to the open transaction (sqlite3.IntegrityError when a counter has a
-    record already)."""
+def next_issue_id(db: sqlite3.Connection) -> int:
+    """The id the next issue gets: the writer, the only one that inserts, numbers them."""
+    (last,) = db.execute("SELECT coalesce(max(id), 0) FROM issue").fetchone()
+    return int(last) + 1
+
+
+def insert(db: sqlite3.Connection, key: int, first_id: int, issues: Iterable[Issue]) -> int:
+    """Add ``issues`` to the open transaction, numbered from ``first_id``; the next free id.
+    sqlite3.IntegrityError when a counter has a record already."""
     astuple = msgspec.structs.astuple
-    db.executemany(INSERT, [(key, *astuple(record)) for record in records])
+    issue_rows, number_rows = [], []
+    issue_id = first_id
+    for issue in issues:
+        issue_rows.append((issue_id, *astuple(issue)[:-1]))
+        number_rows.extend((key, counter, issue_id, number) for counter, number in issue.numbers)
+        issue_id += 1
+    db.executemany(INSERT_ISSUE, issue_rows)
+    db.executemany(INSERT_NUMBER, number_rows)
+    return issue_id
 
 
 @contextlib.contextmanager
@@ -104,7 +127,7 @@ def transaction(db: sqlite3.Connection) -> Iterator[None]:
 def recorded_number(db: sqlite3.Connection, key: int, counter: int) -> str | None:
     """The number recorded for ``counter``, if any (to name both numbers of a violation)."""
     row = db.execute(
-        "SELECT number FROM record WHERE key_id = ? AND counter = ?", (key, counter)
+        "SELECT number FROM issued_number WHERE key_id = ? AND counter = ?", (key, counter)
     ).fetchone()
     return None if row is None else str(row[0])
 

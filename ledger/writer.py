@@ -61,6 +61,7 @@ class LedgerWriter:
         self.stats = LedgerStats()
         self._db: sqlite3.Connection | None = None
         self._key_ids: dict[bytes, int] = {}
+        self._next_issue_id = 0  # read from the file at start
         self._queue: list[_Pending] = []
         self._queued = asyncio.Event()
         self._stopping = False
@@ -70,6 +71,7 @@ class LedgerWriter:
 
     async def start(self) -> None:
         self._db = await asyncio.to_thread(sqlite.open_for_writing, self.path)
+        self._next_issue_id = sqlite.next_issue_id(self._db)
         self._committing = asyncio.create_task(self._commit_loop())
         sock = bind_unix_socket(self.socket_path)
         self._server = await asyncio.start_unix_server(
@@ -135,9 +137,10 @@ class LedgerWriter:
             answers = [self._failure(exc)] * len(group)
         seconds = time.perf_counter() - started
         written = sum(
-            len(pending.append.records)
+            len(issue.numbers)
             for pending, answer in zip(group, answers, strict=True)
             if answer is _committed
+            for issue in pending.append.issues
         )
         if written:
             stats = self.stats
@@ -149,12 +152,9 @@ class LedgerWriter:
         return answers
 
     def _commit_together(self, appends: list[Append]) -> list[Answer]:
-        db = self._connection()
         keys = [self._key_id(append.key) for append in appends]  # before: a rollback keeps them
         try:
-            with sqlite.transaction(db):
-                for key, append in zip(keys, appends, strict=True):
-                    sqlite.insert(db, key, append.records)
+            self._insert(list(zip(keys, appends, strict=True)))
             return [_committed] * len(appends)
         except sqlite3.IntegrityError:
             if len(appends) == 1:
@@ -163,32 +163,40 @@ class LedgerWriter:
         answers = []
         for key, append in zip(keys, appends, strict=True):
             try:
-                with sqlite.transaction(db):
-                    sqlite.insert(db, key, append.records)
+                self._insert([(key, append)])
                 answers.append(_committed)
             except sqlite3.IntegrityError:
                 answers.append(self._violation(key, append))
         return answers
 
+    def _insert(self, frames: list[tuple[int, Append]]) -> None:
+        """Commit ``frames`` in one transaction; the issues' ids are given back if it fails."""
+        db, next_id = self._connection(), self._next_issue_id
+        with sqlite.transaction(db):
+            for key, append in frames:
+                next_id = sqlite.insert(db, key, next_id, append.issues)
+        self._next_issue_id = next_id
+
     def _violation(self, key: int, append: Append) -> Answer:
         """Name the numbers that collide, and count it: this must never happen."""
         db = self._connection()
         seen: dict[int, str] = {}
-        for record in append.records:
-            earlier = seen.get(record.counter) or sqlite.recorded_number(db, key, record.counter)
-            seen[record.counter] = record.number
-            if earlier is None:
-                continue
-            self.stats.uniqueness_violations_total += 1
-            log.error(
-                "uniqueness violation: a counter has a record already; the request fails",
-                extra={
-                    "tracking.counter": record.counter,
-                    "tracking.number": record.number,
-                    "tracking.recorded_number": earlier,
-                    "http.request.id": record.correlation_id,
-                },
-            )
+        for issue in append.issues:
+            for counter, number in issue.numbers:
+                earlier = seen.get(counter) or sqlite.recorded_number(db, key, counter)
+                seen[counter] = number
+                if earlier is None:
+                    continue
+                self.stats.uniqueness_violations_total += 1
+                log.error(
+                    "uniqueness violation: a counter has a record already; the request fails",
+                    extra={
+                        "tracking.counter": counter,
+                        "tracking.number": number,
+                        "tracking.recorded_number": earlier,
+                        "http.request.id": issue.correlation_id,
+                    },
+                )
         reason = "a counter of these records has a record already"
         return lambda request_id: NotCommitted(id=request_id, reason=reason, violation=True)
 

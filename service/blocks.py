@@ -13,10 +13,10 @@ import contextlib
 import logging
 import os
 import time
-from typing import NamedTuple
 
 from allocator.client import AllocatorClient
 from allocator.errors import AllocatorError, AllocatorUnavailable
+from ledger.records import Issued
 from service.numbers import NumberFormatter
 
 # Named for the Issuer: operators filter on this log.logger (docs/operations.md).
@@ -29,13 +29,6 @@ MIN_BLOCK = 16
 BATCH_SLICE = 16
 MAX_BLOCK = 100_000
 LEASE_INTERVAL = 1.0  # seconds one block should last at the current rate
-
-
-class Issued(NamedTuple):
-    """A number, and the counter it was made from (which its record keeps)."""
-
-    counter: int
-    number: str
 
 
 async def _give_way() -> None:

@@ -11,8 +11,7 @@ import socket
 import msgspec
 from aiohttp import web
 
-from ledger.records import Record
-from service.blocks import Issued
+from ledger.records import Issue, Issued
 from service.keys import CLIENT, LEDGER
 from service.params import TrackingRequest
 
@@ -72,32 +71,28 @@ def body_for(
     return _encoder.encode(IssuedNumbers(numbers[0], issued_at, correlation_id, metadata, numbers))
 
 
-def records_for(
+def issue_for(
     query: TrackingRequest,
     issued: list[Issued],
     correlation_id: str,
     issued_at_ns: int,
     idempotency_key_digest: bytes | None = None,
-) -> list[Record]:
-    """The ledger's records of ``issued``, one per number, with every field of the request."""
-    return [
-        Record(
-            counter,
-            number,
-            issued_at_ns,
-            query.origin_country_id,
-            query.destination_country_id,
-            query.weight,
-            query.created_at,
-            query.customer_id,
-            query.customer_name,
-            query.customer_slug,
-            correlation_id,
-            HOST,
-            idempotency_key_digest,
-        )
-        for counter, number in issued
-    ]
+) -> Issue:
+    """What the ledger keeps of a request that issued numbers: every field, and the numbers."""
+    return Issue(
+        issued_at_ns,
+        query.origin_country_id,
+        query.destination_country_id,
+        query.weight,
+        query.created_at,
+        query.customer_id,
+        query.customer_name,
+        query.customer_slug,
+        correlation_id,
+        HOST,
+        idempotency_key_digest,
+        issued,
+    )
 
 
 async def recorded(
@@ -114,5 +109,5 @@ async def recorded(
     if ledger is not None:
         key = app[CLIENT].key
         assert key is not None  # the numbers were made with it
-        records = records_for(query, issued, correlation_id, issued_at_ns, idempotency_key_digest)
-        await ledger.record(key, records)
+        issue = issue_for(query, issued, correlation_id, issued_at_ns, idempotency_key_digest)
+        await ledger.record(key, issue)

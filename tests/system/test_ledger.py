@@ -34,7 +34,13 @@ def records(state_dir: Path) -> list[dict[str, Any]]:
     """Every record in the ledger file, read directly."""
     with contextlib.closing(sqlite3.connect(state_dir / "ledger.sqlite3")) as db:
         db.row_factory = sqlite3.Row
-        return [dict(row) for row in db.execute("SELECT * FROM record")]
+        return [
+            dict(row)
+            for row in db.execute(
+                "SELECT n.key_id, n.counter, n.number, i.* FROM issued_number n"
+                " JOIN issue i ON i.id = n.issue_id"
+            )
+        ]
 
 
 def assert_each_number_recorded_once(state_dir: Path, received: list[str]) -> None:
@@ -146,7 +152,7 @@ def test_a_counter_recorded_twice_is_a_503_an_error_line_and_a_metric(short_tmp:
         async def collide() -> tuple[list[int], str]:
             from allocator.client import AllocatorClient
             from ledger.client import LedgerClient
-            from ledger.records import Record
+            from ledger.records import Issue, Issued
 
             async with aiohttp.ClientSession(service.url) as session:
                 first = await issue(session)
@@ -156,9 +162,7 @@ def test_a_counter_recorded_twice_is_a_503_an_error_line_and_a_metric(short_tmp:
                 await allocator.close()
                 recorded = records(short_tmp)
                 (row,) = recorded
-                planted = Record(
-                    row["counter"] + 1,
-                    "ZZZZPLANTED00001",
+                planted = Issue(
                     time.time_ns(),
                     "ZZ",
                     "ZZ",
@@ -169,10 +173,12 @@ def test_a_counter_recorded_twice_is_a_503_an_error_line_and_a_metric(short_tmp:
                     "planted",
                     "planted",
                     "test",
+                    None,
+                    [Issued(row["counter"] + 1, "ZZZZPLANTED00001")],
                 )
                 ledger = LedgerClient(str(short_tmp / "run" / "ledger.sock"), 5.0)
                 try:
-                    await ledger.record(key, [planted])
+                    await ledger.record(key, planted)
                 finally:
                     await ledger.close()
                 second = await issue(session)
