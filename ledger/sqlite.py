@@ -74,12 +74,29 @@ def open_for_writing(path: str) -> sqlite3.Connection:
         db.execute("PRAGMA journal_mode=WAL")
         # FULL: a commit is on disk (the WAL fsynced) before COMMIT returns.
         db.execute("PRAGMA synchronous=FULL")
+        # No checkpoint inside a commit: copying the WAL into the file and syncing it would
+        # hold up every request of that group. The writer's checkpointer does it beside.
+        db.execute("PRAGMA wal_autocheckpoint=0")
         for statement in SCHEMA:
             db.execute(statement)
     except BaseException:
         db.close()
         raise
     return db
+
+
+def open_for_checkpoints(path: str) -> sqlite3.Connection:
+    """A second connection, which copies committed pages from the WAL into the file while the
+    writer goes on (a PASSIVE checkpoint waits for no one and holds up no one)."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA busy_timeout=5000")
+    return db
+
+
+def checkpoint(db: sqlite3.Connection) -> None:
+    """Copy what the WAL holds into the file; the WAL starts again from its beginning at the
+    next commit once all of it is copied (it grows no further than the writes between two)."""
+    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
 def key_id(db: sqlite3.Connection, digest: bytes) -> int:

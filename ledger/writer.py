@@ -42,6 +42,9 @@ from ledger.protocol import (
 log = logging.getLogger("ledger")
 
 
+# How often the checkpointer copies the WAL into the file (sqlite.checkpoint).
+CHECKPOINT_INTERVAL = 1.0
+
 Answer = Callable[[int], protocol.Message]  # the answer to a frame, given its id
 
 
@@ -60,6 +63,8 @@ class LedgerWriter:
         self.socket_path = socket_path
         self.stats = LedgerStats()
         self._db: sqlite3.Connection | None = None
+        self._checkpoints: sqlite3.Connection | None = None
+        self._checkpointing: asyncio.Task[None] | None = None
         self._key_ids: dict[bytes, int] = {}
         self._next_issue_id = 0  # read from the file at start
         self._queue: list[_Pending] = []
@@ -72,7 +77,9 @@ class LedgerWriter:
     async def start(self) -> None:
         self._db = await asyncio.to_thread(sqlite.open_for_writing, self.path)
         self._next_issue_id = sqlite.next_issue_id(self._db)
+        self._checkpoints = sqlite.open_for_checkpoints(self.path)
         self._committing = asyncio.create_task(self._commit_loop())
+        self._checkpointing = asyncio.create_task(self._checkpoint_loop())
         sock = bind_unix_socket(self.socket_path)
         self._server = await asyncio.start_unix_server(
             self._serve, sock=sock, limit=protocol.MAX_FRAME
@@ -86,12 +93,17 @@ class LedgerWriter:
             self._stopping = True
             self._queued.set()
             await self._committing
+        if self._checkpointing is not None:
+            self._checkpointing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpointing
         for writer in list(self._connections):
             writer.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
-        if self._db is not None:
-            self._db.close()
+        for db in (self._checkpoints, self._db):
+            if db is not None:
+                db.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._connections.add(writer)
@@ -126,6 +138,16 @@ class LedgerWriter:
             for (append, writer), answer in zip(group, answers, strict=True):
                 if not writer.is_closing():
                     writer.write(protocol.encode(answer(append.id)))
+
+    async def _checkpoint_loop(self) -> None:
+        """Copy the WAL into the file now and then, in a thread: never inside a commit."""
+        assert self._checkpoints is not None
+        while True:
+            await asyncio.sleep(CHECKPOINT_INTERVAL)
+            try:
+                await asyncio.to_thread(sqlite.checkpoint, self._checkpoints)
+            except sqlite3.Error as exc:  # a full disk, say: the WAL waits for the next one
+                log.warning("ledger checkpoint failed", extra=error_fields(exc))
 
     def _commit(self, group: list[_Pending]) -> list[Answer]:
         """In the writer's thread: commit ``group`` as one transaction, else frame by frame
