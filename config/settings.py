@@ -79,9 +79,11 @@ HELP: dict[str, str] = {
     "postgresql:///DB?host=/DIR; the password from PGPASSWORD or a PGPASSFILE)",
     "reserve_step": "numbers reserved per store write; 0 sizes it from the issue rate, at least "
     "100000 with SQLite and 1000000 with PostgreSQL",
-    "key_file": "file holding the permutation key as 64 hex digits, mode 0600; by default the "
-    "key is generated at the store's first use and kept in the store; with key_file set, the "
-    "store is never created implicitly (see --init-store)",
+    "key_file": "file holding the permutation key as 64 hex digits, mode 0600, then a line "
+    "scheme=N naming the permutation its numbers are made with (required to create a store; "
+    "an existing store's is checked against it); by default the key is generated at the "
+    "store's first use and kept in the store; with key_file set, the store is never created "
+    "implicitly (see --init-store)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "access_log": "one log line per request",
     "cors_origins": "origins allowed by CORS, comma-separated (none by default)",
@@ -129,8 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_argument(
         "--init-store",
         action="store_true",
-        help="create the store (with the key of key_file when set) and exit; with key_file "
-        "set, the service never creates a store by itself",
+        help="create the store (with the key and scheme of key_file when set) and exit; with "
+        "key_file set, the service never creates a store by itself",
     )
     commands.add_argument(
         "--raise-reserved-to",
