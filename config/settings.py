@@ -297,7 +297,16 @@ def private_directory(path: str) -> None:
     mode = stat.S_IMODE(info.st_mode)
     if not stat.S_ISDIR(info.st_mode):
         raise NotPrivate(f"{path} is not a directory")
-    if info.st_uid != os.geteuid() or mode & 0o077:
+    if info.st_uid != os.geteuid():
+        # Even for root: the directory's user may read what we would write there, and could
+        # not open what root leaves in it. chmod would not help; running as its user does.
+        raise NotPrivate(
+            f"{path} is not private to uid {os.geteuid()}: it belongs to uid {info.st_uid}. "
+            f"Run this as uid {info.st_uid} (for a systemd unit's state directory: as the "
+            "service, through systemd-run, as docs/operations.md does), or choose a directory "
+            "of your own"
+        )
+    if mode & 0o077:
         raise NotPrivate(
             f"{path} is not private (mode {mode:04o}, owner uid {info.st_uid}); it must belong "
             f"to uid {os.geteuid()} with mode 0700: the service does not change the mode of a "

@@ -143,6 +143,27 @@ def test_a_directory_of_another_user_is_refused(short_tmp: Path) -> None:
         bind_unix_socket(str(theirs / "allocator.sock"))
 
 
+async def test_a_state_directory_of_another_user_is_refused_even_to_root_with_advice_that_helps(
+    short_tmp: Path,
+) -> None:
+    """A systemd unit's state directory, 0700 and its dynamic user's: chmod 700 would change
+    nothing (issue 23); the way is to run as that user, which the message says."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a directory to another user")
+    theirs = short_tmp / "theirs"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, 64108, 64108)  # a dynamic user's
+    store = SQLiteStore(str(theirs / "tracking.sqlite3"))
+    with pytest.raises(StoreError, match="not private") as refused:
+        await store.open()
+    message = str(refused.value)
+    assert "belongs to uid 64108" in message
+    assert "Run this as uid 64108" in message
+    assert "systemd-run" in message
+    assert "chmod" not in message
+    assert list(theirs.iterdir()) == []
+
+
 def test_a_runtime_directory_the_service_creates_is_0700_whatever_the_umask(
     short_tmp: Path, no_umask: None
 ) -> None:
