@@ -237,7 +237,7 @@ async def serve(config: Config, ready: Callable[[], None] = lambda: None) -> Non
     # of the lost one again, exactly (see --init-store).
     store = open_store(config.store, create=not config.key_file)
     allocator = Allocator(store, config.reserve_step)
-    await allocator.start(read_key_file(config.key_file) if config.key_file else None)
+    await allocator.start(*(read_key_file(config.key_file) if config.key_file else ()))
     server = AllocatorServer(
         allocator, config.allocator_socket, config.idempotency_ttl, config.idempotency_max_bytes
     )

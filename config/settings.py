@@ -79,9 +79,11 @@ HELP: dict[str, str] = {
     "postgresql:///DB?host=/DIR; the password from PGPASSWORD or a PGPASSFILE)",
     "reserve_step": "numbers reserved per store write; 0 sizes it from the issue rate, at least "
     "100000 with SQLite and 1000000 with PostgreSQL",
-    "key_file": "file holding the permutation key as 64 hex digits, mode 0600; by default the "
-    "key is generated at the store's first use and kept in the store; with key_file set, the "
-    "store is never created implicitly (see --init-store)",
+    "key_file": "file holding the permutation key as 64 hex digits, mode 0600, then a line "
+    "scheme=N naming the permutation its numbers are made with (required to create a store; "
+    "an existing store's is checked against it); by default the key is generated at the "
+    "store's first use and kept in the store; with key_file set, the store is never created "
+    "implicitly (see --init-store)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "access_log": "one log line per request",
     "cors_origins": "origins allowed by CORS, comma-separated (none by default)",
@@ -129,8 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_argument(
         "--init-store",
         action="store_true",
-        help="create the store (with the key of key_file when set) and exit; with key_file "
-        "set, the service never creates a store by itself",
+        help="create the store (with the key and scheme of key_file when set) and exit; with "
+        "key_file set, the service never creates a store by itself",
     )
     commands.add_argument(
         "--raise-reserved-to",
@@ -295,7 +297,16 @@ def private_directory(path: str) -> None:
     mode = stat.S_IMODE(info.st_mode)
     if not stat.S_ISDIR(info.st_mode):
         raise NotPrivate(f"{path} is not a directory")
-    if info.st_uid != os.geteuid() or mode & 0o077:
+    if info.st_uid != os.geteuid():
+        # Even for root: the directory's user may read what we would write there, and could
+        # not open what root leaves in it. chmod would not help; running as its user does.
+        raise NotPrivate(
+            f"{path} is not private to uid {os.geteuid()}: it belongs to uid {info.st_uid}. "
+            f"Run this as uid {info.st_uid} (for a systemd unit's state directory: as the "
+            "service, through systemd-run, as docs/operations.md does), or choose a directory "
+            "of your own"
+        )
+    if mode & 0o077:
         raise NotPrivate(
             f"{path} is not private (mode {mode:04o}, owner uid {info.st_uid}); it must belong "
             f"to uid {os.geteuid()} with mode 0700: the service does not change the mode of a "

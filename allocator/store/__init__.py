@@ -11,9 +11,11 @@ one counter). ``schema.py`` holds both stores' tables.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+import os
+from typing import Any, NamedTuple, Protocol
 
-from allocator.errors import KeyMismatch, StoreError, StoreMissing
+from allocator.counter import KEY_BYTES, NEW_STORE_SCHEME
+from allocator.errors import KeyMismatch, SchemeNotNamed, StoreError, StoreMissing
 
 SQLITE_URL = "sqlite:///"
 POSTGRES_URLS = ("postgresql://", "postgres://")
@@ -49,11 +51,13 @@ class Store(Protocol):
     async def open(self) -> None:
         """Connect, and create the schema if it is missing (StoreMissing if ``create`` is off)."""
 
-    async def load_key(self, supplied: bytes | None = None) -> bytes:
-        """The permutation key, created at first use (``supplied``, else random bytes).
+    async def load_key(self, supplied: bytes | None = None, scheme: int | None = None) -> bytes:
+        """The permutation key, created at first use (``supplied``, else random bytes) with
+        ``scheme`` (else NEW_STORE_SCHEME), as ``offered_row`` says.
 
-        Raises KeyMismatch if ``supplied`` differs from the key already stored, and StoreMissing
-        if there is none and ``create`` is off.
+        Raises KeyMismatch if ``supplied`` or ``scheme`` differs from what is stored,
+        SchemeNotNamed if there is no key and ``supplied`` comes without its scheme, and
+        StoreMissing if there is none and ``create`` is off.
         """
 
     async def load_scheme(self) -> int:
@@ -106,13 +110,35 @@ def where(store: Store) -> dict[str, str]:
     return {"tracking.store": store.kind, "tracking.store_location": store.location}
 
 
-def checked_key(key: bytes | None, supplied: bytes | None, where: str) -> bytes:
-    """The key a store read, checked against the operator's (``Store.load_key``)."""
-    if key is None:
+def offered_row(
+    create: bool, supplied: bytes | None, scheme: int | None
+) -> tuple[bytes, int] | None:
+    """The key and scheme that ``Store.load_key`` offers a store that has none; None: it may
+    not make one. An operator's key only with the scheme the operator names: the scheme
+    belongs to the key, and a guess would give its old counters other numbers."""
+    if not create or (supplied is not None and scheme is None):
+        return None
+    return supplied or os.urandom(KEY_BYTES), NEW_STORE_SCHEME if scheme is None else scheme
+
+
+def checked_key(
+    row: Any, supplied: bytes | None, scheme: int | None, create: bool, where: str
+) -> bytes:
+    """The key of the ``(key, scheme)`` row a store read, checked against the operator's
+    (``Store.load_key``)."""
+    if row is None:
+        if create and supplied is not None and scheme is None:
+            raise SchemeNotNamed.at(where)
         raise StoreMissing.at(where)
+    key, stored_scheme = bytes(row[0]), int(row[1])
     if supplied is not None and key != supplied:
         raise KeyMismatch("the configured key differs from the key stored with the counter")
-    return bytes(key)
+    if scheme is not None and stored_scheme != scheme:
+        raise KeyMismatch(
+            f"the key_file names scheme {scheme}, but the store uses its key with scheme "
+            f"{stored_scheme}"
+        )
+    return key
 
 
 def reserved_range(stop: int | None, count: int) -> tuple[int, int]:

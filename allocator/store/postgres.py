@@ -8,16 +8,15 @@ connection dropped, to be made again).
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import asyncpg
 
-from allocator.counter import COUNTER_LIMIT, KEY_BYTES, NEW_STORE_SCHEME
+from allocator.counter import COUNTER_LIMIT
 from allocator.errors import StoreError, StoreMissing
-from allocator.store import Remembered, checked_key, reserved_range
+from allocator.store import Remembered, checked_key, offered_row, reserved_range
 from allocator.store.lock import StoreLock
 from allocator.store.schema import (
     ADD_SCHEME_COLUMN,
@@ -108,21 +107,21 @@ class PostgresStore:
             self.close,
         )
 
-    async def load_key(self, supplied: bytes | None = None) -> bytes:
-        async def insert_once_then_read(db: asyncpg.Connection) -> bytes | None:
-            if self.create:
+    async def load_key(self, supplied: bytes | None = None, scheme: int | None = None) -> bytes:
+        async def insert_once_then_read(db: asyncpg.Connection) -> asyncpg.Record | None:
+            offered = offered_row(self.create, supplied, scheme)
+            if offered is not None:
                 # Hosts starting at once each offer a key; the first insert wins and all read it.
                 status = await db.execute(
                     "INSERT INTO tracking_counter (id, reserved, key, scheme) VALUES (1, 0, $1, $2)"
                     " ON CONFLICT (id) DO NOTHING",
-                    supplied or os.urandom(KEY_BYTES),
-                    NEW_STORE_SCHEME,
+                    *offered,
                 )
                 self.created = status == "INSERT 0 1"
-            return await db.fetchval("SELECT key FROM tracking_counter WHERE id = 1")
+            return await db.fetchrow("SELECT key, scheme FROM tracking_counter WHERE id = 1")
 
-        key = await self._run("load the key", insert_once_then_read)
-        return checked_key(key, supplied, self.location)
+        row = await self._run("load the key", insert_once_then_read)
+        return checked_key(row, supplied, scheme, self.create, self.location)
 
     async def load_scheme(self) -> int:
         scheme = await self._run(

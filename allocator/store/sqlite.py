@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from allocator.counter import COUNTER_LIMIT, KEY_BYTES, NEW_STORE_SCHEME
+from allocator.counter import COUNTER_LIMIT
 from allocator.errors import StoreError, StoreMissing
-from allocator.store import Remembered, checked_key, reserved_range
+from allocator.store import Remembered, checked_key, offered_row, reserved_range
 from allocator.store.faults import fault
 from allocator.store.lock import StoreLock
 from allocator.store.schema import ADD_SCHEME_COLUMN, SCHEMA_VERSION, SQLITE_TABLES, create_or_check
@@ -68,20 +68,21 @@ class SQLiteStore:
             self.close,
         )
 
-    async def load_key(self, supplied: bytes | None = None) -> bytes:
-        async def insert_once_then_read(db: aiosqlite.Connection) -> bytes | None:
-            if self.create:
+    async def load_key(self, supplied: bytes | None = None, scheme: int | None = None) -> bytes:
+        async def insert_once_then_read(db: aiosqlite.Connection) -> Any:
+            offered = offered_row(self.create, supplied, scheme)
+            if offered is not None:
                 # Processes starting at once each offer a key; the first insert wins.
                 inserted = await _rowcount(
                     db,
                     "INSERT OR IGNORE INTO counter (id, reserved, key, scheme) VALUES (1, 0, ?, ?)",
-                    (supplied or os.urandom(KEY_BYTES), NEW_STORE_SCHEME),
+                    offered,
                 )
                 self.created = inserted == 1
-            return await _fetchval(db, "SELECT key FROM counter WHERE id = 1")
+            return await _fetchrow(db, "SELECT key, scheme FROM counter WHERE id = 1")
 
-        key = await self._run("load the key", insert_once_then_read)
-        return checked_key(key, supplied, self.location)
+        row = await self._run("load the key", insert_once_then_read)
+        return checked_key(row, supplied, scheme, self.create, self.location)
 
     async def load_scheme(self) -> int:
         scheme = await self._run(

@@ -22,8 +22,14 @@ import asyncpg
 import pytest
 
 from allocator.actor import STORE_RETRY_DELAY, Allocator
-from allocator.counter import COUNTER_LIMIT, NEW_STORE_SCHEME, SCHEME_FEISTEL4
-from allocator.errors import KeyMismatch, StoreError, StoreMissing
+from allocator.counter import (
+    COUNTER_LIMIT,
+    KNOWN_SCHEMES,
+    NEW_STORE_SCHEME,
+    SCHEME_FEISTEL4,
+    SCHEME_FEISTEL10,
+)
+from allocator.errors import KeyMismatch, SchemeNotNamed, StoreError, StoreMissing
 from allocator.store import Remembered, Store, open_store
 from allocator.store import postgres as store_module
 from allocator.store.postgres import PostgresStore
@@ -128,7 +134,7 @@ async def test_two_fresh_stores_get_different_keys(locations: Locations) -> None
 async def test_a_supplied_key_is_stored_at_first_use(locations: Locations, url: str) -> None:
     supplied = bytes(range(32))
     store = await locations.open(url)
-    assert await store.load_key(supplied) == supplied
+    assert await store.load_key(supplied, NEW_STORE_SCHEME) == supplied
     await store.close()
 
     reopened = await locations.open(url)
@@ -178,7 +184,7 @@ async def test_a_store_that_may_not_create_uses_an_existing_one_and_checks_its_k
 ) -> None:
     supplied = bytes(range(32))
     first = await locations.open(url)
-    await first.load_key(supplied)
+    await first.load_key(supplied, NEW_STORE_SCHEME)
     assert first.created
     await first.reserve(1000)
     await first.close()
@@ -191,18 +197,64 @@ async def test_a_store_that_may_not_create_uses_an_existing_one_and_checks_its_k
     assert await store.reserve(10) == (1000, 1010)
 
 
-@pytest.mark.parametrize("supplied", [None, bytes(range(32))], ids=["random", "supplied"])
-async def test_a_new_store_records_the_new_scheme_with_its_key(
-    locations: Locations, url: str, supplied: bytes | None
+async def test_a_new_store_records_the_new_scheme_with_a_random_key(
+    locations: Locations, url: str
 ) -> None:
     store = await locations.open(url)
-    key = await store.load_key(supplied)
+    key = await store.load_key()
     assert await store.load_scheme() == NEW_STORE_SCHEME
     await store.close()
 
     reopened = await locations.open(url)
     assert await reopened.load_key() == key
     assert await reopened.load_scheme() == NEW_STORE_SCHEME
+
+
+@pytest.mark.parametrize("scheme", KNOWN_SCHEMES)
+async def test_a_supplied_key_makes_a_store_with_the_scheme_supplied_with_it(
+    locations: Locations, url: str, scheme: int
+) -> None:
+    """The scheme belongs to the key: a store rebuilt under an old key keeps its numbers."""
+    supplied = bytes(range(32))
+    store = await locations.open(url)
+    assert await store.load_key(supplied, scheme) == supplied
+    assert store.created
+    assert await store.load_scheme() == scheme
+    await store.close()
+
+    reopened = await locations.open(url)
+    assert await reopened.load_key(supplied, scheme) == supplied
+    assert await reopened.load_scheme() == scheme
+
+
+async def test_a_supplied_key_without_its_scheme_never_makes_a_store(
+    locations: Locations, url: str
+) -> None:
+    """Guessing the newest scheme would give an old key's counters other numbers."""
+    store = await locations.open(url)
+    with pytest.raises(SchemeNotNamed, match="scheme=N"):
+        await store.load_key(bytes(range(32)))
+    assert not store.created
+    with pytest.raises(StoreError, match="no key"):
+        await store.load_scheme()
+
+
+async def test_a_supplied_scheme_that_differs_from_the_stored_one_is_refused(
+    locations: Locations, url: str
+) -> None:
+    supplied = bytes(range(32))
+    store = await locations.open(url)
+    await store.load_key(supplied, SCHEME_FEISTEL4)
+    with pytest.raises(KeyMismatch, match="scheme"):
+        await store.load_key(supplied, SCHEME_FEISTEL10)
+    # A key without its scheme takes the stored one, on a store that may or may not create.
+    assert await store.load_key(supplied) == supplied
+    await store.close()
+    existing = await locations.open(url, create=False)
+    assert await existing.load_key(supplied) == supplied
+    with pytest.raises(KeyMismatch, match="scheme"):
+        await existing.load_key(supplied, SCHEME_FEISTEL10)
+    assert await existing.load_scheme() == SCHEME_FEISTEL4
 
 
 async def test_a_store_made_before_the_scheme_keeps_its_key_its_mark_and_four_rounds(
