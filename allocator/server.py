@@ -55,6 +55,7 @@ log = logging.getLogger("allocator")
 MAX_INFLIGHT_PER_CONNECTION = 16
 # Idempotency requests have slots of their own, so that they never hold up a lease. Past
 # this, one is refused at once rather than stop the reading (workers send no more than this).
+# An Abandon takes no slot at all (see AllocatorServer._abandon).
 MAX_IDEMPOTENCY_INFLIGHT_PER_CONNECTION = 16
 BUSY = "too many idempotency requests in flight on this connection"
 # A client that connects must say Hello within this time, or be dropped.
@@ -79,6 +80,8 @@ class AllocatorServer:
             allocator.store, allocator.stats, idempotency_ttl, idempotency_max_bytes
         )
         self._server: asyncio.Server | None = None
+        # Abandons being written: they belong to the server, not to their connection.
+        self._abandoning: set[asyncio.Task[None]] = set()
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._leases_by_worker: dict[int, int] = {}  # connected workers, by pid
         self.worker_totals = WorkerCounters()
@@ -101,6 +104,8 @@ class AllocatorServer:
         for writer in self._connections.values():
             writer.close()
         await asyncio.gather(*self._connections, return_exceptions=True)
+        # Told before they hung up: heard before the store closes.
+        await asyncio.gather(*self._abandoning, return_exceptions=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
@@ -125,6 +130,9 @@ class AllocatorServer:
             log.info("worker connected", extra={"tracking.worker_pid": worker})
             while (payload := await protocol.read_frame(reader)) is not None:
                 request = protocol.decode_request(payload)
+                if isinstance(request, Abandon):
+                    self._abandon(request)
+                    continue
                 if isinstance(request, Recall | Remember):
                     if idempotency_slots.locked():
                         writer.write(protocol.encode(Refused(id=request.id, reason=BUSY)))
@@ -164,11 +172,6 @@ class AllocatorServer:
                 response = await self.idempotency.recall(request_id, key, fingerprint)
             case Remember(id=request_id, key=key, fingerprint=fingerprint, response=answer):
                 response = await self.idempotency.remember(request_id, key, fingerprint, answer)
-            case Abandon(key=key, response=answer):
-                # After any Remember of the same answer on this connection: both wait in
-                # arrival order for the store.
-                await self.idempotency.abandon(key, answer)
-                return  # one-way
             case StatusQuery(id=request_id):
                 response = Status(
                     id=request_id, allocator=self.status(), workers=self.worker_totals
@@ -177,6 +180,18 @@ class AllocatorServer:
                 response = self._welcome(request_id)
         if not writer.is_closing():
             writer.write(protocol.encode(response))
+
+    def _abandon(self, request: Abandon) -> None:
+        """Mark an answer abandoned, in a task of its own that takes no slot: it waits for the
+        store behind every queued idempotency statement, and a lease read after it must not.
+
+        It comes after the Remember of the same answer, whose task is older: both wait in
+        arrival order for the store. It outlives its connection, so that a worker that tells
+        us and exits (a reload) is still heard. One-way.
+        """
+        task = asyncio.create_task(self.idempotency.abandon(request.key, request.response))
+        self._abandoning.add(task)
+        task.add_done_callback(self._abandoning.discard)
 
     def _welcome(self, request_id: int) -> Welcome:
         return Welcome(id=request_id, key=self.allocator.key, scheme=self.allocator.scheme)
