@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -12,7 +13,10 @@ from allocator.actor import Allocator
 from allocator.client import AllocatorClient
 from allocator.errors import IdempotencyFull, LeaseRefused
 from allocator.protocol import MAX_FRAME
-from allocator.server import MAX_IDEMPOTENCY_INFLIGHT_PER_CONNECTION
+from allocator.server import (
+    MAX_IDEMPOTENCY_INFLIGHT_PER_CONNECTION,
+    MAX_INFLIGHT_PER_CONNECTION,
+)
 from allocator.store import Remembered
 from config.settings import Config
 from tests.conftest import Allocators
@@ -129,3 +133,65 @@ async def test_idempotency_requests_past_a_connections_slots_are_refused_at_once
         release.set()
     assert all(isinstance(error, LeaseRefused) for error in refused), refused
     assert await asyncio.gather(*recalls[:-4]) == [None] * MAX_IDEMPOTENCY_INFLIGHT_PER_CONNECTION
+
+
+class StuckAbandons:
+    """Every Abandon waits on the store until ``release`` is set; the keys that reached the
+    store, and those it has written."""
+
+    def __init__(self, allocator: Allocator, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.release = asyncio.Event()
+        self.waiting: list[str] = []
+        self.written: list[str] = []
+
+        async def stuck(key: str, response: bytes) -> None:
+            self.waiting.append(key)
+            await self.release.wait()
+            self.written.append(key)
+
+        monkeypatch.setattr(allocator.store, "abandon", stuck)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Polls: what the test waits for is a list the stuck store fills."""
+    async with asyncio.timeout(20):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+async def test_a_lease_is_answered_while_more_abandons_than_slots_wait_for_the_store(
+    allocators: Allocators, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    allocator = await allocators.start()
+    abandons = StuckAbandons(allocator, monkeypatch)
+    client = AllocatorClient(config.allocator_socket, timeout=30)  # generous: not a speed test
+    try:
+        await client.connect()
+        keys = [f"k-{n:03d}" for n in range(MAX_INFLIGHT_PER_CONNECTION + 4)]
+        for key in keys:
+            client.abandon(key, ANSWER)
+        start, stop = await client.lease(10)  # read and answered behind them, on one connection
+        assert stop - start == 10
+        assert abandons.written == []  # answered while every Abandon was still held
+        abandons.release.set()
+        await until(lambda: abandons.written == keys)  # none dropped, in arrival order
+    finally:
+        abandons.release.set()
+        await client.close()
+
+
+async def test_an_abandon_is_written_after_its_worker_hung_up(
+    allocators: Allocators, client: AllocatorClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    allocator = await allocators.start()
+    server = allocators.server(allocator)
+    abandons = StuckAbandons(allocator, monkeypatch)
+    try:
+        await client.connect()
+        client.abandon("k", ANSWER)
+        await until(lambda: abandons.waiting == ["k"])
+        await client.close()  # a worker that told us and exited, as one does on a reload
+        await until(lambda: server.status().connected_workers == 0)
+    finally:
+        abandons.release.set()
+    await until(lambda: abandons.written == ["k"])
