@@ -11,17 +11,28 @@ import pytest
 from allocator.actor import Allocator
 from allocator.client import AllocatorClient
 from allocator.errors import IdempotencyFull, LeaseRefused
-from allocator.protocol import MAX_FRAME
+from allocator.protocol import MAX_FRAME, MAX_KEY_LENGTH
 from allocator.server import MAX_IDEMPOTENCY_INFLIGHT_PER_CONNECTION
-from allocator.store import Remembered
+from allocator.store import Remembered, idempotency_bytes_on_disk
+from allocator.store.sqlite import SQLiteStore
 from config.settings import Config
 from tests.conftest import Allocators
 
 FINGERPRINT = b"p" * 32
 ANSWER = b"x" * 100
-RECORD = len("k-000") + len(FINGERPRINT) + len(ANSWER)  # what one key costs against the cap
+PER_KEY = SQLiteStore.idempotency_key_overhead
+
+
+def on_disk(key: str, answer: bytes) -> int:
+    """What one key costs against the cap."""
+    return idempotency_bytes_on_disk(1, len(key), len(FINGERPRINT) + len(answer), PER_KEY)
+
+
+RECORD = on_disk("k-000", ANSWER)
 # Room for ten records once a Recall keeps room for the largest Remember (a frame).
-CAP = MAX_FRAME + 10 * RECORD
+CAP = (
+    idempotency_bytes_on_disk(1, MAX_KEY_LENGTH, MAX_FRAME - MAX_KEY_LENGTH, PER_KEY) + 10 * RECORD
+)
 
 
 @pytest.fixture
@@ -53,7 +64,7 @@ async def test_past_the_cap_new_keys_are_refused_and_kept_ones_still_answer(
     assert await client.recall("k-003", FINGERPRINT) == Remembered(FINGERPRINT, ANSWER)
     # A Remember that finds no room (one whose Recall raced others) is refused too.
     with pytest.raises(IdempotencyFull):
-        await client.remember("new", FINGERPRINT, b"y" * (MAX_FRAME - 100))
+        await client.remember("n" * MAX_KEY_LENGTH, FINGERPRINT, b"y" * (MAX_FRAME - 400))
     status = allocators.server(allocator).status()
     assert status.idempotency_bytes == 11 * RECORD <= status.idempotency_max_bytes
     assert status.idempotency_refusals_total == 3
