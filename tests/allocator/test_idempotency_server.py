@@ -72,7 +72,10 @@ async def test_past_the_cap_new_keys_are_refused_and_kept_ones_still_answer(
     assert stop - start == 5
 
 
-async def test_the_purge_makes_room_again(allocators: Allocators, client: AllocatorClient) -> None:
+async def test_the_purge_makes_room_again(
+    allocators: Allocators, client: AllocatorClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("allocator.idempotency.PURGE_BATCH", 4)  # 11 keys: three batches
     allocator = await allocators.start(idempotency_max_bytes=CAP, idempotency_ttl=0.2)
     server = allocators.server(allocator)
     assert await fill(client) == 11
@@ -80,10 +83,21 @@ async def test_the_purge_makes_room_again(allocators: Allocators, client: Alloca
     while await allocator.store.recall("k-010") is not None:  # expired by the store's clock
         assert time.monotonic() < deadline
         await asyncio.sleep(0.02)
-    await server.idempotency.purge_round()
+    await server.idempotency.purge_round()  # one round drops every expired key
+    assert await allocator.store.idempotency_bytes() == 0
     assert allocator.stats.idempotency_bytes == 0
     assert await client.recall("new", FINGERPRINT) is None  # room again
     await client.remember("new", FINGERPRINT, ANSWER)
+
+
+async def test_the_bytes_of_an_answer_that_lost_the_race_are_given_back(
+    allocators: Allocators, client: AllocatorClient
+) -> None:
+    allocator = await allocators.start()
+    first = await client.remember("k-000", FINGERPRINT, ANSWER)
+    # A racing twin with the same key: the first answer stands, the twin's is not kept.
+    assert await client.remember("k-000", FINGERPRINT, b"y" * 100) == first
+    assert allocator.stats.idempotency_bytes == RECORD == await allocator.store.idempotency_bytes()
 
 
 def stick_recalls(allocator: Allocator, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
