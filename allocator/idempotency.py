@@ -44,9 +44,6 @@ class IdempotencyKeys:
         self.ttl = ttl
         self.max_bytes = max_bytes
         self._purging: asyncio.Task[None] | None = None
-        # What the largest Remember there can be would take: its frame holds the key, the
-        # fingerprint and the answer.
-        self._largest = self._on_disk(MAX_KEY_LENGTH, MAX_FRAME - MAX_KEY_LENGTH)
 
     def _on_disk(self, key_bytes: int, kept_bytes: int) -> int:
         """What one key takes on disk, as the store's measure counts it."""
@@ -74,8 +71,10 @@ class IdempotencyKeys:
             return failed(exc, request_id)
         if kept is None:
             # Refused here, before the worker takes numbers (and time) for an answer it could
-            # not keep: when the largest Remember there can be would not fit.
-            full = self.stats.idempotency_bytes + self._largest > self.max_bytes
+            # not keep: when the largest Remember there can be would not fit (its frame holds
+            # the key, the fingerprint and the answer).
+            largest = self._on_disk(MAX_KEY_LENGTH, MAX_FRAME - MAX_KEY_LENGTH)
+            full = self.stats.idempotency_bytes + largest > self.max_bytes
             if full:
                 self.stats.idempotency_refusals_total += 1
             return Recalled(id=request_id, fingerprint=None, response=None, full=full)
