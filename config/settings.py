@@ -92,8 +92,8 @@ HELP: dict[str, str] = {
     "shutdown_timeout": "seconds workers get to drain before they are killed",
     "event_loop": "uvloop (fast) or asyncio (the standard library's, for comparison)",
     "idempotency_ttl": "seconds an Idempotency-Key keeps its answer (24 hours by default)",
-    "idempotency_max_bytes": "bytes of Idempotency-Keys and their answers the store may keep "
-    "(1 GiB by default); past it a request with a new key gets a 503",
+    "idempotency_max_bytes": "bytes on disk that Idempotency-Keys and their answers may take in "
+    "the store (1 GiB by default); past it a request with a new key gets a 503",
     "header_timeout": "seconds a client may take to send a request's line and headers, from "
     "connecting or from the first byte of a request; then the connection is closed",
     "keepalive_timeout": "seconds an idle keep-alive connection is kept open (longer than a "

@@ -39,6 +39,9 @@ class Store(Protocol):
     kind: str
     # Values per reservation when the operator sets none and the rate asks for less.
     default_step: int
+    # What one kept idempotency key takes on disk besides its key (twice), fingerprint and
+    # answer: ``idempotency_bytes_on_disk``'s ``per_key``.
+    idempotency_key_overhead: int
     # Whether open() and load_key() may create a new store. A store created by mistake (a wrong
     # path, a lost volume) restarts the counter at 0; under an operator's key_file, that would
     # issue every earlier number again.
@@ -100,9 +103,19 @@ class Store(Protocol):
         """Drop at most ``limit`` expired answers (and abandonment marks); how many."""
 
     async def idempotency_bytes(self) -> int:
-        """The bytes of keys, fingerprints and answers kept, expired or not."""
+        """What the idempotency keys kept, expired or not, take on disk
+        (``idempotency_bytes_on_disk``)."""
 
     async def close(self) -> None: ...
+
+
+def idempotency_bytes_on_disk(keys: int, key_bytes: int, kept_bytes: int, per_key: int) -> int:
+    """What ``keys`` idempotency keys take on disk, as the cap counts them: each key twice (the
+    table and its primary key's index), the fingerprints and answers (``kept_bytes``), and each
+    store's ``per_key`` for the rest: the expiry and its index entry, row and index headers, and
+    the slack of half-full pages. The measure and the running count both use this, so they agree.
+    """
+    return 2 * key_bytes + kept_bytes + keys * per_key
 
 
 def where(store: Store) -> dict[str, str]:

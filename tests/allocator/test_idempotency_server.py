@@ -12,20 +12,31 @@ import pytest
 from allocator.actor import Allocator
 from allocator.client import AllocatorClient
 from allocator.errors import IdempotencyFull, LeaseRefused
-from allocator.protocol import MAX_FRAME
+from allocator.protocol import MAX_FRAME, MAX_KEY_LENGTH
 from allocator.server import (
     MAX_IDEMPOTENCY_INFLIGHT_PER_CONNECTION,
     MAX_INFLIGHT_PER_CONNECTION,
 )
-from allocator.store import Remembered
+from allocator.store import Remembered, idempotency_bytes_on_disk
+from allocator.store.sqlite import SQLiteStore
 from config.settings import Config
 from tests.conftest import Allocators
 
 FINGERPRINT = b"p" * 32
 ANSWER = b"x" * 100
-RECORD = len("k-000") + len(FINGERPRINT) + len(ANSWER)  # what one key costs against the cap
+PER_KEY = SQLiteStore.idempotency_key_overhead
+
+
+def on_disk(key: str, answer: bytes) -> int:
+    """What one key costs against the cap."""
+    return idempotency_bytes_on_disk(1, len(key), len(FINGERPRINT) + len(answer), PER_KEY)
+
+
+RECORD = on_disk("k-000", ANSWER)
 # Room for ten records once a Recall keeps room for the largest Remember (a frame).
-CAP = MAX_FRAME + 10 * RECORD
+CAP = (
+    idempotency_bytes_on_disk(1, MAX_KEY_LENGTH, MAX_FRAME - MAX_KEY_LENGTH, PER_KEY) + 10 * RECORD
+)
 
 
 @pytest.fixture
@@ -57,7 +68,7 @@ async def test_past_the_cap_new_keys_are_refused_and_kept_ones_still_answer(
     assert await client.recall("k-003", FINGERPRINT) == Remembered(FINGERPRINT, ANSWER)
     # A Remember that finds no room (one whose Recall raced others) is refused too.
     with pytest.raises(IdempotencyFull):
-        await client.remember("new", FINGERPRINT, b"y" * (MAX_FRAME - 100))
+        await client.remember("n" * MAX_KEY_LENGTH, FINGERPRINT, b"y" * (MAX_FRAME - 400))
     status = allocators.server(allocator).status()
     assert status.idempotency_bytes == 11 * RECORD <= status.idempotency_max_bytes
     assert status.idempotency_refusals_total == 3
@@ -65,7 +76,10 @@ async def test_past_the_cap_new_keys_are_refused_and_kept_ones_still_answer(
     assert stop - start == 5
 
 
-async def test_the_purge_makes_room_again(allocators: Allocators, client: AllocatorClient) -> None:
+async def test_the_purge_makes_room_again(
+    allocators: Allocators, client: AllocatorClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("allocator.idempotency.PURGE_BATCH", 4)  # 11 keys: three batches
     allocator = await allocators.start(idempotency_max_bytes=CAP, idempotency_ttl=0.2)
     server = allocators.server(allocator)
     assert await fill(client) == 11
@@ -73,10 +87,21 @@ async def test_the_purge_makes_room_again(allocators: Allocators, client: Alloca
     while await allocator.store.recall("k-010") is not None:  # expired by the store's clock
         assert time.monotonic() < deadline
         await asyncio.sleep(0.02)
-    await server.idempotency.purge_round()
+    await server.idempotency.purge_round()  # one round drops every expired key
+    assert await allocator.store.idempotency_bytes() == 0
     assert allocator.stats.idempotency_bytes == 0
     assert await client.recall("new", FINGERPRINT) is None  # room again
     await client.remember("new", FINGERPRINT, ANSWER)
+
+
+async def test_the_bytes_of_an_answer_that_lost_the_race_are_given_back(
+    allocators: Allocators, client: AllocatorClient
+) -> None:
+    allocator = await allocators.start()
+    first = await client.remember("k-000", FINGERPRINT, ANSWER)
+    # A racing twin with the same key: the first answer stands, the twin's is not kept.
+    assert await client.remember("k-000", FINGERPRINT, b"y" * 100) == first
+    assert allocator.stats.idempotency_bytes == RECORD == await allocator.store.idempotency_bytes()
 
 
 def stick_recalls(allocator: Allocator, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import random
+import sqlite3
 import subprocess
 import sys
 import time
@@ -30,7 +32,7 @@ from allocator.counter import (
     SCHEME_FEISTEL10,
 )
 from allocator.errors import KeyMismatch, SchemeNotNamed, StoreError, StoreMissing
-from allocator.store import Remembered, Store, open_store
+from allocator.store import Remembered, Store, idempotency_bytes_on_disk, open_store
 from allocator.store import postgres as store_module
 from allocator.store.postgres import PostgresStore
 from allocator.store.schema import SCHEMA_VERSION
@@ -78,6 +80,29 @@ class Locations:
                 await connection.fetchval(
                     "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'tracking%'"
                 )
+            )
+        finally:
+            await connection.close()
+
+    async def bytes_on_disk(self, url: str) -> int:
+        """What the store's files hold: SQLite's pages once the WAL is checkpointed into the
+        file; PostgreSQL's idempotency table, its indexes and its TOAST table."""
+        if self.server is None:
+            db = sqlite3.connect(url.removeprefix("sqlite:///"))
+            try:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                (pages,) = db.execute("PRAGMA page_count").fetchone()
+                (page_size,) = db.execute("PRAGMA page_size").fetchone()
+                return pages * page_size
+            finally:
+                db.close()
+        connection = await asyncpg.connect(url, timeout=10)
+        try:
+            # Main forks only: a free-space map that autovacuum may add meanwhile is no row's.
+            return await connection.fetchval(
+                "SELECT sum(pg_relation_size(c.oid)) FROM pg_class c, pg_class t"
+                " WHERE t.relname = 'tracking_idempotency' AND (c.oid IN (t.oid, t.reltoastrelid)"
+                " OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = t.oid))"
             )
         finally:
             await connection.close()
@@ -422,12 +447,37 @@ async def test_expired_answers_are_forgotten_in_batches(locations: Locations, ur
     for n in range(7):
         await store.remember(f"k-{n}", b"print", b"answer", ttl=0.05)
     await store.remember("live", b"print", b"kept", ttl=3600)
-    # Keys, fingerprints and answers: 7 * (3 + 5 + 6) + (4 + 5 + 4).
-    assert await store.idempotency_bytes() == 111
+    per_key = store.idempotency_key_overhead
+    # Keys, then fingerprints and answers: 7 * 3 + 4, then 7 * (5 + 6) + (5 + 4).
+    assert await store.idempotency_bytes() == idempotency_bytes_on_disk(8, 25, 86, per_key)
     await until_expired(store, "k-6")
     assert [await store.forget_expired(limit=3) for _ in range(4)] == [3, 3, 1, 0]
     assert await store.recall("live") == Remembered(b"print", b"kept")
-    assert await store.idempotency_bytes() == len(b"live" + b"print" + b"kept")
+    assert await store.idempotency_bytes() == idempotency_bytes_on_disk(1, 4, 9, per_key)
+
+
+@pytest.mark.parametrize("key_length", [36, 255])  # a UUID, and the longest key there can be
+async def test_the_idempotency_bytes_counted_are_what_the_disk_holds(
+    locations: Locations, url: str, key_length: int
+) -> None:
+    store = await locations.open(url)
+    await store.load_key()
+    before = await locations.bytes_on_disk(url)
+    draw = random.Random(key_length)  # the same keys every run, in no order
+    alphabet = "0123456789abcdefghijklmnopqrstuvwxyz-"
+    for _ in range(1000):
+        key = "".join(draw.choices(alphabet, k=key_length))
+        number = "".join(draw.choices(alphabet[:36], k=11)).upper()
+        # An answer of one number, as the service keeps it.
+        answer = (
+            f'{{"tracking_number":"MYID{number}X","created_at":"2018-11-20T19:29:32+08:00",'
+            f'"correlation_id":"{uuid.UUID(int=draw.getrandbits(128))}","request_metadata":'
+            '{"origin_country":"MY","destination_country":"ID","weight_kg":"1.234",'
+            '"customer_slug":"redbox-logistics"}}'
+        ).encode()
+        await store.remember(key, draw.randbytes(32), answer, ttl=3600)
+    grown = await locations.bytes_on_disk(url) - before
+    assert 0.85 < await store.idempotency_bytes() / grown < 1.15
 
 
 async def test_a_reservation_does_not_wait_behind_idempotency_traffic(
