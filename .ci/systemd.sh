@@ -4,8 +4,11 @@
 # (.ci/systemd_load.py, 32 connections) while systemd restarts the service 3 times and reloads
 # it twice. Fails unless: 0 failed requests, 0 duplicate numbers; after
 # `systemctl kill -s KILL --kill-whom=main` systemd brings it back and it serves; `systemctl
-# stop` ends with Result=success; the service ran as a dynamic user, never root; and then every
-# journal command of docs/operations.md works on this real journal (.ci/systemd_journal.py).
+# stop` ends with Result=success; the service ran as a dynamic user, never root; every
+# journal command of docs/operations.md works on this real journal (.ci/systemd_journal.py);
+# and the guide's backup (taken before the load) restored with the guide's own procedure, its
+# shell block run as written (tests/system/guide_commands.py): the mark raised as the service's
+# dynamic user, no file left that is not that user's, and then no number issued twice.
 # Prints the figures (docs/reliability.md quotes them).
 #
 # Needs root. Installs debootstrap and systemd-container when missing; the root file system is
@@ -15,8 +18,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# jq: docs/operations.md's journal commands use it.
-PACKAGES=systemd,systemd-sysv,dbus,python3,python3-venv,ca-certificates,procps,jq
+# jq, sqlite3, curl: docs/operations.md's journal commands, backup and restore use them.
+PACKAGES=systemd,systemd-sysv,dbus,python3,python3-venv,ca-certificates,procps,jq,sqlite3,curl
 CACHE=/tmp/tracking-systemd-rootfs-$(echo "$PACKAGES" | sha256sum | cut -c1-12)
 CONNECTIONS=32
 RESTARTS=3
@@ -116,6 +119,12 @@ printf '[Socket]\nListenStream=\nListenStream=127.0.0.1:%s\n' "$PORT" \
 inside systemctl daemon-reload
 inside systemctl enable --quiet --now tracking.socket tracking.service
 inside systemctl is-active --quiet tracking.service || fail "tracking.service is not active"
+
+guide_block() { python3 tests/system/guide_commands.py "$1"; }
+say "an online backup, as docs/operations.md takes it (restored at the end)"
+inside bash -euo pipefail -c "$(guide_block '### Taking a backup')"
+backup=$(inside sh -c 'ls /var/backups/tracking/*.sqlite3')
+echo "backup: $backup"
 
 unit() { inside systemctl show -p "$1" --value tracking.service; }
 answered() { cat "$RUN/progress" 2>/dev/null || echo 0; }
@@ -289,4 +298,39 @@ print(store.execute("SELECT reserved FROM counter WHERE id = 1").fetchone()[0])
 python3 .ci/systemd_journal.py --stored "$stored" --status-reserved "$status_reserved" -- \
     nsenter -t "$(container_pid)" -a env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin ||
     fail "a journal command of docs/operations.md (above)"
+
+say "restoring the backup as docs/operations.md says, its block as written"
+# N as the guide chooses it: above every mark the service held, with a margin.
+N=$(((stored > status_reserved ? stored : status_reserved) + 1000000000))
+restore=$(guide_block '### Restoring (systemd, SQLite)')
+# Only the backup's name, N and the port differ from the guide's words; each must be there.
+for word in tracking-20261120T020000Z.sqlite3 1009800000 127.0.0.1:8000; do
+    [[ $restore == *"$word"* ]] || fail "the guide's restore no longer says $word"
+done
+restore=${restore//tracking-20261120T020000Z.sqlite3/$(basename "$backup")}
+restore=${restore//1009800000/$N}
+restore=${restore//127.0.0.1:8000/127.0.0.1:$PORT}
+# This script started the service more often than StartLimitBurst allows in 5 minutes; an
+# operator's restore does not.
+inside systemctl reset-failed tracking.service
+inside bash -euo pipefail -c "$restore" >"$RUN/restore.log" 2>&1 || {
+    cat "$RUN/restore.log"
+    fail "the guide's restore procedure (above)"
+}
+cat "$RUN/restore.log"
+grep -q '"message": "reservation mark raised"' "$RUN/restore.log" || fail "no mark raised"
+uid=$(inside awk '/^Uid:/ {print $2}' "/proc/$(unit MainPID)/status")
+others=$(inside find /var/lib/private/tracking ! -uid "$uid")
+[ -z "$others" ] || fail "files not of the service's user $uid: $others"
+start_load restored
+wait_for_answers "$AFTER_EACH"
+stop_load restored
+check_figures "$RUN"/{steady,restarts,reloads,after-kill,restored}.json
+next_after=$(python3 -c '
+import json, sys, urllib.request
+with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/allocator/status", timeout=30) as r:
+    print(json.load(r)["next"])
+' "$PORT")
+echo "restored: the backup's mark raised to $N; the service went on from $next_after"
+[ "$next_after" -ge "$N" ] || fail "next $next_after is below N $N"
 say "passed"

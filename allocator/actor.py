@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 
-from allocator.counter import SCHEME_FEISTEL4, SCHEME_FEISTEL10
+from allocator.counter import KNOWN_SCHEMES
 from allocator.errors import StoreError
 from allocator.protocol import RESERVATION_BUCKETS, AllocatorStats
 from allocator.store import Store, where
@@ -53,10 +53,13 @@ class Allocator:
         self.started_at = time.time()
         self._started = time.monotonic()
 
-    async def start(self, supplied_key: bytes | None = None) -> None:
+    async def start(
+        self, supplied_key: bytes | None = None, supplied_scheme: int | None = None
+    ) -> None:
+        """Open the store and take its key and scheme (checked against the key_file's)."""
         await self.store.open()
         try:
-            self.key = await self.store.load_key(supplied_key)
+            self.key = await self.store.load_key(supplied_key, supplied_scheme)
             if self.store.created:
                 # Said out loud: a store that appears where one was expected (a wrong path, a
                 # lost volume) starts the counter again, under a new key.
@@ -66,7 +69,7 @@ class Allocator:
                     extra={**where(self.store), "tracking.key_source": source},
                 )
             self.scheme = await self.store.load_scheme()
-            if not SCHEME_FEISTEL4 <= self.scheme <= SCHEME_FEISTEL10:
+            if self.scheme not in KNOWN_SCHEMES:
                 # A newer release's permutation: our workers would issue other numbers than its.
                 raise StoreError(f"the key's permutation scheme {self.scheme} is unknown here")
             # Everything below the durable mark may have been handed out before: start above it.

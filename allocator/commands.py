@@ -8,18 +8,27 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from typing import NamedTuple
 
-from allocator.counter import COUNTER_LIMIT, KEY_BYTES
-from allocator.errors import AllocatorError
-from allocator.store import open_store, where
+from allocator.counter import COUNTER_LIMIT, KEY_BYTES, KNOWN_SCHEMES
+from allocator.errors import AllocatorError, SchemeNotNamed, StoreMissing
+from allocator.store import Store, open_store, where
 from config.logs import error_fields
 from config.settings import Commands, Config
 
 log = logging.getLogger("allocator")
 
 
-def read_key_file(path: str) -> bytes:
-    """The operator's key; refused, as ssh refuses a private key, if others may read it."""
+class OperatorKey(NamedTuple):
+    """A key_file: the key, and the scheme its numbers are made with when the file names it."""
+
+    key: bytes
+    scheme: int | None
+
+
+def read_key_file(path: str) -> OperatorKey:
+    """The operator's key, and its scheme if the file names one (a line ``scheme=N`` after
+    the key); refused, as ssh refuses a private key, if others may read it."""
     with open(path) as file:
         mode = stat.S_IMODE(os.fstat(file.fileno()).st_mode)
         if mode & 0o077:
@@ -27,21 +36,30 @@ def read_key_file(path: str) -> bytes:
                 f"{path} is open to other users (mode {mode:04o}); the key must be readable by "
                 "this user only: chmod 600 it"
             )
-        text = file.read().strip()
+        text, *rest = file.read().split() or [""]
     try:
         key = bytes.fromhex(text)
     except ValueError:
         raise ValueError(f"{path} must hold the key as hex digits") from None
     if len(key) != KEY_BYTES:
         raise ValueError(f"{path} must hold {KEY_BYTES} bytes ({2 * KEY_BYTES} hex digits)")
-    return key
+    if not rest:
+        return OperatorKey(key, None)
+    name, _, number = rest[0].partition("=")
+    if len(rest) > 1 or name != "scheme" or not (number.isascii() and number.isdigit()):
+        raise ValueError(f"{path} may hold, after the key, one line scheme=N and nothing else")
+    if int(number) not in KNOWN_SCHEMES:
+        known = ", ".join(map(str, KNOWN_SCHEMES))
+        raise ValueError(f"{path} names scheme {number}; this release knows schemes {known}")
+    return OperatorKey(key, int(number))
 
 
 async def run_commands(config: Config, commands: Commands) -> int:
     """``--init-store`` then ``--raise-reserved-to``; the exit status.
 
-    ``--init-store`` creates the store, with the key of ``key_file`` when set; on an existing
-    store it only checks that key. ``--raise-reserved-to`` raises the mark, never lowers it,
+    ``--init-store`` creates the store, with the key of ``key_file`` and the scheme the file
+    names when set (a file that names none makes no store); on an existing store it only checks
+    them. ``--raise-reserved-to`` raises the mark, never lowers it,
     and never creates a store: after a failed restore it must not leave a new one behind.
     Safe while the service runs: the store raises the mark in one atomic statement, and the
     allocator reserves from the stored mark, so its next reservation starts above the value.
@@ -51,15 +69,29 @@ async def run_commands(config: Config, commands: Commands) -> int:
         log.error("the mark must be between 0 and 2**56", extra={"tracking.reserved": value})
         return 2
     action = "initialise the store" if commands.init_store else "raise the reservation mark"
-    store = open_store(config.store, create=commands.init_store)
+    store: Store | None = None
     try:
-        key = read_key_file(config.key_file) if config.key_file else None
-        await store.open()
-        await store.load_key(key)
+        operator = read_key_file(config.key_file) if config.key_file else None
+        # A key file that names no scheme is checked against a store, never makes one: not even
+        # the file or the tables (the store itself would refuse the row, offered_row).
+        guess = commands.init_store and operator is not None and operator.scheme is None
+        store = open_store(config.store, create=commands.init_store and not guess)
+        try:
+            await store.open()
+        except StoreMissing as exc:
+            if guess:
+                raise SchemeNotNamed.at(store.location) from exc
+            raise
+        key, scheme = operator or (None, None)
+        await store.load_key(key, scheme)
         if commands.init_store:
             log.info(
                 "store initialised" if store.created else "store already initialised",
-                extra={**where(store), "tracking.key_source": "key_file" if key else "random"},
+                extra={
+                    **where(store),
+                    "tracking.key_source": "key_file" if operator else "random",
+                    "tracking.scheme": await store.load_scheme(),
+                },
             )
         if value is not None:
             before = await store.durable_mark()
@@ -72,9 +104,10 @@ async def run_commands(config: Config, commands: Commands) -> int:
     except (AllocatorError, OSError, ValueError) as exc:  # OSError, ValueError: the key file
         log.error(
             f"cannot {action}",
-            extra={**error_fields(exc), **where(store)},
+            extra={**error_fields(exc), **(where(store) if store else {})},
         )
         return 1
     finally:
-        await store.close()
+        if store is not None:
+            await store.close()
     return 0

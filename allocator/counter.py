@@ -10,3 +10,4 @@ KEY_BYTES = 32
 SCHEME_FEISTEL4 = 1  # 4-round Feistel: every store made before the scheme was recorded
 SCHEME_FEISTEL10 = 2  # 10-round Feistel, NIST FF1's margin
 NEW_STORE_SCHEME = SCHEME_FEISTEL10
+KNOWN_SCHEMES = range(SCHEME_FEISTEL4, SCHEME_FEISTEL10 + 1)

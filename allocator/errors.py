@@ -5,6 +5,8 @@ service/errors.py maps every AllocatorError to a 503, in one place.
 
 from __future__ import annotations
 
+from allocator.counter import NEW_STORE_SCHEME
+
 
 class AllocatorError(Exception):
     """Base of every error on the way to, inside, or back from the allocator."""
@@ -42,4 +44,19 @@ class StoreMissing(StoreError):
         return cls(
             f"there is no store holding a key at {where}, and it is not created implicitly: "
             "restore it, or create it with `run.py --init-store`"
+        )
+
+
+class SchemeNotNamed(StoreMissing):
+    """No store, and the operator's key names no scheme to make one with: never guessed."""
+
+    @classmethod
+    def at(cls, where: str) -> SchemeNotNamed:
+        return cls(
+            f"there is no store holding a key at {where}, and the key_file names no scheme, so "
+            "none is made: a new store under an old key must keep the permutation its numbers "
+            "were made with, or it issues them again. Add a line scheme=N to the key_file: N is "
+            "the scheme of the store the key was used with (the scheme column of its counter "
+            "table, or tracking.scheme in its allocator started line), or "
+            f"{NEW_STORE_SCHEME} for a key that has never issued a number"
         )

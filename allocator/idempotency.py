@@ -12,8 +12,15 @@ import contextlib
 import logging
 
 from allocator.errors import StoreError
-from allocator.protocol import MAX_FRAME, AllocatorStats, Message, Recalled, Refused
-from allocator.store import Store
+from allocator.protocol import (
+    MAX_FRAME,
+    MAX_KEY_LENGTH,
+    AllocatorStats,
+    Message,
+    Recalled,
+    Refused,
+)
+from allocator.store import Store, idempotency_bytes_on_disk
 from config.logs import error_fields
 
 log = logging.getLogger("allocator")
@@ -38,6 +45,12 @@ class IdempotencyKeys:
         self.max_bytes = max_bytes
         self._purging: asyncio.Task[None] | None = None
 
+    def _on_disk(self, key_bytes: int, kept_bytes: int) -> int:
+        """What one key takes on disk, as the store's measure counts it."""
+        return idempotency_bytes_on_disk(
+            1, key_bytes, kept_bytes, self.store.idempotency_key_overhead
+        )
+
     async def measure(self) -> None:
         """What the store keeps, other hosts' keys included: the cap counts from there."""
         self.stats.idempotency_bytes = await self.store.idempotency_bytes()
@@ -58,8 +71,10 @@ class IdempotencyKeys:
             return failed(exc, request_id)
         if kept is None:
             # Refused here, before the worker takes numbers (and time) for an answer it could
-            # not keep: when the largest Remember there can be would not fit.
-            full = self.stats.idempotency_bytes + MAX_FRAME > self.max_bytes
+            # not keep: when the largest Remember there can be would not fit (its frame holds
+            # the key, the fingerprint and the answer).
+            largest = self._on_disk(MAX_KEY_LENGTH, MAX_FRAME - MAX_KEY_LENGTH)
+            full = self.stats.idempotency_bytes + largest > self.max_bytes
             if full:
                 self.stats.idempotency_refusals_total += 1
             return Recalled(id=request_id, fingerprint=None, response=None, full=full)
@@ -74,7 +89,7 @@ class IdempotencyKeys:
         self, request_id: int, key: str, fingerprint: bytes, answer: bytes
     ) -> Message:
         stats = self.stats
-        size = len(key.encode()) + len(fingerprint) + len(answer)
+        size = self._on_disk(len(key.encode()), len(fingerprint) + len(answer))
         if stats.idempotency_bytes + size > self.max_bytes:
             stats.idempotency_refusals_total += 1
             return Recalled(id=request_id, fingerprint=None, response=None, full=True)

@@ -22,6 +22,8 @@ from allocator.errors import ProtocolError
 MAX_FRAME = 64 * 1024
 # The largest block one lease may ask for; the allocator grants at most this many values.
 MAX_LEASE = 10_000_000
+# The longest idempotency key, in characters (ASCII from our workers: as many bytes).
+MAX_KEY_LENGTH = 255
 
 # Histogram bucket bounds in seconds (upper bounds; +Inf is implied): both sides must agree.
 REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -32,7 +34,7 @@ _HEADER = struct.Struct(">I")
 RequestId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 Counter = Annotated[int, msgspec.Meta(ge=0, le=COUNTER_LIMIT)]
 LeaseCount = Annotated[int, msgspec.Meta(ge=1, le=MAX_LEASE)]
-IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_LENGTH)]
 Scheme = Annotated[int, msgspec.Meta(ge=SCHEME_FEISTEL4, le=SCHEME_FEISTEL10)]
 
 

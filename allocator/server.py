@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import msgspec
 
@@ -43,7 +43,7 @@ from allocator.protocol import (
 # first use in open_store: a supervisor that imports the children's code before it forks
 # (run.py) then restarts an allocator on the store code of its own release.
 from allocator.store import open_store, postgres, sqlite  # noqa: F401
-from allocator.unix_socket import bind_unix_socket
+from allocator.unix_socket import bind_unix_socket, file_identity
 from config import lifecycle, logs
 from config.lifecycle import until_stop_requested
 from config.logs import error_fields
@@ -55,12 +55,17 @@ log = logging.getLogger("allocator")
 MAX_INFLIGHT_PER_CONNECTION = 16
 # Idempotency requests have slots of their own, so that they never hold up a lease. Past
 # this, one is refused at once rather than stop the reading (workers send no more than this).
+# An Abandon takes no slot at all (see AllocatorServer._abandon).
 MAX_IDEMPOTENCY_INFLIGHT_PER_CONNECTION = 16
 BUSY = "too many idempotency requests in flight on this connection"
 # A client that connects must say Hello within this time, or be dropped.
 HELLO_TIMEOUT = 10.0
 # The issue rate is averaged over this many seconds of worker reports.
 RATE_WINDOW = 60.0
+# The allocator checks this often that its socket file is still the one it bound. Connected
+# workers do not notice a removed file, but every new connection (a reloaded or restarted
+# worker, the supervisor's probe) would fail until the allocator binds it again.
+SOCKET_CHECK_INTERVAL = 1.0
 
 
 class AllocatorServer:
@@ -79,6 +84,10 @@ class AllocatorServer:
             allocator.store, allocator.stats, idempotency_ttl, idempotency_max_bytes
         )
         self._server: asyncio.Server | None = None
+        self._bound: tuple[int, int] | None = None  # (st_dev, st_ino) of the file we bound
+        self._keeping_socket: asyncio.Task[None] | None = None
+        # Abandons being written: they belong to the server, not to their connection.
+        self._abandoning: set[asyncio.Task[None]] = set()
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._leases_by_worker: dict[int, int] = {}  # connected workers, by pid
         self.worker_totals = WorkerCounters()
@@ -89,20 +98,64 @@ class AllocatorServer:
 
     async def start(self) -> None:
         await self.idempotency.measure()
-        sock = bind_unix_socket(self.path)
-        self._server = await asyncio.start_unix_server(self._serve, sock=sock)
+        await self._listen()
         self.idempotency.start_purging()
+        self._keeping_socket = asyncio.create_task(self._keep_socket())
+
+    async def serve_until(self, stop: Coroutine[Any, Any, None]) -> None:
+        """Serve until ``stop`` returns. Raises OSError if our socket file went and cannot be
+        bound again (another allocator listens there): the supervisor then restarts us."""
+        assert self._keeping_socket is not None, "start() first"
+        stopping = asyncio.create_task(stop)
+        try:
+            await asyncio.wait(
+                (stopping, self._keeping_socket), return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stopping.cancel()
+        if self._keeping_socket.done():
+            self._keeping_socket.result()
 
     async def close(self) -> None:
         await self.idempotency.close()
+        if self._keeping_socket is not None:
+            self._keeping_socket.cancel()
+            await asyncio.gather(self._keeping_socket, return_exceptions=True)
         if self._server is not None:
             self._server.close()
         # Hang up rather than cancel: each connection's task then ends on its own.
         for writer in self._connections.values():
             writer.close()
         await asyncio.gather(*self._connections, return_exceptions=True)
-        with contextlib.suppress(FileNotFoundError):
+        # Told before they hung up: heard before the store closes.
+        await asyncio.gather(*self._abandoning, return_exceptions=True)
+        # Only the file we bound: a server whose bind failed must not take the socket of the
+        # allocator that holds it, nor one that replaced ours.
+        if self._owns_socket_file():
             os.unlink(self.path)
+
+    async def _listen(self) -> None:
+        sock = bind_unix_socket(self.path)
+        self._bound = file_identity(self.path)
+        if self._server is not None:
+            self._server.close()  # unreachable without its file; its connections go on
+        self._server = await asyncio.start_unix_server(self._serve, sock=sock)
+
+    def _owns_socket_file(self) -> bool:
+        """Whether the file at our path is still the socket this server bound."""
+        return self._bound is not None and file_identity(self.path) == self._bound
+
+    async def _keep_socket(self) -> None:
+        """Bind the socket again whenever its file is gone (an operator's rm, a cleaner of
+        the runtime directory); raises OSError when another allocator listens there."""
+        while True:
+            await asyncio.sleep(SOCKET_CHECK_INTERVAL)
+            if not self._owns_socket_file():
+                log.error(
+                    "the allocator socket was removed or replaced; binding it again",
+                    extra={"tracking.socket": self.path},
+                )
+                await self._listen()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -125,6 +178,9 @@ class AllocatorServer:
             log.info("worker connected", extra={"tracking.worker_pid": worker})
             while (payload := await protocol.read_frame(reader)) is not None:
                 request = protocol.decode_request(payload)
+                if isinstance(request, Abandon):
+                    self._abandon(request)
+                    continue
                 if isinstance(request, Recall | Remember):
                     if idempotency_slots.locked():
                         writer.write(protocol.encode(Refused(id=request.id, reason=BUSY)))
@@ -164,11 +220,6 @@ class AllocatorServer:
                 response = await self.idempotency.recall(request_id, key, fingerprint)
             case Remember(id=request_id, key=key, fingerprint=fingerprint, response=answer):
                 response = await self.idempotency.remember(request_id, key, fingerprint, answer)
-            case Abandon(key=key, response=answer):
-                # After any Remember of the same answer on this connection: both wait in
-                # arrival order for the store.
-                await self.idempotency.abandon(key, answer)
-                return  # one-way
             case StatusQuery(id=request_id):
                 response = Status(
                     id=request_id, allocator=self.status(), workers=self.worker_totals
@@ -177,6 +228,18 @@ class AllocatorServer:
                 response = self._welcome(request_id)
         if not writer.is_closing():
             writer.write(protocol.encode(response))
+
+    def _abandon(self, request: Abandon) -> None:
+        """Mark an answer abandoned, in a task of its own that takes no slot: it waits for the
+        store behind every queued idempotency statement, and a lease read after it must not.
+
+        It comes after the Remember of the same answer, whose task is older: both wait in
+        arrival order for the store. It outlives its connection, so that a worker that tells
+        us and exits (a reload) is still heard. One-way.
+        """
+        task = asyncio.create_task(self.idempotency.abandon(request.key, request.response))
+        self._abandoning.add(task)
+        task.add_done_callback(self._abandoning.discard)
 
     def _welcome(self, request_id: int) -> Welcome:
         return Welcome(id=request_id, key=self.allocator.key, scheme=self.allocator.scheme)
@@ -237,7 +300,7 @@ async def serve(config: Config, ready: Callable[[], None] = lambda: None) -> Non
     # of the lost one again, exactly (see --init-store).
     store = open_store(config.store, create=not config.key_file)
     allocator = Allocator(store, config.reserve_step)
-    await allocator.start(read_key_file(config.key_file) if config.key_file else None)
+    await allocator.start(*(read_key_file(config.key_file) if config.key_file else ()))
     server = AllocatorServer(
         allocator, config.allocator_socket, config.idempotency_ttl, config.idempotency_max_bytes
     )
@@ -245,7 +308,7 @@ async def serve(config: Config, ready: Callable[[], None] = lambda: None) -> Non
         await server.start()
         log.info("allocator listening", extra={"tracking.socket": config.allocator_socket})
         ready()
-        await until_stop_requested(parent_pid)
+        await server.serve_until(until_stop_requested(parent_pid))
     finally:
         await server.close()
         await allocator.stop()

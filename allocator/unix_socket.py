@@ -21,6 +21,16 @@ def accepts_connections(path: str) -> bool:
         probe.close()
 
 
+def file_identity(path: str) -> tuple[int, int] | None:
+    """The ``(st_dev, st_ino)`` of the file at ``path`` (not followed), None if there is none:
+    a file removed and made again under the same name is another file."""
+    try:
+        found = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
+
+
 def bind_unix_socket(path: str) -> socket.socket:
     """Bind ``path`` with mode 0600 in a directory only we can enter.
 

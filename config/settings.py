@@ -91,9 +91,11 @@ HELP: dict[str, str] = {
     "postgresql:///DB?host=/DIR; the password from PGPASSWORD or a PGPASSFILE)",
     "reserve_step": "numbers reserved per store write; 0 sizes it from the issue rate, at least "
     "100000 with SQLite and 1000000 with PostgreSQL",
-    "key_file": "file holding the permutation key as 64 hex digits, mode 0600; by default the "
-    "key is generated at the store's first use and kept in the store; with key_file set, the "
-    "store is never created implicitly (see --init-store)",
+    "key_file": "file holding the permutation key as 64 hex digits, mode 0600, then a line "
+    "scheme=N naming the permutation its numbers are made with (required to create a store; "
+    "an existing store's is checked against it); by default the key is generated at the "
+    "store's first use and kept in the store; with key_file set, the store is never created "
+    "implicitly (see --init-store)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "access_log": "one log line per request",
     "ledger": "keep a durable record of every issued number (STATE_DIR/ledger.sqlite3), "
@@ -105,8 +107,8 @@ HELP: dict[str, str] = {
     "shutdown_timeout": "seconds workers get to drain before they are killed",
     "event_loop": "uvloop (fast) or asyncio (the standard library's, for comparison)",
     "idempotency_ttl": "seconds an Idempotency-Key keeps its answer (24 hours by default)",
-    "idempotency_max_bytes": "bytes of Idempotency-Keys and their answers the store may keep "
-    "(1 GiB by default); past it a request with a new key gets a 503",
+    "idempotency_max_bytes": "bytes on disk that Idempotency-Keys and their answers may take in "
+    "the store (1 GiB by default); past it a request with a new key gets a 503",
     "header_timeout": "seconds a client may take to send a request's line and headers, from "
     "connecting or from the first byte of a request; then the connection is closed",
     "keepalive_timeout": "seconds an idle keep-alive connection is kept open (longer than a "
@@ -145,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_argument(
         "--init-store",
         action="store_true",
-        help="create the store (with the key of key_file when set) and exit; with key_file "
-        "set, the service never creates a store by itself",
+        help="create the store (with the key and scheme of key_file when set) and exit; with "
+        "key_file set, the service never creates a store by itself",
     )
     commands.add_argument(
         "--raise-reserved-to",
@@ -313,7 +315,16 @@ def private_directory(path: str) -> None:
     mode = stat.S_IMODE(info.st_mode)
     if not stat.S_ISDIR(info.st_mode):
         raise NotPrivate(f"{path} is not a directory")
-    if info.st_uid != os.geteuid() or mode & 0o077:
+    if info.st_uid != os.geteuid():
+        # Even for root: the directory's user may read what we would write there, and could
+        # not open what root leaves in it. chmod would not help; running as its user does.
+        raise NotPrivate(
+            f"{path} is not private to uid {os.geteuid()}: it belongs to uid {info.st_uid}. "
+            f"Run this as uid {info.st_uid} (for a systemd unit's state directory: as the "
+            "service, through systemd-run, as docs/operations.md does), or choose a directory "
+            "of your own"
+        )
+    if mode & 0o077:
         raise NotPrivate(
             f"{path} is not private (mode {mode:04o}, owner uid {info.st_uid}); it must belong "
             f"to uid {os.geteuid()} with mode 0700: the service does not change the mode of a "

@@ -141,7 +141,8 @@ GAUGES: tuple[tuple[str, str, Getter], ...] = (
     ),
     (
         "tracking_idempotency_bytes",
-        "Bytes of Idempotency-Keys and answers the store keeps (measured each minute)",
+        "Bytes on disk of the Idempotency-Keys and answers the store keeps, indexes included"
+        " (measured each minute)",
         lambda s: s.allocator.idempotency_bytes,
     ),
     (

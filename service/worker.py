@@ -1,9 +1,15 @@
 """A worker process: serves the app on the listening socket the supervisor holds.
 
 On SIGTERM it drains: it stops accepting (the other workers, or the next instance, take the
-new connections), answers every request it has read or reads from then on with ``Connection:
-close``, closes its idle keep-alive connections, then its app's cleanup writes the last access
-lines and metrics report, and it exits 0. ``shutdown_timeout`` bounds the whole drain.
+new connections) and answers every request it has read or reads from then on with
+``Connection: close``. Its idle keep-alive connections stay open, because a client may be
+sending on one at that very moment, and many clients (Python's http.client, many Java and Go
+clients) reuse a pooled connection without checking that the server still holds it: each is
+closed after its next answer, or at its ``keepalive_timeout`` as always, and those still idle
+``shutdown_timeout - lease_timeout`` after the SIGTERM are closed then, so that a request read
+at the last moment has its ``lease_timeout`` to be answered. The worker goes on as soon as its
+last connection is gone: its app's cleanup writes the last access lines and metrics report,
+and it exits 0. ``shutdown_timeout`` bounds the whole drain.
 """
 
 from __future__ import annotations
@@ -24,12 +30,6 @@ from service.server.runner import AppRunner, JsonErrorServer
 
 log = logging.getLogger("worker")
 
-# A connection accepted just before the worker stopped accepting may not have sent its request
-# yet: aiohttp's shutdown alone would close it unanswered, or wait shutdown_timeout for it.
-# Its client is sending: milliseconds. A client that opened a connection and sends nothing
-# (a pre-connected pool) is not waited for longer than this.
-FIRST_REQUEST_GRACE = 1.0
-
 
 async def serve(
     config: Config, sock: socket.socket, ready: Callable[[], None] = lambda: None
@@ -49,25 +49,26 @@ async def serve(
         await site.start()
         ready()
         await until_stop_requested(parent_pid)
-        log.info("draining")
-        await stop_accepting(runner, site)
+        await drain(runner, site, config)
     finally:
         await runner.cleanup()
 
 
-async def stop_accepting(runner: AppRunner, site: web.BaseSite) -> None:
-    """Stop accepting, close every connection after its next answer, and give the connections
-    accepted last a moment to send their first request. ``runner.cleanup()`` then closes the
-    idle connections and waits for the requests in progress."""
+async def drain(runner: AppRunner, site: web.BaseSite, config: Config) -> None:
+    """Stop accepting, close every connection after its next answer, and wait for the
+    connections to go, until the last answers' window begins. ``runner.cleanup()`` then closes
+    those still idle and waits for the requests in progress."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max(0.0, config.shutdown_timeout - config.lease_timeout)
     await site.stop()
     server = runner.server
     assert isinstance(server, JsonErrorServer)
     server.draining = True
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + FIRST_REQUEST_GRACE
-    # Polled: aiohttp signals nothing when a connection's first request arrives.
-    while server.awaiting_a_first_request() and loop.time() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.01)
+    # Only now: from this line on, every answer closes its connection (tests wait for it).
+    log.info("draining")
+    # Polled: aiohttp signals nothing when a connection goes.
+    while server.connections and loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
 
 
 def main(config: Config, sock: socket.socket, ready: Callable[[], None]) -> None:

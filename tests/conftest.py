@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
+import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -39,6 +42,51 @@ hypothesis_settings.register_profile("dev", print_blob=True)
 hypothesis_settings.load_profile(
     os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev")
 )
+
+
+# How long the threads a run leaves behind get to end on their own before the process ends
+# without them.
+LEFTOVER_THREADS_GRACE = 5.0
+_exit_status = pytest.StashKey[int]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    # The first cleanup registered runs last: after every report has been written.
+    config.add_cleanup(lambda: _end_despite_leftover_threads(config))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_exit_status] = exitstatus
+
+
+def _end_despite_leftover_threads(config: pytest.Config) -> None:
+    """End the process even if a test left a non-daemon thread running, which Python would
+    wait for at exit, forever: aiosqlite's thread of a store a failed test never closed.
+
+    The per-test timeout cannot help there, after the last test. The run fails, naming the
+    threads, rather than hang CI until its own limit.
+    """
+    leftover = [
+        thread
+        for thread in threading.enumerate()
+        if not thread.daemon and thread is not threading.main_thread()
+    ]
+    deadline = time.monotonic() + LEFTOVER_THREADS_GRACE
+    for thread in leftover:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    leftover = [thread for thread in leftover if thread.is_alive()]
+    if not leftover:
+        return
+    names = ", ".join(thread.name for thread in leftover)
+    print(
+        f"pytest: {len(leftover)} thread(s) left running ({names}); a test did not close a store"
+        " or a connection. Ending the process without them.",
+        file=sys.stderr,
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(config.stash.get(_exit_status, 0) or pytest.ExitCode.TESTS_FAILED)
 
 
 @pytest.fixture

@@ -2,8 +2,11 @@
 easy to get wrong, each line checked against ecs-logging (tests/ecs_logging.py)."""
 
 import json
+import os
 import subprocess
 import sys
+import time
+from datetime import datetime
 
 from tests.ecs_logging import nonconforming
 from tests.system.conftest import REPO
@@ -49,3 +52,25 @@ def test_every_kind_of_record_is_an_ecs_line() -> None:
     assert failed["error.stack_trace"].startswith("Traceback (most recent call last):")
     assert records[5]["log.logger"] == "py.warnings"
     assert "a dependency is deprecated" in records[5]["message"]
+
+
+def test_the_timestamp_is_utc_whatever_the_local_time_zone() -> None:
+    # Our machines run in UTC, where local time would pass for UTC. Five hours west, no DST
+    # (a POSIX rule: no time zone database needed), and the child checks that it took.
+    script = "import time\nassert time.localtime().tm_gmtoff == -5 * 3600\n" + SCRIPT
+    before = time.time()
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        env={**os.environ, "TZ": "EST+5"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    after = time.time()
+    for line in result.stdout.splitlines():
+        stamp = json.loads(line)["@timestamp"]
+        assert stamp.endswith("Z")
+        written = datetime.fromisoformat(stamp).timestamp()
+        assert int(before * 1000) / 1000 <= written <= after, stamp

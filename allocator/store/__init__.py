@@ -11,9 +11,11 @@ one counter). ``schema.py`` holds both stores' tables.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+import os
+from typing import Any, NamedTuple, Protocol
 
-from allocator.errors import KeyMismatch, StoreError, StoreMissing
+from allocator.counter import KEY_BYTES, NEW_STORE_SCHEME
+from allocator.errors import KeyMismatch, SchemeNotNamed, StoreError, StoreMissing
 
 SQLITE_URL = "sqlite:///"
 POSTGRES_URLS = ("postgresql://", "postgres://")
@@ -37,6 +39,9 @@ class Store(Protocol):
     kind: str
     # Values per reservation when the operator sets none and the rate asks for less.
     default_step: int
+    # What one kept idempotency key takes on disk besides its key (twice), fingerprint and
+    # answer: ``idempotency_bytes_on_disk``'s ``per_key``.
+    idempotency_key_overhead: int
     # Whether open() and load_key() may create a new store. A store created by mistake (a wrong
     # path, a lost volume) restarts the counter at 0; under an operator's key_file, that would
     # issue every earlier number again.
@@ -49,11 +54,13 @@ class Store(Protocol):
     async def open(self) -> None:
         """Connect, and create the schema if it is missing (StoreMissing if ``create`` is off)."""
 
-    async def load_key(self, supplied: bytes | None = None) -> bytes:
-        """The permutation key, created at first use (``supplied``, else random bytes).
+    async def load_key(self, supplied: bytes | None = None, scheme: int | None = None) -> bytes:
+        """The permutation key, created at first use (``supplied``, else random bytes) with
+        ``scheme`` (else NEW_STORE_SCHEME), as ``offered_row`` says.
 
-        Raises KeyMismatch if ``supplied`` differs from the key already stored, and StoreMissing
-        if there is none and ``create`` is off.
+        Raises KeyMismatch if ``supplied`` or ``scheme`` differs from what is stored,
+        SchemeNotNamed if there is no key and ``supplied`` comes without its scheme, and
+        StoreMissing if there is none and ``create`` is off.
         """
 
     async def load_scheme(self) -> int:
@@ -96,9 +103,19 @@ class Store(Protocol):
         """Drop at most ``limit`` expired answers (and abandonment marks); how many."""
 
     async def idempotency_bytes(self) -> int:
-        """The bytes of keys, fingerprints and answers kept, expired or not."""
+        """What the idempotency keys kept, expired or not, take on disk
+        (``idempotency_bytes_on_disk``)."""
 
     async def close(self) -> None: ...
+
+
+def idempotency_bytes_on_disk(keys: int, key_bytes: int, kept_bytes: int, per_key: int) -> int:
+    """What ``keys`` idempotency keys take on disk, as the cap counts them: each key twice (the
+    table and its primary key's index), the fingerprints and answers (``kept_bytes``), and each
+    store's ``per_key`` for the rest: the expiry and its index entry, row and index headers, and
+    the slack of half-full pages. The measure and the running count both use this, so they agree.
+    """
+    return 2 * key_bytes + kept_bytes + keys * per_key
 
 
 def where(store: Store) -> dict[str, str]:
@@ -106,13 +123,35 @@ def where(store: Store) -> dict[str, str]:
     return {"tracking.store": store.kind, "tracking.store_location": store.location}
 
 
-def checked_key(key: bytes | None, supplied: bytes | None, where: str) -> bytes:
-    """The key a store read, checked against the operator's (``Store.load_key``)."""
-    if key is None:
+def offered_row(
+    create: bool, supplied: bytes | None, scheme: int | None
+) -> tuple[bytes, int] | None:
+    """The key and scheme that ``Store.load_key`` offers a store that has none; None: it may
+    not make one. An operator's key only with the scheme the operator names: the scheme
+    belongs to the key, and a guess would give its old counters other numbers."""
+    if not create or (supplied is not None and scheme is None):
+        return None
+    return supplied or os.urandom(KEY_BYTES), NEW_STORE_SCHEME if scheme is None else scheme
+
+
+def checked_key(
+    row: Any, supplied: bytes | None, scheme: int | None, create: bool, where: str
+) -> bytes:
+    """The key of the ``(key, scheme)`` row a store read, checked against the operator's
+    (``Store.load_key``)."""
+    if row is None:
+        if create and supplied is not None and scheme is None:
+            raise SchemeNotNamed.at(where)
         raise StoreMissing.at(where)
+    key, stored_scheme = bytes(row[0]), int(row[1])
     if supplied is not None and key != supplied:
         raise KeyMismatch("the configured key differs from the key stored with the counter")
-    return bytes(key)
+    if scheme is not None and stored_scheme != scheme:
+        raise KeyMismatch(
+            f"the key_file names scheme {scheme}, but the store uses its key with scheme "
+            f"{stored_scheme}"
+        )
+    return key
 
 
 def reserved_range(stop: int | None, count: int) -> tuple[int, int]:

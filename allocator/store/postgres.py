@@ -8,16 +8,21 @@ connection dropped, to be made again).
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import asyncpg
 
-from allocator.counter import COUNTER_LIMIT, KEY_BYTES, NEW_STORE_SCHEME
+from allocator.counter import COUNTER_LIMIT
 from allocator.errors import StoreError, StoreMissing
-from allocator.store import Remembered, checked_key, reserved_range
+from allocator.store import (
+    Remembered,
+    checked_key,
+    idempotency_bytes_on_disk,
+    offered_row,
+    reserved_range,
+)
 from allocator.store.lock import StoreLock
 from allocator.store.schema import (
     ADD_SCHEME_COLUMN,
@@ -85,6 +90,9 @@ class PostgresStore:
     kind = "postgresql"
     # Hosts share one row: a larger step keeps that row cold (see docs/scaling.md).
     default_step = 1_000_000
+    # Measured against the table (test_the_idempotency_bytes_counted_are_what_the_disk_holds):
+    # PostgreSQL's row and index headers are larger than SQLite's.
+    idempotency_key_overhead = 200
 
     def __init__(self, url: str, create: bool = True) -> None:
         self.url = url
@@ -108,21 +116,21 @@ class PostgresStore:
             self.close,
         )
 
-    async def load_key(self, supplied: bytes | None = None) -> bytes:
-        async def insert_once_then_read(db: asyncpg.Connection) -> bytes | None:
-            if self.create:
+    async def load_key(self, supplied: bytes | None = None, scheme: int | None = None) -> bytes:
+        async def insert_once_then_read(db: asyncpg.Connection) -> asyncpg.Record | None:
+            offered = offered_row(self.create, supplied, scheme)
+            if offered is not None:
                 # Hosts starting at once each offer a key; the first insert wins and all read it.
                 status = await db.execute(
                     "INSERT INTO tracking_counter (id, reserved, key, scheme) VALUES (1, 0, $1, $2)"
                     " ON CONFLICT (id) DO NOTHING",
-                    supplied or os.urandom(KEY_BYTES),
-                    NEW_STORE_SCHEME,
+                    *offered,
                 )
                 self.created = status == "INSERT 0 1"
-            return await db.fetchval("SELECT key FROM tracking_counter WHERE id = 1")
+            return await db.fetchrow("SELECT key, scheme FROM tracking_counter WHERE id = 1")
 
-        key = await self._run("load the key", insert_once_then_read)
-        return checked_key(key, supplied, self.location)
+        row = await self._run("load the key", insert_once_then_read)
+        return checked_key(row, supplied, scheme, self.create, self.location)
 
     async def load_scheme(self) -> int:
         scheme = await self._run(
@@ -264,14 +272,15 @@ class PostgresStore:
         return deleted
 
     async def idempotency_bytes(self) -> int:
-        total = await self._run(
+        keys, key_bytes, kept_bytes = await self._run(
             "measure the idempotency keys",
-            lambda db: db.fetchval(
-                "SELECT coalesce(sum(octet_length(key) + octet_length(fingerprint)"
-                " + octet_length(response)), 0) FROM tracking_idempotency"
+            lambda db: db.fetchrow(
+                "SELECT count(*), coalesce(sum(octet_length(key)), 0),"
+                " coalesce(sum(octet_length(fingerprint) + octet_length(response)), 0)"
+                " FROM tracking_idempotency"
             ),
         )
-        return int(total)
+        return idempotency_bytes_on_disk(keys, key_bytes, kept_bytes, self.idempotency_key_overhead)
 
     async def close(self) -> None:
         if self._db is not None:

@@ -17,9 +17,15 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from allocator.counter import COUNTER_LIMIT, KEY_BYTES, NEW_STORE_SCHEME
+from allocator.counter import COUNTER_LIMIT
 from allocator.errors import StoreError, StoreMissing
-from allocator.store import Remembered, checked_key, reserved_range
+from allocator.store import (
+    Remembered,
+    checked_key,
+    idempotency_bytes_on_disk,
+    offered_row,
+    reserved_range,
+)
 from allocator.store.faults import fault
 from allocator.store.lock import StoreLock
 from allocator.store.schema import ADD_SCHEME_COLUMN, SCHEMA_VERSION, SQLITE_TABLES, create_or_check
@@ -38,6 +44,8 @@ class SQLiteStore:
 
     kind = "sqlite"
     default_step = 100_000
+    # Measured against the file (test_the_idempotency_bytes_counted_are_what_the_disk_holds).
+    idempotency_key_overhead = 96
 
     def __init__(self, path: str, create: bool = True) -> None:
         self.path = self.location = path
@@ -68,20 +76,21 @@ class SQLiteStore:
             self.close,
         )
 
-    async def load_key(self, supplied: bytes | None = None) -> bytes:
-        async def insert_once_then_read(db: aiosqlite.Connection) -> bytes | None:
-            if self.create:
+    async def load_key(self, supplied: bytes | None = None, scheme: int | None = None) -> bytes:
+        async def insert_once_then_read(db: aiosqlite.Connection) -> Any:
+            offered = offered_row(self.create, supplied, scheme)
+            if offered is not None:
                 # Processes starting at once each offer a key; the first insert wins.
                 inserted = await _rowcount(
                     db,
                     "INSERT OR IGNORE INTO counter (id, reserved, key, scheme) VALUES (1, 0, ?, ?)",
-                    (supplied or os.urandom(KEY_BYTES), NEW_STORE_SCHEME),
+                    offered,
                 )
                 self.created = inserted == 1
-            return await _fetchval(db, "SELECT key FROM counter WHERE id = 1")
+            return await _fetchrow(db, "SELECT key, scheme FROM counter WHERE id = 1")
 
-        key = await self._run("load the key", insert_once_then_read)
-        return checked_key(key, supplied, self.location)
+        row = await self._run("load the key", insert_once_then_read)
+        return checked_key(row, supplied, scheme, self.create, self.location)
 
     async def load_scheme(self) -> int:
         scheme = await self._run(
@@ -213,15 +222,15 @@ class SQLiteStore:
         return deleted
 
     async def idempotency_bytes(self) -> int:
-        total = await self._run(
+        keys, key_bytes, kept_bytes = await self._run(
             "measure the idempotency keys",
-            lambda db: _fetchval(
+            lambda db: _fetchrow(
                 db,
-                "SELECT coalesce(sum(length(CAST(key AS BLOB)) + length(fingerprint)"
-                " + length(response)), 0) FROM idempotency",
+                "SELECT count(*), coalesce(sum(length(CAST(key AS BLOB))), 0),"
+                " coalesce(sum(length(fingerprint) + length(response)), 0) FROM idempotency",
             ),
         )
-        return int(total)
+        return idempotency_bytes_on_disk(keys, key_bytes, kept_bytes, self.idempotency_key_overhead)
 
     async def close(self) -> None:
         if self._db is not None:

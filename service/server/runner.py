@@ -99,10 +99,6 @@ class JsonErrorServer(web.Server):
         self.app = app
         self.draining = False  # set by the worker when it stops: every answer closes
 
-    def awaiting_a_first_request(self) -> int:
-        """Connections that have not sent a request yet (for the drain, service/worker.py)."""
-        return sum(1 for handler in self._connections if handler._request_count == 0)
-
     def __call__(self) -> RequestHandler:
         handler = JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
         handler.app = self.app

@@ -6,6 +6,8 @@ import socket
 import sqlite3
 import stat
 import struct
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import msgspec
 import pytest
@@ -13,14 +15,16 @@ import pytest
 from allocator import protocol
 from allocator.actor import Allocator
 from allocator.client import AllocatorClient
-from allocator.errors import KeyMismatch, LeaseRefused, StoreError
+from allocator.errors import AllocatorUnavailable, KeyMismatch, LeaseRefused, StoreError
 from allocator.protocol import Granted, Hello, Lease
-from allocator.server import HELLO_TIMEOUT
+from allocator.server import HELLO_TIMEOUT, AllocatorServer
 from allocator.store import open_store
 from allocator.store.sqlite import SQLiteStore
 from allocator.unix_socket import bind_unix_socket
 from config.settings import Config
 from tests.conftest import Allocators
+
+T = TypeVar("T")
 
 
 def sqlite_path(config: Config) -> str:
@@ -261,3 +265,54 @@ def test_a_stale_socket_is_replaced_but_other_files_are_not(config: Config) -> N
         file.write("precious")
     with pytest.raises(OSError, match="not a socket"):
         bind_unix_socket(config.allocator_socket)
+
+
+async def test_a_second_server_whose_bind_fails_leaves_the_first_ones_socket(
+    allocator: Allocator, config: Config
+) -> None:
+    second = AllocatorServer(allocator, config.allocator_socket)
+    with pytest.raises(OSError, match="another allocator"):
+        await second.start()
+    await second.close()  # as serve() does when start() fails
+    assert stat.S_ISSOCK(os.lstat(config.allocator_socket).st_mode)
+    client = AllocatorClient(config.allocator_socket, timeout=5)
+    start, stop = await client.lease(1)  # a new connection: the first server still serves
+    assert stop - start == 1
+    await client.close()
+
+
+async def test_a_removed_socket_file_is_bound_again(allocator: Allocator, config: Config) -> None:
+    connected = AllocatorClient(config.allocator_socket, timeout=5)
+    await connected.lease(1)
+    os.unlink(config.allocator_socket)  # an operator's rm, a cleaner of the runtime directory
+    latecomer = AllocatorClient(config.allocator_socket, timeout=5)
+    start, stop = await until_it_works(lambda: latecomer.lease(1))
+    assert stop - start == 1
+    assert await connected.lease(1)  # the connection made before goes on
+    await latecomer.close()
+    await connected.close()
+
+
+async def test_a_server_whose_socket_another_allocator_took_stops_with_an_error(
+    allocators: Allocators, allocator: Allocator, config: Config
+) -> None:
+    os.unlink(config.allocator_socket)
+    other = bind_unix_socket(config.allocator_socket)  # another allocator started meanwhile
+    other.listen()
+    try:
+        with pytest.raises(OSError, match="another allocator"):
+            await allocators.server(allocator).serve_until(asyncio.Event().wait())
+        await allocators.stop(allocator)
+        assert stat.S_ISSOCK(os.lstat(config.allocator_socket).st_mode)  # not ours to remove
+    finally:
+        other.close()
+
+
+async def until_it_works(attempt: Callable[[], Awaitable[T]]) -> T:
+    """The result of ``attempt`` once it stops raising AllocatorUnavailable (within 30 s)."""
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                return await attempt()
+            except AllocatorUnavailable:
+                await asyncio.sleep(0.05)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import random
+import sqlite3
 import subprocess
 import sys
 import time
@@ -22,9 +24,15 @@ import asyncpg
 import pytest
 
 from allocator.actor import STORE_RETRY_DELAY, Allocator
-from allocator.counter import COUNTER_LIMIT, NEW_STORE_SCHEME, SCHEME_FEISTEL4
-from allocator.errors import KeyMismatch, StoreError, StoreMissing
-from allocator.store import Remembered, Store, open_store
+from allocator.counter import (
+    COUNTER_LIMIT,
+    KNOWN_SCHEMES,
+    NEW_STORE_SCHEME,
+    SCHEME_FEISTEL4,
+    SCHEME_FEISTEL10,
+)
+from allocator.errors import KeyMismatch, SchemeNotNamed, StoreError, StoreMissing
+from allocator.store import Remembered, Store, idempotency_bytes_on_disk, open_store
 from allocator.store import postgres as store_module
 from allocator.store.postgres import PostgresStore
 from allocator.store.schema import SCHEMA_VERSION
@@ -72,6 +80,29 @@ class Locations:
                 await connection.fetchval(
                     "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'tracking%'"
                 )
+            )
+        finally:
+            await connection.close()
+
+    async def bytes_on_disk(self, url: str) -> int:
+        """What the store's files hold: SQLite's pages once the WAL is checkpointed into the
+        file; PostgreSQL's idempotency table, its indexes and its TOAST table."""
+        if self.server is None:
+            db = sqlite3.connect(url.removeprefix("sqlite:///"))
+            try:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                (pages,) = db.execute("PRAGMA page_count").fetchone()
+                (page_size,) = db.execute("PRAGMA page_size").fetchone()
+                return pages * page_size
+            finally:
+                db.close()
+        connection = await asyncpg.connect(url, timeout=10)
+        try:
+            # Main forks only: a free-space map that autovacuum may add meanwhile is no row's.
+            return await connection.fetchval(
+                "SELECT sum(pg_relation_size(c.oid)) FROM pg_class c, pg_class t"
+                " WHERE t.relname = 'tracking_idempotency' AND (c.oid IN (t.oid, t.reltoastrelid)"
+                " OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = t.oid))"
             )
         finally:
             await connection.close()
@@ -128,7 +159,7 @@ async def test_two_fresh_stores_get_different_keys(locations: Locations) -> None
 async def test_a_supplied_key_is_stored_at_first_use(locations: Locations, url: str) -> None:
     supplied = bytes(range(32))
     store = await locations.open(url)
-    assert await store.load_key(supplied) == supplied
+    assert await store.load_key(supplied, NEW_STORE_SCHEME) == supplied
     await store.close()
 
     reopened = await locations.open(url)
@@ -178,7 +209,7 @@ async def test_a_store_that_may_not_create_uses_an_existing_one_and_checks_its_k
 ) -> None:
     supplied = bytes(range(32))
     first = await locations.open(url)
-    await first.load_key(supplied)
+    await first.load_key(supplied, NEW_STORE_SCHEME)
     assert first.created
     await first.reserve(1000)
     await first.close()
@@ -191,18 +222,64 @@ async def test_a_store_that_may_not_create_uses_an_existing_one_and_checks_its_k
     assert await store.reserve(10) == (1000, 1010)
 
 
-@pytest.mark.parametrize("supplied", [None, bytes(range(32))], ids=["random", "supplied"])
-async def test_a_new_store_records_the_new_scheme_with_its_key(
-    locations: Locations, url: str, supplied: bytes | None
+async def test_a_new_store_records_the_new_scheme_with_a_random_key(
+    locations: Locations, url: str
 ) -> None:
     store = await locations.open(url)
-    key = await store.load_key(supplied)
+    key = await store.load_key()
     assert await store.load_scheme() == NEW_STORE_SCHEME
     await store.close()
 
     reopened = await locations.open(url)
     assert await reopened.load_key() == key
     assert await reopened.load_scheme() == NEW_STORE_SCHEME
+
+
+@pytest.mark.parametrize("scheme", KNOWN_SCHEMES)
+async def test_a_supplied_key_makes_a_store_with_the_scheme_supplied_with_it(
+    locations: Locations, url: str, scheme: int
+) -> None:
+    """The scheme belongs to the key: a store rebuilt under an old key keeps its numbers."""
+    supplied = bytes(range(32))
+    store = await locations.open(url)
+    assert await store.load_key(supplied, scheme) == supplied
+    assert store.created
+    assert await store.load_scheme() == scheme
+    await store.close()
+
+    reopened = await locations.open(url)
+    assert await reopened.load_key(supplied, scheme) == supplied
+    assert await reopened.load_scheme() == scheme
+
+
+async def test_a_supplied_key_without_its_scheme_never_makes_a_store(
+    locations: Locations, url: str
+) -> None:
+    """Guessing the newest scheme would give an old key's counters other numbers."""
+    store = await locations.open(url)
+    with pytest.raises(SchemeNotNamed, match="scheme=N"):
+        await store.load_key(bytes(range(32)))
+    assert not store.created
+    with pytest.raises(StoreError, match="no key"):
+        await store.load_scheme()
+
+
+async def test_a_supplied_scheme_that_differs_from_the_stored_one_is_refused(
+    locations: Locations, url: str
+) -> None:
+    supplied = bytes(range(32))
+    store = await locations.open(url)
+    await store.load_key(supplied, SCHEME_FEISTEL4)
+    with pytest.raises(KeyMismatch, match="scheme"):
+        await store.load_key(supplied, SCHEME_FEISTEL10)
+    # A key without its scheme takes the stored one, on a store that may or may not create.
+    assert await store.load_key(supplied) == supplied
+    await store.close()
+    existing = await locations.open(url, create=False)
+    assert await existing.load_key(supplied) == supplied
+    with pytest.raises(KeyMismatch, match="scheme"):
+        await existing.load_key(supplied, SCHEME_FEISTEL10)
+    assert await existing.load_scheme() == SCHEME_FEISTEL4
 
 
 async def test_a_store_made_before_the_scheme_keeps_its_key_its_mark_and_four_rounds(
@@ -370,12 +447,37 @@ async def test_expired_answers_are_forgotten_in_batches(locations: Locations, ur
     for n in range(7):
         await store.remember(f"k-{n}", b"print", b"answer", ttl=0.05)
     await store.remember("live", b"print", b"kept", ttl=3600)
-    # Keys, fingerprints and answers: 7 * (3 + 5 + 6) + (4 + 5 + 4).
-    assert await store.idempotency_bytes() == 111
+    per_key = store.idempotency_key_overhead
+    # Keys, then fingerprints and answers: 7 * 3 + 4, then 7 * (5 + 6) + (5 + 4).
+    assert await store.idempotency_bytes() == idempotency_bytes_on_disk(8, 25, 86, per_key)
     await until_expired(store, "k-6")
     assert [await store.forget_expired(limit=3) for _ in range(4)] == [3, 3, 1, 0]
     assert await store.recall("live") == Remembered(b"print", b"kept")
-    assert await store.idempotency_bytes() == len(b"live" + b"print" + b"kept")
+    assert await store.idempotency_bytes() == idempotency_bytes_on_disk(1, 4, 9, per_key)
+
+
+@pytest.mark.parametrize("key_length", [36, 255])  # a UUID, and the longest key there can be
+async def test_the_idempotency_bytes_counted_are_what_the_disk_holds(
+    locations: Locations, url: str, key_length: int
+) -> None:
+    store = await locations.open(url)
+    await store.load_key()
+    before = await locations.bytes_on_disk(url)
+    draw = random.Random(key_length)  # the same keys every run, in no order
+    alphabet = "0123456789abcdefghijklmnopqrstuvwxyz-"
+    for _ in range(1000):
+        key = "".join(draw.choices(alphabet, k=key_length))
+        number = "".join(draw.choices(alphabet[:36], k=11)).upper()
+        # An answer of one number, as the service keeps it.
+        answer = (
+            f'{{"tracking_number":"MYID{number}X","created_at":"2018-11-20T19:29:32+08:00",'
+            f'"correlation_id":"{uuid.UUID(int=draw.getrandbits(128))}","request_metadata":'
+            '{"origin_country":"MY","destination_country":"ID","weight_kg":"1.234",'
+            '"customer_slug":"redbox-logistics"}}'
+        ).encode()
+        await store.remember(key, draw.randbytes(32), answer, ttl=3600)
+    grown = await locations.bytes_on_disk(url) - before
+    assert 0.85 < await store.idempotency_bytes() / grown < 1.15
 
 
 async def test_a_reservation_does_not_wait_behind_idempotency_traffic(

@@ -75,8 +75,6 @@ RELIED_ON = [
     Relied("AppRunner", "_make_server", RUNNER),
     Relied("Server", "_kwargs", RUNNER),
     Relied("Server", "_loop", RUNNER),
-    Relied("Server", "_connections", RUNNER),
-    Relied("RequestHandler", "_request_count", RUNNER, fresh=0),
     Relied("RequestHandler", "_manager", RUNNER),
     Relied("HTTPException", "__http_exception__", RUNNER, fresh=True),
     # Hooks that are not aiohttp's documented API: renamed, our override would never run.
@@ -107,7 +105,6 @@ OUR_OWN = [
     Relied("RequestHandler", "_recorded", RUNNER),
     Relied("Server", "app", RUNNER),
     Relied("Server", "draining", RUNNER),
-    Relied("Server", "awaiting_a_first_request", RUNNER),
 ]
 
 # Routines whose logic we repeat, with a fingerprint of the source that was read against ours

@@ -86,25 +86,37 @@ async def test_without_the_allocator_it_serves_what_it_holds_then_fails_fast(
     await issuer.close()
 
 
-async def test_a_batch_lets_other_requests_in_between_its_slices(
+async def test_a_batch_lets_other_requests_in_at_every_slice_boundary(
     issuer: Issuer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("service.blocks.BATCH_SLICE", 4)
+    slice_ = 4
+    monkeypatch.setattr("service.blocks.BATCH_SLICE", slice_)
     await issuer.issue("MY", "ID")
-    count = 12
+    count = 13
     assert issuer.buffered >= count  # all in hand: the batch never waits for a block
-    seen_unfinished: list[bool] = []
+    taken = 0
+    issue_nowait = issuer.issue_nowait
 
-    async def another_request() -> None:
-        seen_unfinished.append(not batch.done())
+    def counting_issue_nowait(origin: str, destination: str) -> str | None:
+        nonlocal taken
+        taken += 1
+        return issue_nowait(origin, destination)
+
+    monkeypatch.setattr(issuer, "issue_nowait", counting_issue_nowait)
+    taken_when_it_ran: list[int] = []
+
+    async def other_requests() -> None:
+        while not batch.done():
+            taken_when_it_ran.append(taken)
+            await asyncio.sleep(0)
 
     batch = asyncio.create_task(issuer.issue_many("MY", "ID", count))
-    other = asyncio.create_task(another_request())
+    other = asyncio.create_task(other_requests())
     numbers = await batch
     await other
     assert len(set(numbers)) == count
-    # The other request ran while the batch was still going: after a slice, not after it all.
-    assert seen_unfinished == [True]
+    # Other requests ran after every slice, not only the first, and not after it all.
+    assert taken_when_it_ran == [4, 8, 12]
 
 
 # Pinned to the given core, it says it is ready, waits to be woken, and says it woke.

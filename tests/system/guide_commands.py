@@ -1,15 +1,19 @@
-"""The commands docs/operations.md gives for reading the journal, as the guide spells them.
+"""The commands docs/operations.md gives, as the guide spells them: for reading the journal,
+and the shell blocks of its procedures (the backup, the restore).
 
-Shared by tests/system/test_operations_guide.py, which runs them on a journal-like stream, and
-.ci/systemd_journal.py, which runs them on a real systemd's journal. Standard library only, so
-that the host's ``python3`` runs it in CI:
+Shared by tests/system/test_operations_guide.py, which runs the journal commands on a
+journal-like stream, .ci/systemd_journal.py, which runs them on a real systemd's journal, and
+.ci/systemd.sh, which runs the backup and the restore on a real systemd. Standard library only,
+so that the host's ``python3`` runs it in CI:
 
-    python3 tests/system/guide_commands.py    # every command, one a line
+    python3 tests/system/guide_commands.py                    # every journal command, one a line
+    python3 tests/system/guide_commands.py "### Taking a backup"   # that section's shell block
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
@@ -30,5 +34,18 @@ def split(command: str) -> tuple[str, str]:
     return journalctl.strip(), reader.strip()
 
 
+def sh_block(heading: str, guide: Path = GUIDE) -> str:
+    """The first ``sh`` block of the section ``heading`` (a whole line, ``### …``)."""
+    text = guide.read_text()
+    start = text.index(f"\n{heading}\n")
+    block = re.compile(r"^```sh\n(.*?)^```$", re.S | re.M).search(text, start)
+    if block is None:
+        raise ValueError(f"no sh block after {heading!r}")
+    return block.group(1)
+
+
 if __name__ == "__main__":
-    print(*journal_commands(), sep="\n")
+    if len(sys.argv) > 1:
+        print(sh_block(sys.argv[1]), end="")
+    else:
+        print(*journal_commands(), sep="\n")

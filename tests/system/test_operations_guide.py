@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -139,3 +140,29 @@ def test_each_journal_command_of_the_guide_ignores_lines_that_are_not_json(
         assert among.stdout == f"{highest}\n"
     else:
         assert among.stderr == ""
+
+
+def test_the_restore_raises_the_mark_as_the_service_with_the_units_properties() -> None:
+    """Run as root, run.py refuses the state directory of the unit's dynamic user (mode 0700,
+    another owner), so the one step that prevents duplicates would exit 1 (issue 23). The
+    guide runs it through systemd-run as that user, with the unit's own state directory,
+    environment file and working directory: each property it gives is a line of the unit.
+    .ci/systemd.sh runs the whole block on a real systemd."""
+    block = re.sub(r"\\\n\s*", " ", guide_commands.sh_block("### Restoring (systemd, SQLite)"))
+    unit = (REPO / "config" / "tracking.service").read_text().splitlines()
+    (raise_mark,) = [line for line in block.splitlines() if "run.py" in line]
+    assert raise_mark.startswith("systemd-run --wait --pipe ")
+    assert "--raise-reserved-to" in raise_mark
+    properties = re.findall(r"-p (\S+)", raise_mark)
+    assert "DynamicUser=yes" in properties
+    # User= names the dynamic user that systemd derives from the unit's name.
+    assert "User=tracking" in properties
+    for needed in (
+        "StateDirectory=",
+        "StateDirectoryMode=",
+        "EnvironmentFile=",
+        "WorkingDirectory=",
+    ):
+        assert any(p.startswith(needed) for p in properties), needed
+    for found in properties:
+        assert found == "User=tracking" or found in unit, found

@@ -6,8 +6,10 @@ The same behaviours are checked under a real systemd by .ci/systemd.sh (docs/rel
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -18,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
-from tests.conftest import CANONICAL_QUERY
+from tests.conftest import CANONICAL_QUERY, NUMBER_PATTERN
 from tests.system.conftest import Outcome, Service, check_unsurprising, load
 
 # Starts run.py as systemd does under socket activation: the listening socket as fd 3,
@@ -288,4 +291,124 @@ def test_a_reload_with_a_broken_configuration_changes_nothing(short_tmp: Path) -
         assert service.child_pids("worker-1") + service.child_pids("worker-2") == workers
         assert service.stop(timeout=15) == 0
     finally:
+        service.kill()
+
+
+PATH = f"/next-tracking-number?{urllib.parse.urlencode(CANONICAL_QUERY)}"
+
+
+def reloaded_and_draining(service: Service, count: int) -> None:
+    """A reload, once the workers it replaces have begun to drain (every answer they give
+    from then on closes its connection)."""
+    old = [service.child_pids(f"worker-{n}")[-1] for n in range(1, service.workers + 1)]
+    reloaded(service, count)
+    asyncio.run(until(lambda: all(drain_logged(service, pid) for pid in old)))
+
+
+class PooledClient:
+    """Keep-alive connections reused as Python's http.client reuses them: without checking
+    that the server still holds them first (as many Java and Go clients do too). A reset is
+    recorded as a failure, never sent again."""
+
+    def __init__(self, port: int, size: int) -> None:
+        self.connections = [
+            http.client.HTTPConnection("127.0.0.1", port, timeout=20) for _ in range(size)
+        ]
+        self.answers: list[tuple[int, dict[str, Any]]] = []  # status, body
+        self.failures: list[str] = []
+
+    def use_each(self) -> list[bool]:
+        """One request on every connection; for each answer, whether it closed its connection
+        (``Connection: close``, as http.client reads it)."""
+        closed = []
+        for connection in self.connections:
+            try:
+                connection.request("GET", PATH)
+                response = connection.getresponse()
+                body = json.loads(response.read())
+            except (http.client.HTTPException, ConnectionError) as exc:
+                self.failures.append(repr(exc))
+                connection.close()
+                continue
+            self.answers.append((response.status, body))
+            closed.append(response.will_close)
+        return closed
+
+    def close(self) -> None:
+        for connection in self.connections:
+            connection.close()
+
+
+def test_a_reload_fails_no_request_of_a_client_that_reuses_idle_connections_unchecked(
+    short_tmp: Path,
+) -> None:
+    service = Service(short_tmp, 2)
+    client: PooledClient | None = None
+    try:
+        service.start()
+        client = PooledClient(service.port, 8)
+        client.use_each()
+        reloads = 4
+        after_reloads: list[list[bool]] = []  # whether each answer closed its connection
+        for reload in range(1, reloads + 1):
+            # Every connection is idle, kept alive by a worker that the reload replaces.
+            reloaded_and_draining(service, reload)
+            # Reused at once, as a busy client does: the draining worker answers, and closes.
+            after_reloads.append(client.use_each())
+            # Connected again (to the new workers), and idle until the next reload.
+            after_reloads.append(client.use_each())
+        assert client.failures == [], f"{len(client.failures)} failed: {client.failures[:2]}"
+        assert after_reloads == [[True] * 8, [False] * 8] * reloads
+        assert len(client.answers) == 8 * (1 + 2 * reloads)
+        assert {status for status, _ in client.answers} == {200}
+        assert all(re.match(NUMBER_PATTERN, body["tracking_number"]) for _, body in client.answers)
+        # Each old worker drained once its connections were closed, and exited 0.
+        service.wait_for_message("worker drained", 2 * reloads)
+        assert {
+            x["process.exit_code"]
+            for x in service.log_lines()
+            if x.get("message") == "worker drained"
+        } == {0}
+        client.close()
+        assert service.stop(timeout=15) == 0
+    finally:
+        if client is not None:
+            client.close()
+        service.kill()
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        # Closed at the end of the drain's window: shutdown_timeout - lease_timeout.
+        ("--shutdown-timeout", "3", "--lease-timeout", "1"),
+        # Closed at keepalive_timeout, as always, when that comes first (60 s would outlast
+        # the test's waits).
+        ("--shutdown-timeout", "60", "--keepalive-timeout", "1"),
+    ],
+    ids=["drain-window", "keepalive-timeout"],
+)
+def test_a_connection_idle_through_a_drain_is_closed_and_the_worker_exits_0(
+    short_tmp: Path, settings: tuple[str, ...]
+) -> None:
+    service = Service(short_tmp, 1, *settings)
+    client: PooledClient | None = None
+    try:
+        service.start()
+        (old,) = service.child_pids("worker-1")
+        client = PooledClient(service.port, 1)
+        assert client.use_each() == [False]
+        reloaded(service, 1)
+        drained = service.wait_for_message("worker drained", 1)
+        assert (drained["tracking.child_pid"], drained["process.exit_code"]) == (old, 0)
+        # The server closed it: a client that checks before reuse sees the end of the stream.
+        sock = client.connections[0].sock
+        assert sock is not None
+        sock.settimeout(20)
+        assert sock.recv(1) == b""
+        client.close()
+        assert service.stop(timeout=15) == 0
+    finally:
+        if client is not None:
+            client.close()
         service.kill()

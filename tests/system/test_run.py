@@ -9,7 +9,7 @@ import pytest
 from stdnum.iso7064 import mod_37_36
 
 from tests.conftest import NUMBER_PATTERN
-from tests.system.conftest import Service, load
+from tests.system.conftest import Service, check_unsurprising, load
 
 VALID = re.compile(NUMBER_PATTERN)
 
@@ -85,6 +85,46 @@ def test_the_service_refuses_to_start_twice_on_one_state_directory(
     service: Service, short_tmp: Path
 ) -> None:
     service.start()
+    twin = Service(short_tmp)
+    try:
+        with pytest.raises(RuntimeError, match="another allocator"):
+            twin.start(timeout=10)
+    finally:
+        twin.kill()
+    assert service.stop() == 0
+
+
+def test_a_removed_allocator_socket_is_bound_again_and_new_workers_reach_it(
+    service: Service, short_tmp: Path
+) -> None:
+    service.start()
+    allocators = service.child_pids("allocator")
+    # What a second allocator's failed start used to do; an operator's rm or a cleaner of the
+    # runtime directory does the same. The workers' connections live on: a reload's new
+    # workers must connect anew.
+    os.unlink(short_tmp / "run" / "allocator.sock")
+    assert service.process is not None
+    service.process.send_signal(signal.SIGHUP)
+    service.wait_for_message("reload done", 1)
+
+    async def until_every_request_is_served() -> list[str]:
+        numbers: list[str] = []
+        async with asyncio.timeout(30):
+            while True:
+                outcome = await load(service.url, 100, concurrency=8, fresh_connections=True)
+                check_unsurprising(outcome)
+                numbers += outcome.numbers
+                if outcome.unavailable == 0:
+                    return numbers
+
+    numbers = asyncio.run(until_every_request_is_served())
+    assert len(set(numbers)) == len(numbers)
+    assert service.child_pids("allocator") == allocators  # healed in place, not restarted
+    healed = service.wait_for_message(
+        "the allocator socket was removed or replaced; binding it again", 1
+    )
+    assert healed["log.level"] == "error"
+    # And the socket is there for the next start to find: it refuses to start a second one.
     twin = Service(short_tmp)
     try:
         with pytest.raises(RuntimeError, match="another allocator"):

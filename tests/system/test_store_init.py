@@ -4,6 +4,7 @@ behind the operator's back, because under a known key it would issue every numbe
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -21,7 +22,7 @@ KEY = bytes(range(32))
 @pytest.fixture
 def key_file(short_tmp: Path) -> Path:
     path = short_tmp / "tracking.key"
-    path.write_text(KEY.hex() + "\n")
+    path.write_text(f"{KEY.hex()}\nscheme={NEW_STORE_SCHEME}\n")
     os.chmod(path, 0o600)
     return path
 
@@ -83,3 +84,18 @@ def test_a_raise_on_an_empty_state_directory_exits_non_zero_and_creates_nothing(
         assert raised.returncode == 1
         assert "no store holding a key" in raised.stdout
         assert not empty.exists()
+
+
+def test_init_store_from_a_key_file_that_names_no_scheme_says_what_to_do_and_creates_nothing(
+    short_tmp: Path, key_file: Path
+) -> None:
+    key_file.write_text(KEY.hex() + "\n")  # as every key file was before schemes were named
+    state_dir = short_tmp / "state"
+    refused = run_py(state_dir, "--key-file", str(key_file), "--init-store")
+    assert refused.returncode == 1
+    lines = [json.loads(text) for text in refused.stdout.splitlines()]
+    (line,) = [line for line in lines if line["log.level"] == "error"]
+    assert line["message"] == "cannot initialise the store"
+    assert line["error.type"] == "SchemeNotNamed"
+    assert "Add a line scheme=N to the key_file" in line["error.message"]
+    assert not state_dir.exists()
