@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 from allocator.errors import ProtocolError
 from allocator.protocol import read_frame
-from allocator.unix_socket import bind_unix_socket
+from allocator.unix_socket import OwnSocket
 from config import lifecycle, logs
 from config.lifecycle import until_stop_requested
 from config.logs import error_fields
@@ -73,6 +73,7 @@ class LedgerWriter:
         self._committing: asyncio.Task[None] | None = None
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.StreamWriter] = set()
+        self._socket = OwnSocket(socket_path)
 
     async def start(self) -> None:
         self._db = await asyncio.to_thread(sqlite.open_for_writing, self.path)
@@ -80,9 +81,8 @@ class LedgerWriter:
         self._checkpoints = sqlite.open_for_checkpoints(self.path)
         self._committing = asyncio.create_task(self._commit_loop())
         self._checkpointing = asyncio.create_task(self._checkpoint_loop())
-        sock = bind_unix_socket(self.socket_path)
         self._server = await asyncio.start_unix_server(
-            self._serve, sock=sock, limit=protocol.MAX_FRAME
+            self._serve, sock=self._socket.bind(), limit=protocol.MAX_FRAME
         )
 
     async def close(self) -> None:
@@ -99,8 +99,7 @@ class LedgerWriter:
                 await self._checkpointing
         for writer in list(self._connections):
             writer.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.socket_path)
+        self._socket.remove()
         for db in (self._checkpoints, self._db):
             if db is not None:
                 db.close()
