@@ -36,6 +36,7 @@ from config import lifecycle, logs, settings
 from config.lifecycle import HEARTBEAT_INTERVAL, Liveness
 from config.sd_notify import listen_sockets, notify, watchdog_interval
 from config.settings import Config, ConfigError
+from service.admin import with_admin_token
 
 log = logging.getLogger("supervisor")
 
@@ -56,6 +57,12 @@ def allocator_target(config: Config, ready: Ready) -> None:
     from allocator import server
 
     server.main(config, ready)
+
+
+def ledger_target(config: Config, ready: Ready) -> None:
+    from ledger import writer
+
+    writer.main(config, ready)
 
 
 def worker_target(config: Config, listener: socket.socket, ready: Ready) -> None:
@@ -85,7 +92,7 @@ def _child(target: Callable[..., None], ready_fd: int, liveness: Liveness, *args
 
 
 class Child:
-    """One slot the supervisor keeps filled: the allocator, or worker N."""
+    """One slot the supervisor keeps filled: the allocator, the ledger's writer, or worker N."""
 
     def __init__(self, name: str, target: Callable[..., None], *args: Any) -> None:
         self.name = name
@@ -105,8 +112,8 @@ class Child:
 
     @property
     def kind(self) -> str:
-        """The label of the wedged-restarts metric: ``allocator`` or ``worker``."""
-        return "allocator" if self.name == "allocator" else "worker"
+        """The label of the wedged-restarts metric: ``allocator``, ``ledger`` or ``worker``."""
+        return "worker" if self.name.startswith("worker-") else self.name
 
     def start(self, ready_fd: int, liveness: Liveness) -> None:
         self.process = _fork.Process(
@@ -228,6 +235,7 @@ class Supervisor:
         listener: socket.socket,
         allocator: Callable[..., None] = allocator_target,
         worker: Callable[..., None] = worker_target,
+        ledger: Callable[..., None] = ledger_target,
         load_config: Callable[[], Config] | None = None,
     ) -> None:
         self.config = config
@@ -236,6 +244,10 @@ class Supervisor:
         # Reads the configuration again on SIGHUP: the same file, environment and flags.
         self.load_config = load_config or (lambda: config)
         self.allocator = Child("allocator", allocator, config)
+        # The children the workers need, started before them and stopped after them.
+        self.backends = [self.allocator]
+        if config.ledger:
+            self.backends.append(Child("ledger", ledger, config))
         self.workers = [self._worker(n, config) for n in range(1, config.workers + 1)]
         # Workers replaced by a reload, draining: reaped, never restarted, killed at deadline.
         self.retiring: list[tuple[Child, float]] = []
@@ -275,10 +287,11 @@ class Supervisor:
                 extra={"tracking.socket": self.config.allocator_socket},
             )
             return 1
-        self.allocator.start(self._ready_w, self.liveness)
-        if not self._wait_until_serving([self.allocator]):
-            self.allocator.stop(time.monotonic() + ALLOCATOR_STOP_TIMEOUT)
-            return 0 if self._stop_requested() else 1
+        for backend in self.backends:
+            backend.start(self._ready_w, self.liveness)
+            if not self._wait_until_serving([backend]):
+                self._stop_backends()
+                return 0 if self._stop_requested() else 1
         for worker in self.workers:
             worker.start(self._ready_w, self.liveness)
         if not self._wait_until_serving(self.workers):
@@ -343,7 +356,7 @@ class Supervisor:
             self._beats[pid] = now
         timeout = self.config.heartbeat_timeout
         self._beats = {pid: at for pid, at in self._beats.items() if now - at <= timeout}
-        for child in (self.allocator, *self.workers):
+        for child in (*self.backends, *self.workers):
             at = self._beats.get(child.pid)
             if at is not None and at >= child.started_at:  # not a former owner of its pid
                 child.last_beat = at
@@ -365,7 +378,7 @@ class Supervisor:
                     return
                 if signum == signal.SIGHUP:
                     self._reload()
-            children = [self.allocator, *self.workers]
+            children = [*self.backends, *self.workers]
             self._reap_retiring()
             self._read_beats()
             now = time.monotonic()
@@ -486,9 +499,14 @@ class Supervisor:
             worker.terminate()
         for worker in draining:
             worker.stop(deadline)
-        log.info("stopping: allocator")
-        self.allocator.stop(time.monotonic() + ALLOCATOR_STOP_TIMEOUT)
+        self._stop_backends()
         log.info("stopped")
+
+    def _stop_backends(self) -> None:
+        """The ledger's writer commits what it was sent, then the allocator checkpoints."""
+        for backend in reversed(self.backends):
+            log.info(f"stopping: {backend.name}")
+            backend.stop(time.monotonic() + ALLOCATOR_STOP_TIMEOUT)
 
 
 def preload() -> None:
@@ -497,6 +515,7 @@ def preload() -> None:
     clients less, and a reload runs the code this supervisor started with, never that of a
     release installed since."""
     import allocator.server  # noqa: F401
+    import ledger.writer  # noqa: F401
     import service.worker  # noqa: F401
 
 
@@ -523,6 +542,17 @@ def main(argv: list[str] | None = None) -> int:
     _log_configuration(config)
     preload()
     try:
+        config, made_token = with_admin_token(config)
+    except OSError as exc:
+        log.error("cannot make an admin token", extra=logs.error_fields(exc))
+        return 1
+    if made_token:
+        # The path, never the token: the file is the operator's to read (mode 0600).
+        log.warning(
+            "no admin_token is configured: made one; the ledger's records need it",
+            extra={"tracking.admin_token_file": made_token},
+        )
+    try:
         listener = take_listener(config)
     except OSError as exc:
         log.error(
@@ -534,7 +564,9 @@ def main(argv: list[str] | None = None) -> int:
             },
         )
         return 1
-    supervisor = Supervisor(config, listener, load_config=lambda: settings.load(argv))
+    supervisor = Supervisor(
+        config, listener, load_config=lambda: with_admin_token(settings.load(argv))[0]
+    )
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda signum, _: supervisor.push(signum))
     try:

@@ -236,14 +236,19 @@ _response_decoder = msgspec.msgpack.Decoder(Response)
 
 def encode(message: Message) -> bytes:
     """One complete frame: length prefix and payload."""
-    payload = _encoder.encode(message)
-    if len(payload) > MAX_FRAME:
+    return frame(_encoder.encode(message))
+
+
+def frame(payload: bytes, limit: int = MAX_FRAME) -> bytes:
+    """``payload`` behind its length prefix (the ledger's protocol frames its own messages)."""
+    if len(payload) > limit:
         raise ProtocolError(f"message of {len(payload)} bytes exceeds the frame cap")
     return _HEADER.pack(len(payload)) + payload
 
 
-async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
-    """The next frame's payload, or None at a clean end of stream between frames."""
+async def read_frame(reader: asyncio.StreamReader, limit: int = MAX_FRAME) -> bytes | None:
+    """The next frame's payload, or None at a clean end of stream between frames; a frame
+    announced longer than ``limit`` is a ProtocolError."""
     try:
         header = await reader.readexactly(_HEADER.size)
     except asyncio.IncompleteReadError as exc:
@@ -251,8 +256,8 @@ async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
             raise ProtocolError("truncated frame header") from None
         return None
     (size,) = _HEADER.unpack(header)
-    if size > MAX_FRAME:
-        raise ProtocolError(f"frame of {size} bytes exceeds the cap of {MAX_FRAME}")
+    if size > limit:
+        raise ProtocolError(f"frame of {size} bytes exceeds the cap of {limit}")
     try:
         return await reader.readexactly(size)
     except asyncio.IncompleteReadError:

@@ -43,7 +43,7 @@ from allocator.protocol import (
 # first use in open_store: a supervisor that imports the children's code before it forks
 # (run.py) then restarts an allocator on the store code of its own release.
 from allocator.store import open_store, postgres, sqlite  # noqa: F401
-from allocator.unix_socket import bind_unix_socket, file_identity
+from allocator.unix_socket import OwnSocket
 from config import lifecycle, logs
 from config.lifecycle import until_stop_requested
 from config.logs import error_fields
@@ -84,7 +84,7 @@ class AllocatorServer:
             allocator.store, allocator.stats, idempotency_ttl, idempotency_max_bytes
         )
         self._server: asyncio.Server | None = None
-        self._bound: tuple[int, int] | None = None  # (st_dev, st_ino) of the file we bound
+        self._socket = OwnSocket(path)
         self._keeping_socket: asyncio.Task[None] | None = None
         # Abandons being written: they belong to the server, not to their connection.
         self._abandoning: set[asyncio.Task[None]] = set()
@@ -129,28 +129,20 @@ class AllocatorServer:
         await asyncio.gather(*self._connections, return_exceptions=True)
         # Told before they hung up: heard before the store closes.
         await asyncio.gather(*self._abandoning, return_exceptions=True)
-        # Only the file we bound: a server whose bind failed must not take the socket of the
-        # allocator that holds it, nor one that replaced ours.
-        if self._owns_socket_file():
-            os.unlink(self.path)
+        self._socket.remove()
 
     async def _listen(self) -> None:
-        sock = bind_unix_socket(self.path)
-        self._bound = file_identity(self.path)
+        sock = self._socket.bind()
         if self._server is not None:
             self._server.close()  # unreachable without its file; its connections go on
         self._server = await asyncio.start_unix_server(self._serve, sock=sock)
-
-    def _owns_socket_file(self) -> bool:
-        """Whether the file at our path is still the socket this server bound."""
-        return self._bound is not None and file_identity(self.path) == self._bound
 
     async def _keep_socket(self) -> None:
         """Bind the socket again whenever its file is gone (an operator's rm, a cleaner of
         the runtime directory); raises OSError when another allocator listens there."""
         while True:
             await asyncio.sleep(SOCKET_CHECK_INTERVAL)
-            if not self._owns_socket_file():
+            if not self._socket.intact:
                 log.error(
                     "the allocator socket was removed or replaced; binding it again",
                     extra={"tracking.socket": self.path},

@@ -1,4 +1,5 @@
-"""The allocator's Unix socket: bound privately, and probed for a live allocator."""
+"""The allocator's and the ledger's Unix sockets: bound privately, probed for a live server,
+and removed only by the server that bound them."""
 
 from __future__ import annotations
 
@@ -56,3 +57,27 @@ def bind_unix_socket(path: str) -> socket.socket:
         os.umask(old_umask)
     os.chmod(path, 0o600)
     return sock
+
+
+class OwnSocket:
+    """The Unix socket file a server bound at ``path``, which it removes only while it is still
+    that file: a server whose bind failed must not take the socket of the one that holds it,
+    nor one that replaced ours."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._bound: tuple[int, int] | None = None  # (st_dev, st_ino) of the file we bound
+
+    def bind(self) -> socket.socket:
+        sock = bind_unix_socket(self.path)
+        self._bound = file_identity(self.path)
+        return sock
+
+    @property
+    def intact(self) -> bool:
+        """Whether the file at the path is still the socket we bound."""
+        return self._bound is not None and file_identity(self.path) == self._bound
+
+    def remove(self) -> None:
+        if self.intact:
+            os.unlink(self.path)

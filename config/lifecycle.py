@@ -20,7 +20,7 @@ log = logging.getLogger("lifecycle")
 # A beat at least this often; the supervisor makes it shorter for a short heartbeat_timeout.
 HEARTBEAT_INTERVAL = 1.0
 # The kinds of child the supervisor counts wedged restarts for: the metric's label values.
-CHILD_KINDS = ("allocator", "worker")
+CHILD_KINDS = ("allocator", "ledger", "worker")
 _COUNTS = struct.Struct(f"={len(CHILD_KINDS)}q")  # one 64-bit counter per kind
 
 

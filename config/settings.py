@@ -46,9 +46,12 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     key_file: str = ""
     log_level: str = "INFO"
     access_log: bool = True
+    # One durable record per issued number, written before the answer (ledger/).
+    ledger: bool = True
     cors_origins: tuple[str, ...] = ()
     admin_token: str = ""
     lease_timeout: Seconds = 2.0
+    ledger_timeout: Seconds = 2.0
     shutdown_timeout: Seconds = 10.0
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     idempotency_ttl: Seconds = 86400.0
@@ -63,6 +66,15 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     @property
     def allocator_socket(self) -> str:
         return os.path.join(self.runtime_dir, "allocator.sock")
+
+    @property
+    def ledger_socket(self) -> str:
+        return os.path.join(self.runtime_dir, "ledger.sock")
+
+    @property
+    def ledger_path(self) -> str:
+        """The ledger's SQLite file: beside the store's, never in it (docs/architecture.md)."""
+        return os.path.join(self.state_dir, "ledger.sqlite3")
 
 
 # One line per setting: the --help text, the README's table and the TOML file's comments say
@@ -86,9 +98,12 @@ HELP: dict[str, str] = {
     "implicitly (see --init-store)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "access_log": "one log line per request",
+    "ledger": "keep a durable record of every issued number (STATE_DIR/ledger.sqlite3), "
+    "written before the answer; off, nothing records which numbers were issued to whom",
     "cors_origins": "origins allowed by CORS, comma-separated (none by default)",
     "admin_token": "bearer token that opens the operator endpoints to non-loopback clients",
     "lease_timeout": "seconds a request may wait for the allocator when a worker has no numbers",
+    "ledger_timeout": "seconds a request may wait for its numbers' records to be durable",
     "shutdown_timeout": "seconds workers get to drain before they are killed",
     "event_loop": "uvloop (fast) or asyncio (the standard library's, for comparison)",
     "idempotency_ttl": "seconds an Idempotency-Key keeps its answer (24 hours by default)",
@@ -103,6 +118,7 @@ HELP: dict[str, str] = {
 }
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+BOOLEANS = ("access_log", "ledger")
 
 
 def _field_names() -> tuple[str, ...]:
@@ -123,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for name in _field_names():
         flag = "--" + name.replace("_", "-")
-        if name == "access_log":
+        if name in BOOLEANS:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=HELP[name])
         else:
             parser.add_argument(flag, dest=name, metavar=name.upper(), help=HELP[name])
@@ -204,12 +220,13 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
     origins = values.get("cors_origins")
     if isinstance(origins, str):
         values["cors_origins"] = [o.strip() for o in origins.split(",") if o.strip()]
-    if isinstance(values.get("access_log"), str):
-        text = values["access_log"].strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            values["access_log"] = True
-        elif text in ("0", "false", "no", "off"):
-            values["access_log"] = False
+    for name in BOOLEANS:
+        if isinstance(values.get(name), str):
+            text = values[name].strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                values[name] = True
+            elif text in ("0", "false", "no", "off"):
+                values[name] = False
     if isinstance(values.get("log_level"), str):
         values["log_level"] = values["log_level"].upper()
     return values
@@ -225,11 +242,12 @@ def _check(config: Config) -> Config:
     except ValueError as exc:
         # The message names the bad part, never the URL: it may hold a password.
         raise ConfigError(f"store is not a valid URL: {exc}") from None
-    if len(os.fsencode(config.allocator_socket)) > MAX_SOCKET_PATH:
-        raise ConfigError(
-            f"the allocator socket path {config.allocator_socket!r} is longer than "
-            f"{MAX_SOCKET_PATH} bytes; set runtime_dir to a shorter directory"
-        )
+    for socket_path in (config.allocator_socket, config.ledger_socket):
+        if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH:
+            raise ConfigError(
+                f"the socket path {socket_path!r} is longer than "
+                f"{MAX_SOCKET_PATH} bytes; set runtime_dir to a shorter directory"
+            )
     return config
 
 
@@ -324,6 +342,7 @@ RESTART_ONLY = (
     "store",
     "reserve_step",
     "key_file",
+    "ledger",  # its writer runs beside the allocator, started with the service
     "event_loop",
     "idempotency_ttl",
     "idempotency_max_bytes",

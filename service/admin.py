@@ -7,19 +7,51 @@ or 403 (none is: these endpoints are for local operators only).
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
+import os
+import secrets
 from collections.abc import Callable
 
 import msgspec
 from aiohttp import web
 
 from allocator.errors import AllocatorError
-from allocator.protocol import Status
+from allocator.protocol import AllocatorStatus, Status
+from config.settings import Config, private_directory
+from ledger.errors import LedgerError
+from ledger.protocol import LedgerStats
 from service import errors, metrics
-from service.keys import CLIENT, CONFIG, METRICS
+from service.keys import CLIENT, CONFIG, LEDGER, METRICS
 from service.observe import observed
 from service.server.answers import JsonAnswer
+
+# Where the service keeps the admin token it made, in the runtime directory.
+MADE_TOKEN_FILE = "admin-token"
+
+
+def with_admin_token(config: Config) -> tuple[Config, str | None]:
+    """``config`` with an admin token, and the file of the token the service made, if it did.
+
+    Records are personal data and always need the token. So that ``make run`` stays one
+    command, a service with no ``admin_token`` makes one, mode 0600 in its runtime directory,
+    once per start: a reload reads the same file.
+    """
+    if config.admin_token:
+        return config, None
+    path = os.path.join(config.runtime_dir, MADE_TOKEN_FILE)
+    # The state directory first: the runtime directory is inside it by default, and the
+    # parents private_directory makes are not private.
+    private_directory(config.state_dir)
+    private_directory(config.runtime_dir)
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(secrets.token_urlsafe(32) + "\n")
+    with open(path) as file:
+        token = file.read().strip()
+    return msgspec.structs.replace(config, admin_token=token), path
 
 
 def _is_loopback(remote: str | None) -> bool:
@@ -34,8 +66,10 @@ def _is_loopback(remote: str | None) -> bool:
 
 def is_operator(request: web.Request) -> bool:
     """Whether this client may use the operator endpoints: loopback, or the admin token."""
-    if _is_loopback(request.remote):
-        return True
+    return _is_loopback(request.remote) or _presents_token(request)
+
+
+def _presents_token(request: web.Request) -> bool:
     token = request.app[CONFIG].admin_token
     if not token:
         return False
@@ -44,6 +78,13 @@ def is_operator(request: web.Request) -> bool:
     # a plain encode() refuses (a 500). Such a token is wrong, not an error.
     sent = presented.strip().encode("utf-8", "surrogateescape")
     return scheme.lower() == "bearer" and hmac.compare_digest(sent, token.encode())
+
+
+def reads_records(request: web.Request) -> bool:
+    """Whether this client may read the ledger's records (personal data): the admin token,
+    from anywhere. Loopback alone is not enough: behind a reverse proxy on the same host, every
+    client is loopback."""
+    return _presents_token(request)
 
 
 def refusal(request: web.Request, correlation_id: str) -> web.StreamResponse | None:
@@ -55,6 +96,20 @@ def refusal(request: web.Request, correlation_id: str) -> web.StreamResponse | N
     return errors.forbidden(correlation_id)
 
 
+class LedgerStatus(msgspec.Struct, omit_defaults=True):
+    """The ledger as the operator endpoints show it."""
+
+    writer_up: bool
+    stats: LedgerStats | None = None
+    error: str | None = None  # why the writer could not be asked
+
+
+class StatusBody(AllocatorStatus, kw_only=True):
+    """/allocator/status: the allocator's state, and the ledger's (null with the ledger off)."""
+
+    ledger: LedgerStatus | None = None
+
+
 async def _status(request: web.Request) -> Status:
     """Everyone's counters and the allocator's state; raises AllocatorError when the allocator
     cannot be asked. Our own counts go first, so that they are current."""
@@ -62,8 +117,21 @@ async def _status(request: web.Request) -> Status:
     return await request.app[CLIENT].status()
 
 
+async def _ledger_status(request: web.Request) -> LedgerStatus | None:
+    """The writer's counts; a writer that cannot be asked is a state to show, not an error."""
+    ledger = request.app[LEDGER]
+    if ledger is None:
+        return None
+    try:
+        return LedgerStatus(writer_up=True, stats=await ledger.stats())
+    except LedgerError as exc:
+        return LedgerStatus(writer_up=False, error=str(exc))
+
+
 async def _answer(
-    request: web.Request, correlation_id: str, render: Callable[[Status], web.StreamResponse]
+    request: web.Request,
+    correlation_id: str,
+    render: Callable[[Status, LedgerStatus | None], web.StreamResponse],
 ) -> web.StreamResponse:
     """An operator endpoint's answer: the refusal, a 503, or ``render`` of the status."""
     if (refused := refusal(request, correlation_id)) is not None:
@@ -72,7 +140,7 @@ async def _answer(
         status = await _status(request)
     except AllocatorError:
         return errors.unavailable(correlation_id)
-    return render(status)
+    return render(status, await _ledger_status(request))
 
 
 @observed()
@@ -80,8 +148,8 @@ async def metrics_endpoint(request: web.Request, correlation_id: str) -> web.Str
     return await _answer(
         request,
         correlation_id,
-        lambda status: web.Response(
-            body=metrics.render(status),
+        lambda status, ledger: web.Response(
+            body=metrics.render(status, ledger and ledger.stats, ledger is not None),
             headers={"Content-Type": metrics.CONTENT_TYPE, "X-Request-ID": correlation_id},
         ),
     )
@@ -89,8 +157,8 @@ async def metrics_endpoint(request: web.Request, correlation_id: str) -> web.Str
 
 @observed()
 async def allocator_status(request: web.Request, correlation_id: str) -> web.StreamResponse:
-    return await _answer(
-        request,
-        correlation_id,
-        lambda status: JsonAnswer(msgspec.json.encode(status.allocator), correlation_id),
-    )
+    def render(status: Status, ledger: LedgerStatus | None) -> web.StreamResponse:
+        fields = msgspec.structs.asdict(status.allocator)
+        return JsonAnswer(msgspec.json.encode(StatusBody(**fields, ledger=ledger)), correlation_id)
+
+    return await _answer(request, correlation_id, render)

@@ -13,12 +13,13 @@ from aiohttp_cors.urldispatcher_router_adapter import ResourcesUrlDispatcherRout
 
 from allocator.client import AllocatorClient
 from config.settings import Config
+from ledger.client import LedgerClient
 from service import admin, verify, views
 from service.access_log import AccessLog
 from service.blocks import Issuer
 from service.correlation import HEADERS as CORRELATION_HEADERS
 from service.correlation import CorrelationIds
-from service.keys import ACCESS_LOG, CLIENT, CONFIG, CORRELATION_IDS, ISSUER, METRICS
+from service.keys import ACCESS_LOG, CLIENT, CONFIG, CORRELATION_IDS, ISSUER, LEDGER, METRICS
 from service.metrics import REPORT_INTERVAL, WorkerMetrics
 from service.observe import ISSUE_ROUTE
 from service.openapi import openapi
@@ -41,7 +42,7 @@ def create_app(config: Config) -> web.Application:
     app[METRICS] = WorkerMetrics()
     # Started in this order, stopped in the reverse: the last report goes out before the
     # client closes, and the access log is flushed after everything else.
-    app.cleanup_ctx.extend((_flushed_access_log, _blocks, _metrics_reports))
+    app.cleanup_ctx.extend((_flushed_access_log, _blocks, _ledger, _metrics_reports))
     for path, handler in ROUTES:
         # HEAD runs a GET handler: HEAD of the issuing route would consume numbers that nobody
         # receives, so it is a 405 (docs/reliability.md).
@@ -124,6 +125,16 @@ async def _blocks(app: web.Application) -> AsyncIterator[None]:
     issuer.prefetch()
     yield
     await issuer.close()  # and the client with it
+
+
+async def _ledger(app: web.Application) -> AsyncIterator[None]:
+    """The ledger's client, or None with the ledger off."""
+    config = app[CONFIG]
+    client = LedgerClient(config.ledger_socket, config.ledger_timeout) if config.ledger else None
+    app[LEDGER] = client
+    yield
+    if client is not None:
+        await client.close()
 
 
 async def _metrics_reports(app: web.Application) -> AsyncIterator[None]:

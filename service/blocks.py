@@ -16,6 +16,7 @@ import time
 
 from allocator.client import AllocatorClient
 from allocator.errors import AllocatorError, AllocatorUnavailable
+from ledger.records import Issued
 from service.numbers import NumberFormatter
 
 # Named for the Issuer: operators filter on this log.logger (docs/operations.md).
@@ -67,29 +68,29 @@ class Issuer:
         """True while a request would get a number: values in hand, or a working allocator."""
         return self.buffered > 0 or (self.connected and self.last_error is None)
 
-    def issue_nowait(self, origin: str, destination: str) -> str | None:
+    def issue_nowait(self, origin: str, destination: str) -> Issued | None:
         """A number from the blocks in hand, or None when they are empty (see ``issue``)."""
         counter = self._take()
         if counter is None:
             return None
         assert self._formatter is not None  # set with the first block
-        return self._formatter.format(origin, destination, counter)
+        return Issued(counter, self._formatter.format(origin, destination, counter))
 
-    async def issue(self, origin: str, destination: str) -> str:
+    async def issue(self, origin: str, destination: str) -> Issued:
         """Wait, at most the lease timeout, for a block; raises AllocatorError when none comes."""
-        (number,) = await self.issue_many(origin, destination, 1)
-        return number
+        (issued,) = await self.issue_many(origin, destination, 1)
+        return issued
 
-    async def issue_many(self, origin: str, destination: str, count: int) -> list[str]:
+    async def issue_many(self, origin: str, destination: str, count: int) -> list[Issued]:
         """``count`` numbers, waiting for blocks as needed, all within one lease timeout;
         raises AllocatorError when they do not come (values already taken become a gap)."""
-        numbers: list[str] = []
+        numbers: list[Issued] = []
         try:
             async with asyncio.timeout(self._timeout):
                 while len(numbers) < count:
-                    number = self.issue_nowait(origin, destination)
-                    if number is not None:
-                        numbers.append(number)
+                    issued = self.issue_nowait(origin, destination)
+                    if issued is not None:
+                        numbers.append(issued)
                         if len(numbers) % BATCH_SLICE == 0 and len(numbers) < count:
                             await _give_way()
                         continue

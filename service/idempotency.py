@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 
 import msgspec
 from aiohttp import web
 
 from allocator.errors import AllocatorError, IdempotencyFull
+from ledger.errors import LedgerError
 from service import errors
-from service.issued import body_for
+from service.issued import body_for, recorded
 from service.keys import CLIENT, ISSUER
 from service.params import TrackingRequest
 from service.server.answers import JsonAnswer
@@ -70,10 +72,15 @@ async def answer(
     try:
         kept = await client.recall(key, digest)
         if kept is None:
-            numbers = await app[ISSUER].issue_many(
+            issued = await app[ISSUER].issue_many(
                 query.origin_country_id, query.destination_country_id, query.how_many
             )
-            body = body_for(query, numbers, correlation_id)
+            issued_at_ns = time.time_ns()
+            # Recorded before they are kept: a retry may deliver them.
+            key_digest = hashlib.sha256(key.encode()).digest()
+            await recorded(app, query, issued, correlation_id, issued_at_ns, key_digest)
+            numbers = [number for _, number in issued]
+            body = body_for(query, numbers, correlation_id, issued_at_ns)
             try:
                 kept = await client.remember(key, digest, body)
             except AllocatorError:
@@ -89,7 +96,7 @@ async def answer(
     except IdempotencyFull:
         headers = {"Retry-After": str(FULL_RETRY_AFTER_SECONDS)}
         return errors.json_error(503, FULL, correlation_id, headers=headers), None
-    except AllocatorError:
+    except (AllocatorError, LedgerError):
         return errors.unavailable(correlation_id), None
     if kept.fingerprint != digest:
         return errors.json_error(422, MISMATCH, correlation_id), None

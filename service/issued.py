@@ -1,4 +1,4 @@
-"""The body of the answer that carries issued numbers.
+"""What is made of issued numbers: the answer's body, and the ledger's records.
 
 Shared by the hot path (service/views.py) and idempotent requests (service/idempotency.py).
 """
@@ -6,10 +6,17 @@ Shared by the hot path (service/views.py) and idempotent requests (service/idemp
 from __future__ import annotations
 
 import datetime
+import socket
 
 import msgspec
+from aiohttp import web
 
+from ledger.records import Issue, Issued
+from service.keys import CLIENT, LEDGER
 from service.params import TrackingRequest
+
+# The host that issued a number, in its record: hosts sharing a PostgreSQL store differ.
+HOST = socket.gethostname()
 
 
 class RequestMetadata(msgspec.Struct):
@@ -51,12 +58,56 @@ def _zone_of(timestamp: str) -> datetime.timezone:
     return zone
 
 
-def body_for(query: TrackingRequest, numbers: list[str], correlation_id: str) -> bytes:
+def body_for(
+    query: TrackingRequest, numbers: list[str], correlation_id: str, issued_at_ns: int
+) -> bytes:
     """The JSON answer; with a ``count``, it also lists every number."""
     metadata = RequestMetadata(
         query.origin_country_id, query.destination_country_id, query.weight, query.customer_slug
     )
-    issued_at = datetime.datetime.now(_zone_of(query.created_at))
+    issued_at = datetime.datetime.fromtimestamp(issued_at_ns / 1e9, _zone_of(query.created_at))
     if query.count is None:
         return _encoder.encode(IssuedNumber(numbers[0], issued_at, correlation_id, metadata))
     return _encoder.encode(IssuedNumbers(numbers[0], issued_at, correlation_id, metadata, numbers))
+
+
+def issue_for(
+    query: TrackingRequest,
+    issued: list[Issued],
+    correlation_id: str,
+    issued_at_ns: int,
+    idempotency_key_digest: bytes | None = None,
+) -> Issue:
+    """What the ledger keeps of a request that issued numbers: every field, and the numbers."""
+    return Issue(
+        issued_at_ns,
+        query.origin_country_id,
+        query.destination_country_id,
+        query.weight,
+        query.created_at,
+        query.customer_id,
+        query.customer_name,
+        query.customer_slug,
+        correlation_id,
+        HOST,
+        idempotency_key_digest,
+        issued,
+    )
+
+
+async def recorded(
+    app: web.Application,
+    query: TrackingRequest,
+    issued: list[Issued],
+    correlation_id: str,
+    issued_at_ns: int,
+    idempotency_key_digest: bytes | None = None,
+) -> None:
+    """Return once the records of ``issued`` are durable (at once with the ledger off); raises
+    LedgerError when they cannot be, and the numbers must not be delivered."""
+    ledger = app[LEDGER]
+    if ledger is not None:
+        key = app[CLIENT].key
+        assert key is not None  # the numbers were made with it
+        issue = issue_for(query, issued, correlation_id, issued_at_ns, idempotency_key_digest)
+        await ledger.record(key, issue)

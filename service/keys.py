@@ -4,6 +4,7 @@ from aiohttp import web
 
 from allocator.client import AllocatorClient
 from config.settings import Config
+from ledger.client import LedgerClient
 from service.access_log import AccessLog
 from service.blocks import Issuer
 from service.correlation import CorrelationIds
@@ -15,3 +16,5 @@ ACCESS_LOG = web.AppKey("access_log", AccessLog)
 METRICS = web.AppKey("metrics", WorkerMetrics)
 CLIENT = web.AppKey("allocator_client", AllocatorClient)
 ISSUER = web.AppKey("issuer", Issuer)
+# None with the ledger off (``ledger = false``).
+LEDGER = web.AppKey("ledger", LedgerClient | None)

@@ -30,6 +30,7 @@ from allocator.protocol import (
     WorkerCounters,
 )
 from config import lifecycle
+from ledger.protocol import BATCH_BUCKETS, COMMIT_BUCKETS, LedgerStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 REPORT_INTERVAL = 1.0  # seconds between a worker's reports
@@ -157,9 +158,32 @@ GAUGES: tuple[tuple[str, str, Getter], ...] = (
 )
 
 
+LedgerGetter = Callable[[LedgerStats], float]
+LEDGER_COUNTERS: tuple[tuple[str, str, LedgerGetter], ...] = (
+    (
+        "tracking_ledger_records_written",
+        "Records committed to the ledger",
+        lambda s: s.records_written_total,
+    ),
+    ("tracking_ledger_commits", "Group commits of the ledger", lambda s: s.commits_total),
+    (
+        "tracking_ledger_commit_failures",
+        "Group commits that failed (their requests got a 503)",
+        lambda s: s.commit_failures_total,
+    ),
+    (
+        "tracking_ledger_uniqueness_violations",
+        "Records refused because their counter had a record already: a number issued twice",
+        lambda s: s.uniqueness_violations_total,
+    ),
+)
+
+
 class _StatusCollector(Collector):
-    def __init__(self, status: Status) -> None:
+    def __init__(self, status: Status, ledger: LedgerStats | None, ledger_on: bool) -> None:
         self.status = status
+        self.ledger = ledger
+        self.ledger_on = ledger_on
 
     def collect(self) -> Iterator[Metric]:
         status = self.status
@@ -200,10 +224,42 @@ class _StatusCollector(Collector):
         for kind, count in lifecycle.wedged_restarts().items():
             wedged.add_metric((kind,), count)
         yield wedged
+        if self.ledger_on:
+            yield from self._ledger()
+
+    def _ledger(self) -> Iterator[Metric]:
+        ledger = self.ledger
+        yield GaugeMetricFamily(
+            "tracking_ledger_writer_up",
+            "1 if the ledger's writer answered this scrape, else 0",
+            value=0 if ledger is None else 1,
+        )
+        if ledger is None:
+            return  # absent rather than zero: a rate over a reset to zero would lie
+        for name, documentation, counter in LEDGER_COUNTERS:
+            yield CounterMetricFamily(name, documentation, value=counter(ledger))
+        for name, documentation, histogram, bounds in (
+            (
+                "tracking_ledger_commit_duration_seconds",
+                "Time to make one group of records durable",
+                ledger.commit_seconds,
+                COMMIT_BUCKETS,
+            ),
+            (
+                "tracking_ledger_batch_records",
+                "Records per group commit",
+                ledger.batch_records,
+                BATCH_BUCKETS,
+            ),
+        ):
+            family = HistogramMetricFamily(name, documentation)
+            family.add_metric((), _buckets(histogram, bounds), histogram.total)
+            yield family
 
 
-def render(status: Status) -> bytes:
-    """The Prometheus text exposition of a Status."""
+def render(status: Status, ledger: LedgerStats | None = None, ledger_on: bool = False) -> bytes:
+    """The Prometheus text exposition of a Status, and of the ledger's writer when it is on
+    (``ledger`` None: it could not be asked)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_StatusCollector(status))
+    registry.register(_StatusCollector(status, ledger, ledger_on))
     return generate_latest(registry)

@@ -4,21 +4,28 @@ A number that is not 16 letters and digits is malformed: a 400. Anything else ge
 valid or not, and why not (a country code that is not assigned, a serial beyond the counter
 space, a wrong check character), with its origin and destination. Operators (the same access
 as /allocator/status) also learn whether this service issued it: the serial is turned back
-into its counter with the permutation's inverse, and a counter below the allocator's ``next``
-was leased.
+into its counter with the permutation's inverse, and the ledger's record of that counter must
+hold this very number (the same serial with other country codes was never issued). With the
+ledger off, a counter below the allocator's ``next`` counts as issued. The record itself,
+personal data, is shown only to clients presenting the admin token (``admin.reads_records``).
 """
 
 from __future__ import annotations
+
+import datetime
 
 import msgspec
 from aiohttp import web
 
 from allocator.counter import COUNTER_LIMIT
 from allocator.errors import AllocatorError
+from ledger.errors import LedgerError
+from ledger.records import Record
+from ledger.sqlite import read_record
 from service import errors
-from service.admin import is_operator
+from service.admin import is_operator, reads_records
 from service.countries import COUNTRIES
-from service.keys import CLIENT
+from service.keys import CLIENT, CONFIG
 from service.numbers import ALPHABET, NUMBER_LENGTH, Permutation, parse
 from service.observe import observed
 from service.server.answers import JsonAnswer
@@ -36,6 +43,49 @@ _SWAPS = {
 }
 
 
+class RecordBody(msgspec.Struct):
+    """A ledger record as the API shows it."""
+
+    tracking_number: str
+    counter: int
+    issued_at: datetime.datetime  # server time, UTC
+    origin_country: str
+    destination_country: str
+    weight_kg: str
+    created_at: str  # the client's timestamp, with its offset, as it was sent
+    customer_id: str
+    customer_name: str
+    customer_slug: str
+    correlation_id: str
+    host: str
+    idempotency_key_sha256: str | None  # hex, when the request carried an Idempotency-Key
+
+    @classmethod
+    def of(cls, record: Record) -> RecordBody:
+        digest = record.idempotency_key_digest
+        return cls(
+            record.number,
+            record.counter,
+            datetime.datetime.fromtimestamp(record.issued_at_ns / 1e9, datetime.UTC),
+            record.origin,
+            record.destination,
+            record.weight,
+            record.created_at,
+            record.customer_id,
+            record.customer_name,
+            record.customer_slug,
+            record.correlation_id,
+            record.host,
+            None if digest is None else digest.hex(),
+        )
+
+
+NOT_RECORDED = (
+    "its counter was handed out, but the ledger holds no record of this number: it was issued "
+    "before the ledger was on, its record is past retention, or it was never delivered"
+)
+
+
 class Verdict(msgspec.Struct, omit_defaults=True):
     tracking_number: str
     valid: bool
@@ -48,6 +98,10 @@ class Verdict(msgspec.Struct, omit_defaults=True):
     suggestion: str | None = None
     # Operators only: whether this service issued the number.
     issued: bool | None = None
+    # Operators only, when the number's counter was handed out but no record holds the number.
+    note: str | None = None
+    # Clients with the admin token only: the number's record in the ledger.
+    record: RecordBody | None = None
 
 
 def malformed(number: str) -> list[str]:
@@ -97,14 +151,26 @@ async def verify(request: web.Request, correlation_id: str) -> web.StreamRespons
     if found:
         verdict.suggestion = suggestion(number)
     if is_operator(request):
-        client = request.app[CLIENT]
+        app = request.app
+        client = app[CLIENT]
         try:
             status = await client.status()
-        except AllocatorError:
+            # A status answer comes after the key and its scheme; the inverse is the store's.
+            assert client.key is not None
+            assert client.scheme is not None
+            counter = Permutation(client.key, client.scheme).invert(parts.serial)
+            leased = verdict.valid and counter < status.allocator.next
+            if not app[CONFIG].ledger:
+                verdict.issued = leased
+            elif leased:
+                found = await read_record(app[CONFIG].ledger_path, client.key, counter)
+                verdict.issued = found is not None and found.number == number
+                if not verdict.issued:
+                    verdict.note = NOT_RECORDED
+                elif found is not None and reads_records(request):
+                    verdict.record = RecordBody.of(found)
+            else:
+                verdict.issued = False
+        except (AllocatorError, LedgerError):
             return errors.unavailable(correlation_id)
-        # A status answer comes after the key and its scheme; the inverse must be the store's.
-        assert client.key is not None
-        assert client.scheme is not None
-        counter = Permutation(client.key, client.scheme).invert(parts.serial)
-        verdict.issued = verdict.valid and counter < status.allocator.next
     return JsonAnswer(msgspec.json.encode(verdict), correlation_id)

@@ -14,8 +14,9 @@ import msgspec
 from aiohttp import web
 
 from allocator.errors import AllocatorError
+from ledger.errors import LedgerError
 from service import errors, idempotency
-from service.issued import body_for
+from service.issued import body_for, recorded
 from service.keys import CORRELATION_IDS, ISSUER, METRICS
 from service.observe import ISSUE_ROUTE, UNMATCHED_ROUTE, finish, observed, route_of
 from service.params import validate
@@ -49,17 +50,26 @@ async def next_tracking_number(request: web.Request) -> web.StreamResponse:
         issuer = app[ISSUER]
         origin, destination = query.origin_country_id, query.destination_country_id
         # One number, most often from the blocks in hand: no await.
-        number = issuer.issue_nowait(origin, destination) if query.count is None else None
+        one = issuer.issue_nowait(origin, destination) if query.count is None else None
         try:
-            if number is not None:
-                numbers = [number]
-            else:
-                numbers = await issuer.issue_many(origin, destination, query.how_many)
+            issued = (
+                [one]
+                if one is not None
+                else await issuer.issue_many(origin, destination, query.how_many)
+            )
         except AllocatorError:
             app[METRICS].lease_failed()
             response = errors.unavailable(correlation_id)
         else:
-            response = JsonAnswer(body_for(query, numbers, correlation_id), correlation_id)
+            issued_at_ns = time.time_ns()
+            try:
+                await recorded(app, query, issued, correlation_id, issued_at_ns)
+            except LedgerError:
+                response = errors.unavailable(correlation_id)  # the numbers become gaps
+            else:
+                numbers = [number for _, number in issued]
+                body = body_for(query, numbers, correlation_id, issued_at_ns)
+                response = JsonAnswer(body, correlation_id)
     return finish(request, response, started, correlation_id, query, numbers)
 
 

@@ -19,6 +19,7 @@ from allocator.server import AllocatorServer
 from allocator.store import open_store
 from config import settings
 from config.settings import Config
+from ledger.writer import LedgerWriter
 
 CANONICAL_QUERY = {
     "origin_country_id": "MY",
@@ -175,3 +176,12 @@ async def allocators(config: Config) -> AsyncIterator[Allocators]:
 async def allocator(allocators: Allocators) -> Allocator:
     """A real allocator on a real SQLite file, serving on a real Unix socket."""
     return await allocators.start()
+
+
+@pytest.fixture
+async def ledger_writer(config: Config) -> AsyncIterator[LedgerWriter]:
+    """A real ledger writer on the config's ledger file, serving on its Unix socket."""
+    writer = LedgerWriter(config.ledger_path, config.ledger_socket)
+    await writer.start()
+    yield writer
+    await writer.close()

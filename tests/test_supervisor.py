@@ -50,6 +50,17 @@ def listening_allocator(config: Config, ready: run.Ready) -> None:
     os.unlink(config.allocator_socket)
 
 
+def quiet_ledger(config: Config, ready: run.Ready) -> None:
+    """Stands in for the ledger's writer on the real lifecycle.run: its loop beats, it records
+    nothing, it stops on SIGTERM."""
+
+    async def main() -> None:
+        ready()
+        await lifecycle.until_stop_requested(os.getppid())
+
+    lifecycle.run(main(), "asyncio")
+
+
 def steady_worker(config: Config, listener: socket.socket, ready: run.Ready) -> None:
     # The handler first: a test that saw "worker-start" may have SIGTERM sent at once.
     stopped = threading.Event()
@@ -78,7 +89,9 @@ def supervising(
     """A Supervisor running in a thread; stopped with SIGTERM when the block ends."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
-        supervisor = run.Supervisor(config, listener, allocator=allocator, worker=worker)
+        supervisor = run.Supervisor(
+            config, listener, allocator=allocator, worker=worker, ledger=quiet_ledger
+        )
         supervised = Supervised(supervisor)
         thread = threading.Thread(target=lambda: supervised.status.append(supervisor.run()))
         thread.start()
@@ -154,10 +167,11 @@ def test_each_child_gets_exactly_one_sigterm_on_stop(
 
     monkeypatch.setattr(os, "kill", kill)
     config = make_config("--workers", "3")
-    with supervising(config, steady_worker):
+    with supervising(config, steady_worker) as supervised:
         wait_for(lambda: [e[0] for e in events(config)].count("worker-start") == 3)
-    pids = {pid for name, pid, _ in events(config) if name.endswith("-start")}
-    assert len(pids) == 4
+        ledger_pid = supervised.supervisor.backends[-1].pid
+    pids = {pid for name, pid, _ in events(config) if name.endswith("-start")} | {ledger_pid}
+    assert len(pids) == 5
     terms = [pid for pid, signum in sent if signum == signal.SIGTERM]
     assert sorted(terms) == sorted(pids)
 
@@ -181,6 +195,7 @@ def test_a_reload_whose_new_worker_does_not_serve_leaves_the_old_ones_serving(
             config,
             listener,
             allocator=listening_allocator,
+            ledger=quiet_ledger,
             worker=picky_worker,
             load_config=lambda: reloaded,
         )
@@ -300,7 +315,7 @@ def test_a_worker_whose_loop_stops_beating_is_killed_and_restarted(
         wait_for(lambda: starts(config) == 2)
         restarts = supervised.supervisor.liveness.wedged_restarts()
     assert supervised.status == [0]
-    assert restarts == {"allocator": 0, "worker": 1}
+    assert restarts == {"allocator": 0, "ledger": 0, "worker": 1}
     wedged_pid = next(pid for name, pid, _ in events(config) if name == "worker-wedged")
     (line,) = [r for r in caplog.records if r.getMessage() == "child wedged; killing"]
     assert line.levelno == logging.ERROR
@@ -329,7 +344,7 @@ def test_an_allocator_whose_loop_stops_beating_is_killed_and_restarted(
         wait_for(lambda: starts(config, "allocator-start") == 2)
         restarts = supervised.supervisor.liveness.wedged_restarts()
     assert supervised.status == [0]
-    assert restarts == {"allocator": 1, "worker": 0}
+    assert restarts == {"allocator": 1, "ledger": 0, "worker": 0}
 
 
 def test_a_busy_worker_whose_loop_turns_is_not_killed(
@@ -339,7 +354,7 @@ def test_a_busy_worker_whose_loop_turns_is_not_killed(
     with supervising(config, busy_worker, beating_allocator) as supervised:
         wait_for(lambda: starts(config, "worker-requests-done") == 1)
         restarts = supervised.supervisor.liveness.wedged_restarts()
-    assert restarts == {"allocator": 0, "worker": 0}
+    assert restarts == {"allocator": 0, "ledger": 0, "worker": 0}
     assert starts(config) == 1
 
 
@@ -405,5 +420,5 @@ def test_workers_a_slow_reload_started_are_credited_with_their_beats(
         supervised.supervisor.push(signal.SIGHUP)
         wait_for(lambda: starts(config, "worker-settled") == 4)
         restarts = supervised.supervisor.liveness.wedged_restarts()
-    assert restarts == {"allocator": 0, "worker": 0}
+    assert restarts == {"allocator": 0, "ledger": 0, "worker": 0}
     assert starts(config) == 4

@@ -267,15 +267,21 @@ class SQLiteStore:
         """
         if not self.create and not os.path.exists(self.path):
             raise StoreMissing.at(self.location)
-        private_directory(os.path.dirname(os.path.abspath(self.path)))
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # also tightens a file that an older release made 0644
-        finally:
-            os.close(fd)
-        for leftover in (self.path + "-wal", self.path + "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.chmod(leftover, 0o600)
+        private_database_file(self.path)
+
+
+def private_database_file(path: str) -> None:
+    """Make ``path`` a SQLite file that only this user may open, 0600 in a 0700 directory,
+    before SQLite opens it: SQLite gives the -wal and -shm files the database file's mode."""
+    private_directory(os.path.dirname(os.path.abspath(path)))
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # also tightens a file that an older release made 0644
+    finally:
+        os.close(fd)
+    for leftover in (path + "-wal", path + "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(leftover, 0o600)
 
 
 async def _create_schema(db: aiosqlite.Connection, create: bool, where: str) -> int:

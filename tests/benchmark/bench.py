@@ -64,6 +64,7 @@ class Scenario:
     connections: int = 64
     loop: str = "uvloop"
     access_log: bool = True
+    ledger: bool = True
     sweep: str = "main"
 
 
@@ -169,6 +170,7 @@ class Server:
                 "--workers", str(scenario.workers), "--state-dir", str(state_dir),
                 "--event-loop", scenario.loop,
                 "--access-log" if scenario.access_log else "--no-access-log",
+                "--ledger" if scenario.ledger else "--no-ledger",
             ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKING_")}
         # The access log is written to a file, as journald or a log shipper would take it.
@@ -295,6 +297,7 @@ SCENARIOS = [
     Scenario("ceiling", "ceiling"),
     Scenario("service", "service"),
     Scenario("service, access log off", "service", access_log=False),
+    Scenario("service, ledger off", "service", ledger=False),
     *(
         Scenario(f"{server}, {w} worker{'s' * (w > 1)}", server, workers=w, sweep="workers")
         for w in (1, 4)

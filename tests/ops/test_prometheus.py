@@ -355,3 +355,15 @@ def test_the_issue_rate_panel_shows_the_traffic(stack: Stack) -> None:
 def test_the_status_panel_tells_the_answers_apart(stack: Stack) -> None:
     result = stack.prometheus.query(panel_query(stack, "Status codes"))
     assert {"200", "400", "404"} <= {series["metric"].get("status") for series in result}
+
+
+def test_the_ledger_panels_show_the_writer_and_its_records(stack: Stack) -> None:
+    [writer] = stack.prometheus.query(panel_query(stack, "Ledger writer"))
+    assert float(writer["value"][1]) == 1
+    [records] = [
+        expr
+        for where, expr in dashboard_queries(stack)
+        if where == "panel 'Ledger records written / s' A"
+    ]
+    [series] = stack.prometheus.query(records)
+    assert float(series["value"][1]) > 0

@@ -9,6 +9,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from allocator.actor import Allocator
 from config.settings import Config
+from ledger.writer import LedgerWriter
 from service.app import create_app
 from service.server.runner import AppRunner
 
@@ -24,7 +25,11 @@ ClientFactory = Callable[[Config], Awaitable[TestClient]]
 
 
 @pytest.fixture
-def make_client(aiohttp_client: Callable[..., Awaitable[TestClient]]) -> ClientFactory:
+def make_client(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], ledger_writer: LedgerWriter
+) -> ClientFactory:
+    """Apps served like production, with a real ledger writer on the test's state directory."""
+
     async def make(config: Config) -> TestClient:
         return await aiohttp_client(JsonErrorTestServer(create_app(config)))
 
@@ -33,5 +38,5 @@ def make_client(aiohttp_client: Callable[..., Awaitable[TestClient]]) -> ClientF
 
 @pytest.fixture
 async def client(allocator: Allocator, config: Config, make_client: ClientFactory) -> TestClient:
-    """The app, served like production, with a real allocator behind it."""
+    """The app, served like production, with a real allocator and ledger writer behind it."""
     return await make_client(config)

@@ -26,7 +26,7 @@ async def issuer(allocator: Allocator, config: Config) -> AsyncIterator[Issuer]:
 async def test_the_first_number_waits_for_a_block_then_the_rest_do_not(issuer: Issuer) -> None:
     assert issuer.issue_nowait("MY", "ID") is None  # nothing in hand yet
     first = await issuer.issue("MY", "ID")
-    assert len(first) == 16
+    assert len(first.number) == 16
     assert issuer.issue_nowait("MY", "ID") is not None
 
 
@@ -58,8 +58,8 @@ async def test_block_sizes_follow_the_issue_rate_within_bounds(issuer: Issuer) -
 async def test_numbers_from_successive_blocks_are_all_distinct(issuer: Issuer) -> None:
     numbers = set()
     for _ in range(5_000):
-        number = issuer.issue_nowait("MY", "ID") or await issuer.issue("MY", "ID")
-        numbers.add(number)
+        issued = issuer.issue_nowait("MY", "ID") or await issuer.issue("MY", "ID")
+        numbers.add(issued.number)
     assert len(numbers) == 5_000
 
 

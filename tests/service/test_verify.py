@@ -1,5 +1,10 @@
 """GET /tracking-numbers/{number}: checking a number someone typed or scanned."""
 
+import datetime
+import hashlib
+import socket
+from collections.abc import Callable
+
 import pytest
 from aiohttp.test_utils import TestClient
 from stdnum.iso7064 import mod_37_36
@@ -42,6 +47,81 @@ async def test_an_issued_number_is_valid_and_known_to_operators(client: TestClie
         "correlation_id": "v-1",
         "issued": True,  # the test client is a loopback client: an operator
     }
+
+
+async def test_a_forged_number_with_a_real_serial_is_not_issued(client: TestClient) -> None:
+    number = await issue(client)
+    # The same serial with other country codes, and the public check character recomputed.
+    forged = with_check("SG" + "FR" + number[4:15])
+    status, verdict = await verify(client, forged)
+    assert status == 200
+    assert verdict["valid"] is True
+    assert verdict["issued"] is False
+    assert "no record of this number" in verdict["note"]
+    assert "record" not in verdict
+
+
+async def test_the_record_is_shown_to_the_admin_token_only_never_to_loopback_alone(
+    make_config: Callable[..., Config], allocator: Allocator, make_client: ClientFactory
+) -> None:
+    client = await make_client(make_config("--admin-token", "s3cret"))
+    response = await client.get(
+        "/next-tracking-number",
+        params={**CANONICAL_QUERY, "count": "2"},
+        headers={"X-Request-ID": "issuing-1", "Idempotency-Key": "k-1"},
+    )
+    answer = await response.json()
+    number = answer["tracking_numbers"][1]
+    status, verdict = await verify(client, number)  # loopback, no token
+    assert status == 200
+    assert verdict["issued"] is True
+    assert "record" not in verdict
+    status, verdict = await verify(client, number, Authorization="Bearer wrong")
+    assert "record" not in verdict
+    status, verdict = await verify(client, number, Authorization="Bearer s3cret")
+    record = verdict["record"]
+    counter = Permutation(allocator.key, allocator.scheme).invert(parse(number).serial)
+    assert record == {
+        "tracking_number": number,
+        "counter": counter,
+        "issued_at": record["issued_at"],
+        "origin_country": "MY",
+        "destination_country": "ID",
+        "weight_kg": CANONICAL_QUERY["weight"],
+        "created_at": CANONICAL_QUERY["created_at"],
+        "customer_id": CANONICAL_QUERY["customer_id"],
+        "customer_name": CANONICAL_QUERY["customer_name"],
+        "customer_slug": CANONICAL_QUERY["customer_slug"],
+        "correlation_id": "issuing-1",
+        "host": socket.gethostname(),
+        "idempotency_key_sha256": hashlib.sha256(b"k-1").hexdigest(),
+    }
+    # The server's time of issue, in UTC; the answer gave the same instant in the client's offset.
+    issued_at = datetime.datetime.fromisoformat(record["issued_at"])
+    assert issued_at.utcoffset() == datetime.timedelta(0)
+    assert issued_at == datetime.datetime.fromisoformat(answer["created_at"])
+
+
+async def test_a_counter_handed_out_without_a_record_is_not_issued_and_says_why(
+    client: TestClient, allocator: Allocator
+) -> None:
+    await issue(client)
+    # The worker's block holds counters nobody asked for yet: leased, never recorded.
+    unused = NumberFormatter(allocator.key, allocator.scheme).format("MY", "ID", allocator.next - 1)
+    _status, verdict = await verify(client, unused)
+    assert verdict["valid"] is True
+    assert verdict["issued"] is False
+    assert "handed out" in verdict["note"]
+
+
+async def test_with_the_ledger_off_a_leased_counter_counts_as_issued(
+    make_config: Callable[..., Config], allocator: Allocator, make_client: ClientFactory
+) -> None:
+    client = await make_client(make_config("--no-ledger"))
+    number = await issue(client)
+    assert (await verify(client, number))[1]["issued"] is True
+    unused = NumberFormatter(allocator.key, allocator.scheme).format("MY", "ID", allocator.next - 1)
+    assert (await verify(client, unused))[1]["issued"] is True
 
 
 async def test_lower_case_is_read_as_upper_case(client: TestClient) -> None:

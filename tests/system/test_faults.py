@@ -5,6 +5,7 @@ is granted from beyond the durable mark (docs/reliability.md has the table)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import itertools
 import json
@@ -138,18 +139,17 @@ def test_an_allocator_killed_inside_a_reservation_never_grants_below_the_durable
 # --- a store that cannot be written: a full file system ---------------------------------------
 
 
-@pytest.fixture
-def small_filesystem(short_tmp: Path) -> Iterator[Path]:
-    """A 4 MiB tmpfs for the SQLite store, which a test can fill up.
+@contextlib.contextmanager
+def tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
+    """A real file system of ``size`` (``4m``) at ``mount_point``, which a test can fill up.
 
-    A real full file system, because the other ways do not reach a running allocator: file
+    A real full file system, because the other ways do not reach a running process: file
     modes are checked at open, and SQLite keeps its files open (chmod changes nothing); tests
     run as root, who ignores modes anyway; and a remount read-only is refused while files are
     open for writing ("mount point is busy").
     """
-    mount_point = short_tmp / "store"
     mount_point.mkdir()
-    command = ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mount_point)]
+    command = ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mount_point)]
     try:
         subprocess.run(command, check=True, capture_output=True, timeout=30)
     except (OSError, subprocess.CalledProcessError) as exc:
@@ -158,6 +158,13 @@ def small_filesystem(short_tmp: Path) -> Iterator[Path]:
         yield mount_point
     finally:
         subprocess.run(["umount", "--lazy", str(mount_point)], check=False, timeout=30)
+
+
+@pytest.fixture
+def small_filesystem(short_tmp: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs for the SQLite store."""
+    with tmpfs(short_tmp / "store", "4m") as mount_point:
+        yield mount_point
 
 
 def fill(directory: Path) -> Path:

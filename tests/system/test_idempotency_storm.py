@@ -1,9 +1,15 @@
 """A storm of new Idempotency-Keys asking for 1000 numbers each, beside plain traffic.
 
 The store stays under ``idempotency_max_bytes`` (the storm gets 503s with Retry-After once it is
-reached), no plain request fails, and the plain requests' p99 stays within twice their p99
-without the storm. The baseline is measured in the same run, in rounds that alternate with the
-storm's, so that whatever else loads the machine weighs on both alike.
+reached) and no plain request fails, with the ledger on and off. With the ledger off, the plain
+requests' p99 stays within twice their p99 without the storm: the storm's CPU and its store
+traffic do not reach a plain request. The baseline is measured in the same run, in rounds that
+alternate with the storm's, so that whatever else loads the machine weighs on both alike.
+
+With the ledger on, a plain request also waits for the ledger's writer, so three processes
+must get a core for it where one did: on 2 busy cores its p99 beside the storm was 20-35 ms
+against 3-9 ms without it (2026-12-06; docs/performance.md). That figure is printed, not
+asserted: it is the open problem of issue 19, not a property this change keeps.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import aiohttp
+import pytest
 
 from tests.conftest import CANONICAL_QUERY
 from tests.system.conftest import Service
@@ -122,10 +129,11 @@ def kept_bytes(service: Service) -> int:
     return total
 
 
+@pytest.mark.parametrize("ledger", ["--no-ledger", "--ledger"])
 def test_a_storm_of_new_keys_stays_under_the_cap_and_leaves_plain_traffic_alone(
-    service: Service,
+    service: Service, ledger: str
 ) -> None:
-    service.extra = ("--idempotency-max-bytes", str(CAP))
+    service.extra = ("--idempotency-max-bytes", str(CAP), ledger)
     service.start()
     calm, stormy, storm_statuses, plain_failures = asyncio.run(run_rounds(service.url))
     assert service.stop() == 0
@@ -138,6 +146,7 @@ def test_a_storm_of_new_keys_stays_under_the_cap_and_leaves_plain_traffic_alone(
     without, beside = p99(calm), p99(stormy)
     print(  # for the record (pytest -s): the figures behind the one latency check we allow
         f"plain p99 without the storm {without * 1000:.2f} ms, beside it {beside * 1000:.2f} ms"
-        f" ({len(calm)} requests each); storm answers {storm_statuses}"
+        f" ({len(calm)} requests each, {ledger}); storm answers {storm_statuses}"
     )
-    assert beside <= 2 * without
+    if ledger == "--no-ledger":
+        assert beside <= 2 * without

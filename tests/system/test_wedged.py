@@ -149,6 +149,7 @@ def test_a_stopped_worker_is_killed_and_replaced_and_its_clients_are_served_agai
     workers_wedged = len(wedged_lines(service, "worker-1") + wedged_lines(service, "worker-2"))
     assert counted == {
         "allocator": len(wedged_lines(service, "allocator")),
+        "ledger": len(wedged_lines(service, "ledger")),
         "worker": workers_wedged,
     }
     assert replacement != stopped

@@ -1,0 +1,124 @@
+"""What the ledger's writer can take, and what a read costs: ``python -m tests.benchmark.ledger``.
+
+No HTTP, no sockets: the writer's own insert (``ledger.sqlite.insert``, one transaction per
+group, WAL with ``synchronous=FULL`` as in production) into a fresh file in a temporary
+directory, then reads through a read-only connection of their own per lookup, as a worker does
+(``ledger.sqlite.read_record``). Prints, for each traffic shape, the numbers a second it
+ingests, the commit time, and the bytes per number on disk; then the p50/p99 of a lookup by
+counter in the ledger it built.
+
+    LEDGER_BENCH_NUMBERS=10000000 python -m tests.benchmark.ledger   # the 10-million ledger
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import sqlite3
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+
+from ledger import sqlite as ledger_sqlite
+from ledger.records import Issue, Issued
+
+NUMBERS = int(os.environ.get("LEDGER_BENCH_NUMBERS", "300000"))
+LOOKUPS = int(os.environ.get("LEDGER_BENCH_LOOKUPS", "2000"))
+KEY = bytes(range(32))
+
+
+@dataclass
+class Shape:
+    name: str
+    per_request: int  # numbers per request (count)
+    requests_per_commit: int  # requests that meet in one group commit
+    customers: int  # distinct customers the requests come from
+
+
+SHAPES = (
+    Shape("single numbers, one customer, 50 a commit", 1, 50, 1),
+    Shape("single numbers, 1,000 customers, 50 a commit", 1, 50, 1000),
+    Shape("count=100, 1,000 customers, 10 a commit", 100, 10, 1000),
+    Shape("count=1000, 1,000 customers, 1 a commit", 1000, 1, 1000),
+)
+
+
+def ingest(directory: str, shape: Shape, total: int) -> tuple[str, float, float, float]:
+    """Fill a new ledger with ``total`` numbers; its path, numbers/s, ms a commit, bytes/number."""
+    path = os.path.join(directory, shape.name.replace(" ", "_").replace(",", "") + ".sqlite3")
+    db = ledger_sqlite.open_for_writing(path)
+    key = ledger_sqlite.key_id(db, ledger_sqlite.key_digest(KEY))
+    next_id = ledger_sqlite.next_issue_id(db)
+    customers = [str(uuid.uuid4()) for _ in range(shape.customers)]
+    counter = commits = 0
+    began = time.perf_counter()
+    while counter < total:
+        issues = []
+        for _ in range(shape.requests_per_commit):
+            numbers = [
+                Issued(c, f"MYID{c:011d}X") for c in range(counter, counter + shape.per_request)
+            ]
+            counter += shape.per_request
+            issues.append(
+                Issue(
+                    time.time_ns(),
+                    "MY",
+                    "ID",
+                    "1.234",
+                    "2026-12-06T10:00:00+08:00",
+                    random.choice(customers),
+                    "RedBox Logistics Sdn Bhd",
+                    "redbox-logistics",
+                    str(uuid.uuid4()),
+                    "tracking-1",
+                    None,
+                    numbers,
+                )
+            )
+        with ledger_sqlite.transaction(db):
+            next_id = ledger_sqlite.insert(db, key, next_id, issues)
+        commits += 1
+        if commits % 100 == 0:
+            ledger_sqlite.checkpoint(db)  # as the writer's checkpointer does, once a second
+    seconds = time.perf_counter() - began
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    return path, counter / seconds, seconds / commits * 1000, os.path.getsize(path) / counter
+
+
+async def lookups(path: str, total: int) -> tuple[float, float]:
+    """p50 and p99, in ms, of reading one random counter's record, a connection each."""
+    timings = []
+    for _ in range(LOOKUPS):
+        counter = random.randrange(total)
+        began = time.perf_counter()
+        record = await ledger_sqlite.read_record(path, KEY, counter)
+        timings.append((time.perf_counter() - began) * 1000)
+        assert record is not None
+        assert record.counter == counter
+    timings.sort()
+    return timings[len(timings) // 2], timings[int(len(timings) * 0.99)]
+
+
+def main() -> None:
+    directory = tempfile.mkdtemp(prefix="tn-ledger-bench-", dir="/tmp")
+    os.chmod(directory, 0o700)
+    try:
+        print(f"{NUMBERS:,} numbers per shape, SQLite {sqlite3.sqlite_version}")
+        for shape in SHAPES:
+            path, rate, commit_ms, size = ingest(directory, shape, NUMBERS)
+            p50, p99 = asyncio.run(lookups(path, NUMBERS))
+            print(
+                f"{shape.name}: {rate:,.0f} numbers/s, {commit_ms:.2f} ms a commit, "
+                f"{size:.0f} bytes a number; lookup p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+            )
+            os.unlink(path)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
