@@ -35,7 +35,7 @@ _encoder = msgspec.json.Encoder()
 
 
 async def next_tracking_number(request: web.Request) -> web.StreamResponse:
-    """The hot path, in order: parameters, blocks and number, answer, access line."""
+    """The hot path, in order: parameters, blocks and number, record, answer, access line."""
     started = time.perf_counter_ns()
     app = request.app
     correlation_id = app[CORRELATION_IDS].of(request.headers)
