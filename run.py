@@ -51,6 +51,9 @@ _fork = multiprocessing.get_context("fork")
 
 Ready = Callable[[], None]
 
+# The signals the supervisor handles; held back across each fork (see Child.start).
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
 
 def allocator_target(config: Config, ready: Ready) -> None:
     from allocator import server
@@ -65,12 +68,16 @@ def worker_target(config: Config, listener: socket.socket, ready: Ready) -> None
 
 
 def _child(target: Callable[..., None], ready_fd: int, liveness: Liveness, *args: Any) -> None:
-    # Forked children inherit the supervisor's handlers: start them clean. SIGINT is ignored
-    # because a Ctrl-C reaches the whole process group, and stopping is the supervisor's job.
-    lifecycle.supervised_by(liveness)  # lifecycle.run beats on it from the child's loop
+    # Forked children inherit the supervisor's handlers, which only queue, and start with the
+    # handled signals blocked (Child.start): set our own, then let the signals in, so that a
+    # SIGTERM sent as we started takes the default action now instead of being queued in our
+    # copy of the supervisor and lost. SIGINT is ignored because a Ctrl-C reaches the whole
+    # process group, and stopping is the supervisor's job.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload is the supervisor's job too
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+    lifecycle.supervised_by(liveness)  # lifecycle.run beats on it from the child's loop
     name = multiprocessing.current_process().name
 
     def ready() -> None:
@@ -112,7 +119,13 @@ class Child:
         self.process = _fork.Process(
             target=_child, args=(self.target, ready_fd, liveness, *self.args), name=self.name
         )
-        self.process.start()
+        # The child inherits the blocked mask: a signal sent to it before it has set its own
+        # handlers waits for them (_child). The supervisor's own are delivered after the fork.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        try:
+            self.process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self.started_at = time.monotonic()
         self.restart_at = None
         self.terminated = False

@@ -407,3 +407,44 @@ def test_workers_a_slow_reload_started_are_credited_with_their_beats(
         restarts = supervised.supervisor.liveness.wedged_restarts()
     assert restarts == {"allocator": 0, "worker": 0}
     assert starts(config) == 4
+
+
+# --- a SIGTERM in a child's first moments ------------------------------------------------------
+
+
+def sleeping_child(config: Config, ready: run.Ready) -> None:
+    """A child with the default SIGTERM action: a SIGTERM that reaches it ends it at once."""
+    time.sleep(60)
+
+
+def test_a_sigterm_sent_as_a_child_starts_is_not_lost(config: Config) -> None:
+    # run.main's handlers only queue a signal, and a forked child starts with them: a SIGTERM
+    # that came before the child set its own was queued in the child's copy of the supervisor,
+    # and the one SIGTERM a child ever gets was lost, until shutdown_timeout and SIGKILL.
+    queued: list[int] = []
+    previous = {
+        signum: signal.signal(signum, lambda signum, _: queued.append(signum))
+        for signum in run.HANDLED_SIGNALS
+    }
+    liveness = lifecycle.Liveness()
+    ready_r, ready_w = os.pipe()
+    try:
+        for _ in range(20):
+            child = run.Child("allocator", sleeping_child, config)
+            child.start(ready_w, liveness)
+            child.terminate()
+            assert child.process is not None
+            child.process.join(10)  # a bound for waiting: it ends within milliseconds
+            lost = child.process.is_alive()
+            if lost:
+                child.process.kill()
+                child.process.join()
+            assert not lost, "the SIGTERM was lost"
+            assert child.process.exitcode == -signal.SIGTERM
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        liveness.close()
+        os.close(ready_r)
+        os.close(ready_w)
+    assert queued == []  # none of it reached the test's own process
