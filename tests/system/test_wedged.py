@@ -6,9 +6,11 @@ the replacement is logged and counted in /metrics, and no number is issued twice
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -226,3 +228,44 @@ def test_a_stopped_allocator_is_killed_and_replaced_and_reissues_nothing(short_t
         f"503s={during.unavailable} after={len(after.numbers)}; a fresh round all answered "
         f"{served_again:.2f} s after SIGSTOP"
     )
+
+
+def test_a_pause_of_the_whole_service_kills_no_child(short_tmp: Path) -> None:
+    # SIGSTOP of the whole process group (podman pause, systemctl freeze, Ctrl-Z) for longer
+    # than the timeout: the supervisor wakes with every child silent for that long, but they
+    # were stopped as it was, and beat again as soon as they can. Nobody is wedged.
+    notify_path = str(short_tmp / "notify")
+    service = Service(short_tmp, 2, "--heartbeat-timeout", str(TIMEOUT))
+    service.prefix = ["setsid"]  # a process group of its own, to stop and resume whole
+    service.env = {"NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "400000"}
+    names = ("allocator", "worker-1", "worker-2")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(notify_path)
+        try:
+            service.start()
+            assert service.process is not None
+            children = {name: service.child_pids(name) for name in names}
+            os.killpg(service.process.pid, signal.SIGSTOP)
+            time.sleep(2 * TIMEOUT)  # the stimulus: a pause of twice the timeout
+            systemd.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                while systemd.recv(64):  # every ping sent before the pause
+                    pass
+            os.killpg(service.process.pid, signal.SIGCONT)
+            # A ping vouches that every child beat within the timeout: after the pause, that
+            # every child beat since it, so that none can be judged wedged any more.
+            systemd.settimeout(TIMEOUT + SLACK)
+            while systemd.recv(64) != b"WATCHDOG=1":
+                pass
+            outcome = asyncio.run(load(service.url, 200, 8, fresh_connections=True))
+            assert service.stop() == 0
+        finally:
+            service.kill()
+    assert [line for name in names for line in wedged_lines(service, name)] == []
+    assert {name: service.child_pids(name) for name in names} == children
+    overslept = service.wait_for_message(
+        "the supervisor overslept; children's silence counts from now", 1
+    )
+    assert overslept["tracking.overslept_seconds"] >= 2 * TIMEOUT
+    check_unsurprising(outcome)
+    assert len(outcome.numbers) == 200
