@@ -272,9 +272,11 @@ def test_a_pause_of_the_whole_service_kills_no_child(short_tmp: Path) -> None:
             service.kill()
     assert [line for name in names for line in wedged_lines(service, name)] == []
     assert {name: service.child_pids(name) for name in names} == children
-    overslept = service.wait_for_message(
-        "the supervisor overslept; children's silence counts from now", 1
-    )
-    assert overslept["tracking.overslept_seconds"] >= 2 * TIMEOUT
+    overslept = [
+        line["tracking.overslept_seconds"]
+        for line in service.log_lines()
+        if line.get("message") == "the supervisor overslept; children's silence counts from now"
+    ]
+    assert max(overslept) > TIMEOUT  # the pause (a loaded machine may add shorter ones)
     check_unsurprising(outcome)
     assert len(outcome.numbers) == 200
