@@ -52,6 +52,9 @@ _fork = multiprocessing.get_context("fork")
 
 Ready = Callable[[], None]
 
+# The signals the supervisor handles; held back across each fork (see Child.start).
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
 
 def allocator_target(config: Config, ready: Ready) -> None:
     from allocator import server
@@ -72,12 +75,16 @@ def worker_target(config: Config, listener: socket.socket, ready: Ready) -> None
 
 
 def _child(target: Callable[..., None], ready_fd: int, liveness: Liveness, *args: Any) -> None:
-    # Forked children inherit the supervisor's handlers: start them clean. SIGINT is ignored
-    # because a Ctrl-C reaches the whole process group, and stopping is the supervisor's job.
-    lifecycle.supervised_by(liveness)  # lifecycle.run beats on it from the child's loop
+    # Forked children inherit the supervisor's handlers, which only queue, and start with the
+    # handled signals blocked (Child.start): set our own, then let the signals in, so that a
+    # SIGTERM sent as we started takes the default action now instead of being queued in our
+    # copy of the supervisor and lost. SIGINT is ignored because a Ctrl-C reaches the whole
+    # process group, and stopping is the supervisor's job.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload is the supervisor's job too
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+    lifecycle.supervised_by(liveness)  # lifecycle.run beats on it from the child's loop
     name = multiprocessing.current_process().name
 
     def ready() -> None:
@@ -119,7 +126,13 @@ class Child:
         self.process = _fork.Process(
             target=_child, args=(self.target, ready_fd, liveness, *self.args), name=self.name
         )
-        self.process.start()
+        # The child inherits the blocked mask: a signal sent to it before it has set its own
+        # handlers waits for them (_child). The supervisor's own are delivered after the fork.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        try:
+            self.process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self.started_at = time.monotonic()
         self.restart_at = None
         self.terminated = False
@@ -260,6 +273,9 @@ class Supervisor:
         # Their loops beat at least 5 times per heartbeat_timeout: one late beat is no death.
         self.liveness = Liveness(min(HEARTBEAT_INTERVAL, config.heartbeat_timeout / 5))
         self._beats: dict[int, float] = {}  # pid: its last beat (monotonic)
+        self._beats_read_at = time.monotonic()
+        # The end of the supervisor's last oversleep: no child's silence counts from before it.
+        self._resumed_at = 0.0
         self._watchdog = watchdog_interval()
 
     def _worker(self, n: int, config: Config) -> Child:
@@ -333,7 +349,8 @@ class Supervisor:
                 return False
             sentinels = [c.process.sentinel for c in children if c.process]
             readable = [self._ready_r, self._wake_r, self.liveness.read_fd, *sentinels]
-            multiprocessing.connection.wait(readable, remaining)
+            # Back at least once per beat interval: a longer gap is an oversleep (_read_beats).
+            multiprocessing.connection.wait(readable, min(remaining, self.liveness.interval))
             self._read_beats()  # the others beat on while we wait: they are not wedged
             waiting -= self._read_ready()
         return True
@@ -347,25 +364,43 @@ class Supervisor:
         *lines, self._ready_lines = self._ready_lines.split(b"\n")
         return {int(line) for line in lines}
 
-    def _read_beats(self) -> None:
-        """Note when each child's loop last beat. Beats are kept by pid, so that a worker a
-        reload started is credited with the beats it sent before it joined the workers; one
-        older than heartbeat_timeout says nothing any more, and is forgotten."""
+    def _read_beats(self) -> float:
+        """Note when each child's loop last beat, and return the time. Beats are kept by pid,
+        so that a worker a reload started is credited with the beats it sent before it joined
+        the workers; one older than heartbeat_timeout says nothing any more, and is forgotten."""
         now = time.monotonic()
+        timeout = self.config.heartbeat_timeout
+        # Our loop reads every beat interval at least. Half a timeout without a read: we did
+        # not run (SIGSTOP or a freeze of the whole service, a suspended machine), and the
+        # children may not have either. Their silence counts again from now, or every one of
+        # them would be killed before it could beat.
+        overslept = now - self._beats_read_at
+        self._beats_read_at = now
+        if overslept > timeout / 2:
+            self._resumed_at = now
+            log.warning(
+                "the supervisor overslept; children's silence counts from now",
+                extra={"tracking.overslept_seconds": round(overslept, 3)},
+            )
         for pid in self.liveness.read():
             self._beats[pid] = now
-        timeout = self.config.heartbeat_timeout
         self._beats = {pid: at for pid, at in self._beats.items() if now - at <= timeout}
         for child in (*self.backends, *self.workers):
             at = self._beats.get(child.pid)
             if at is not None and at >= child.started_at:  # not a former owner of its pid
                 child.last_beat = at
+        return now
+
+    def _silent_since(self, child: Child) -> float:
+        """Since when a child's silence counts: its last sign of progress, or the end of an
+        oversleep of ours, which the child may have shared."""
+        return max(child.silent_since(), self._resumed_at)
 
     def _replace_wedged(self, children: list[Child], now: float) -> None:
         """SIGKILL every child whose loop has been silent longer than heartbeat_timeout."""
         timeout = self.config.heartbeat_timeout
         for child in children:
-            if child.watched() and now - child.silent_since() >= timeout:
+            if child.watched() and now - self._silent_since(child) >= timeout:
                 child.kill_wedged(now, timeout)
                 self.liveness.count_wedged(child.kind)
 
@@ -380,8 +415,7 @@ class Supervisor:
                     self._reload()
             children = [*self.backends, *self.workers]
             self._reap_retiring()
-            self._read_beats()
-            now = time.monotonic()
+            now = self._read_beats()
             self._replace_wedged(children, now)
             for child in children:
                 child.reap()
@@ -406,11 +440,15 @@ class Supervisor:
             wake_at += [deadline for _, deadline in self.retiring]
             # A silent child must be judged on time even when no other child beats.
             wake_at += [
-                c.silent_since() + self.config.heartbeat_timeout for c in children if c.watched()
+                self._silent_since(c) + self.config.heartbeat_timeout
+                for c in children
+                if c.watched()
             ]
             if self._watchdog is not None:
                 wake_at.append(next_ping)
-            timeout = max(0.0, min(wake_at, default=now + 1.0) - now)
+            # Back at least once per beat interval: a longer gap is an oversleep (_read_beats).
+            wake_at.append(now + self.liveness.interval)
+            timeout = max(0.0, min(wake_at) - now)
             ready = multiprocessing.connection.wait(
                 [self._wake_r, self._ready_r, self.liveness.read_fd, *sentinels], timeout
             )

@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
+import multiprocessing
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,7 +23,7 @@ import pytest
 
 import run
 from config import lifecycle, settings
-from config.sd_notify import listen_sockets
+from config.sd_notify import listen_sockets, notify, watchdog_interval
 from config.settings import Config
 
 
@@ -85,12 +90,19 @@ def supervising(
     config: Config,
     worker: Callable[..., None],
     allocator: Callable[..., None] = listening_allocator,
+    reloaded: Config | None = None,
 ) -> Iterator[Supervised]:
-    """A Supervisor running in a thread; stopped with SIGTERM when the block ends."""
+    """A Supervisor running in a thread; stopped with SIGTERM when the block ends. A SIGHUP
+    reads ``reloaded`` (by default, the same ``config`` again)."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         supervisor = run.Supervisor(
-            config, listener, allocator=allocator, worker=worker, ledger=quiet_ledger
+            config,
+            listener,
+            allocator=allocator,
+            worker=worker,
+            ledger=quiet_ledger,
+            load_config=lambda: reloaded or config,
         )
         supervised = Supervised(supervisor)
         thread = threading.Thread(target=lambda: supervised.status.append(supervisor.run()))
@@ -203,7 +215,8 @@ def test_a_reload_whose_new_worker_does_not_serve_leaves_the_old_ones_serving(
         thread = threading.Thread(target=lambda: status.append(supervisor.run()))
         thread.start()
         try:
-            wait_for(lambda: [e[0] for e in events(config)].count("worker-start") == 2)
+            # A child's first event may come before its parent knows its pid.
+            wait_for(lambda: starts(config) == 2 and all(w.pid for w in supervisor.workers))
             old = [worker.pid for worker in supervisor.workers]
             supervisor.push(signal.SIGHUP)
             wait_for(lambda: "worker-refused" in [e[0] for e in events(config)])
@@ -218,6 +231,73 @@ def test_a_reload_whose_new_worker_does_not_serve_leaves_the_old_ones_serving(
     assert names.count("worker-stop") == 2
     assert [worker.pid for worker in supervisor.workers] == old
     assert supervisor.config == config
+
+
+def announcing_worker(config: Config, listener: socket.socket, ready: run.Ready) -> None:
+    """Records when it serves and when it is told to stop, under its name (``worker-N``). One
+    that a reload started (no access log) says it serves only once its predecessor was told to
+    stop, or after a second: an old worker stopped too early then shows before it."""
+    name = multiprocessing.current_process().name
+    stopped = threading.Event()
+
+    def on_sigterm(*_: object) -> None:
+        record(config, f"{name}-sigterm")
+        stopped.set()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    if not config.access_log:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and not starts(config, f"{name}-sigterm"):
+            time.sleep(0.01)
+    record(config, f"{name}-serves")
+    ready()
+    stopped.wait()
+
+
+def test_a_reload_stops_an_old_worker_only_after_its_replacement_serves(
+    make_config: Callable[..., Config],
+) -> None:
+    config = make_config("--workers", "2")
+    reloaded = make_config("--workers", "2", "--no-access-log")
+    with supervising(config, announcing_worker, reloaded=reloaded) as supervised:
+        wait_for(lambda: starts(config, "worker-2-serves") == 1)
+        supervised.supervisor.push(signal.SIGHUP)
+        wait_for(lambda: starts(config, "worker-2-sigterm") == 1)
+    assert supervised.status == [0]
+    for name in ("worker-1", "worker-2"):
+        serves = [(pid, at) for event, pid, at in events(config) if event == f"{name}-serves"]
+        told = {pid: at for event, pid, at in events(config) if event == f"{name}-sigterm"}
+        (old_pid, _), (new_pid, new_serves_at) = serves
+        assert new_pid != old_pid
+        assert told[old_pid] > new_serves_at, f"the old {name} was stopped before the new served"
+
+
+def stubborn_worker(config: Config, listener: socket.socket, ready: run.Ready) -> None:
+    """Serves as steady_worker does; one that a reload started (no access log) ignores SIGTERM,
+    so that only shutdown_timeout ends it."""
+    if not config.access_log:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        record(config, "worker-start")
+        ready()
+        time.sleep(3600)
+    steady_worker(config, listener, ready)
+
+
+def test_a_reload_keeps_the_new_configuration_and_the_stop_uses_it(
+    make_config: Callable[..., Config],
+) -> None:
+    # The old shutdown_timeout would hold the stop for 30 s; the new one, half a second.
+    config = make_config("--workers", "2", "--shutdown-timeout", "30")
+    reloaded = make_config("--workers", "2", "--no-access-log", "--shutdown-timeout", "0.5")
+    with supervising(config, stubborn_worker, reloaded=reloaded) as supervised:
+        wait_for(lambda: starts(config) == 2)
+        supervised.supervisor.push(signal.SIGHUP)
+        wait_for(lambda: starts(config, "worker-stop") == 2)  # both old ones drained
+        assert supervised.supervisor.config == reloaded
+        new = [worker.process for worker in supervised.supervisor.workers]
+    # Stopped within the join's 10 s, which the old timeout would not have allowed.
+    assert supervised.status == [0]
+    assert [process.exitcode for process in new if process] == [-signal.SIGKILL] * 2
 
 
 def test_a_reload_applies_what_it_can_and_names_what_needs_a_restart(
@@ -239,6 +319,68 @@ def test_sockets_passed_to_another_process_are_not_taken(monkeypatch: pytest.Mon
     monkeypatch.setenv("LISTEN_PID", str(os.getpid() + 1))
     monkeypatch.setenv("LISTEN_FDS", "1")
     assert listen_sockets() == []
+
+
+# A process started as systemd starts it under socket activation: the listening socket as fd 3,
+# and the variables that say so. It takes the socket, then reports what it and a child see.
+TAKE_SOCKETS = """
+import json, os, subprocess, sys
+from config.sd_notify import listen_sockets, notify, watchdog_interval
+os.dup2(int(sys.argv[1]), 3)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1", LISTEN_FDNAMES="tracking")
+taken = listen_sockets()
+def listen_names(names):
+    return sorted(name for name in names if name.startswith("LISTEN_"))
+env = subprocess.run(["env"], capture_output=True, text=True, check=True).stdout
+print(json.dumps({
+    "taken": [sock.getsockname()[1] for sock in taken],
+    "left": listen_names(os.environ),
+    "child": listen_names(line.partition("=")[0] for line in env.splitlines()),
+}))
+"""
+
+
+def test_passed_sockets_are_taken_and_their_variables_removed() -> None:
+    # As sd_listen_fds(unset_environment=1): a process the service starts must not believe
+    # that it was passed sockets.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        taken = subprocess.run(
+            [sys.executable, "-c", TAKE_SOCKETS, str(listener.fileno())],
+            cwd=Path(run.__file__).parent,
+            pass_fds=(listener.fileno(),),
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+        port = listener.getsockname()[1]
+    assert json.loads(taken.stdout) == {"taken": [port], "left": [], "child": []}
+
+
+def test_notify_reaches_an_abstract_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    # systemd names an abstract socket with a leading "@", which stands for a NUL byte.
+    name = f"tn-notify-{uuid.uuid4().hex}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind("\0" + name)
+        systemd.settimeout(10)
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        assert notify("READY=1")
+        assert systemd.recv(64) == b"READY=1"
+
+
+def test_the_watchdog_is_pinged_every_half_of_watchdog_sec(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every half: one late ping must not let the watchdog fire (sd_watchdog_enabled(3)).
+    monkeypatch.setenv("WATCHDOG_USEC", "30000000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    assert watchdog_interval() == 15.0
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    assert watchdog_interval() == 15.0
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid() + 1))  # meant for another process
+    assert watchdog_interval() is None
+    monkeypatch.delenv("WATCHDOG_USEC")
+    assert watchdog_interval() is None
 
 
 # --- wedged children: a loop that stops beating is killed and restarted -------------------------
@@ -422,3 +564,44 @@ def test_workers_a_slow_reload_started_are_credited_with_their_beats(
         restarts = supervised.supervisor.liveness.wedged_restarts()
     assert restarts == {"allocator": 0, "ledger": 0, "worker": 0}
     assert starts(config) == 4
+
+
+# --- a SIGTERM in a child's first moments ------------------------------------------------------
+
+
+def sleeping_child(config: Config, ready: run.Ready) -> None:
+    """A child with the default SIGTERM action: a SIGTERM that reaches it ends it at once."""
+    time.sleep(60)
+
+
+def test_a_sigterm_sent_as_a_child_starts_is_not_lost(config: Config) -> None:
+    # run.main's handlers only queue a signal, and a forked child starts with them: a SIGTERM
+    # that came before the child set its own was queued in the child's copy of the supervisor,
+    # and the one SIGTERM a child ever gets was lost, until shutdown_timeout and SIGKILL.
+    queued: list[int] = []
+    previous = {
+        signum: signal.signal(signum, lambda signum, _: queued.append(signum))
+        for signum in run.HANDLED_SIGNALS
+    }
+    liveness = lifecycle.Liveness()
+    ready_r, ready_w = os.pipe()
+    try:
+        for _ in range(20):
+            child = run.Child("allocator", sleeping_child, config)
+            child.start(ready_w, liveness)
+            child.terminate()
+            assert child.process is not None
+            child.process.join(10)  # a bound for waiting: it ends within milliseconds
+            lost = child.process.is_alive()
+            if lost:
+                child.process.kill()
+                child.process.join()
+            assert not lost, "the SIGTERM was lost"
+            assert child.process.exitcode == -signal.SIGTERM
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        liveness.close()
+        os.close(ready_r)
+        os.close(ready_w)
+    assert queued == []  # none of it reached the test's own process

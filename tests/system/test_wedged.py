@@ -6,9 +6,11 @@ the replacement is logged and counted in /metrics, and no number is issued twice
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,14 @@ def answered_by(service: Service, pid: int, start: int) -> bool:
     return any(line.get("process.pid") == pid for line in service.access_lines(start))
 
 
+async def first_to_answer(service: Service) -> int:
+    """The pid of the worker that answered the first request in the access log."""
+    async with asyncio.timeout(SLACK):  # the access log is written within 50 ms
+        while not (lines := service.access_lines()):  # noqa: ASYNC110  polled: the log file
+            await asyncio.sleep(0.02)
+    return lines[0]["process.pid"]
+
+
 def answered_503(service: Service, start: int) -> set[int]:
     return {
         line["process.pid"]
@@ -92,21 +102,22 @@ def test_a_stopped_worker_is_killed_and_replaced_and_its_clients_are_served_agai
                     assert r.status == 200, await r.text()
                     pooled.numbers.append((await r.json())["tracking_number"])
 
-            stopped = service.child_pids("worker-1")[-1]
-            async with asyncio.timeout(30):  # until the pool holds connections to worker-1
-                while not answered_by(service, stopped, 0):
-                    await asyncio.gather(*(one() for _ in range(16)))
-                    await asyncio.sleep(0.1)  # the access log is written within 50 ms
+            # The pool keeps the connections of this first round: the worker that answered
+            # one of them is the one to stop. (Waiting for worker-1 to answer could wait for
+            # ever: when it accepted none of them, no later round opens a new connection.)
+            await asyncio.gather(*(one() for _ in range(16)))
+            stopped = await first_to_answer(service)
+            name = next(n for n in ("worker-1", "worker-2") if stopped in service.child_pids(n))
             os.kill(stopped, signal.SIGSTOP)
             try:
                 stopped_at = time.monotonic()
-                # Every pooled connection is used: those on worker-1 hang until it is killed,
-                # then are reset, and aiohttp sends the GET again on a new connection.
+                # Every pooled connection is used: those on the stopped worker hang until it
+                # is killed, then are reset, and aiohttp sends the GET again on a new one.
                 async with asyncio.timeout(TIMEOUT + SLACK):
                     await asyncio.gather(*(one() for _ in range(16)))
                 pool_answered = time.monotonic() - stopped_at
-                # A fresh set of connections, all answered; and the new worker-1 serves too.
-                replacement = service.wait_for_child("worker-1", 2, SLACK)
+                # A fresh set of connections, all answered; and its replacement serves too.
+                replacement = service.wait_for_child(name, 2, SLACK)
                 log_start = len(service.log().encode())
                 async with asyncio.timeout(TIMEOUT + SLACK - (time.monotonic() - stopped_at)):
                     while not (  # noqa: ASYNC110  polled: a condition of the service
@@ -123,18 +134,18 @@ def test_a_stopped_worker_is_killed_and_replaced_and_its_clients_are_served_agai
             f"\nworker wedged: pooled requests all answered {pool_answered:.2f} s after SIGSTOP, "
             f"the replacement serving fresh connections after {replacement_served:.2f} s"
         )
-        return stopped, replacement
+        return stopped, name, replacement
 
     try:
         service.start()
-        stopped, replacement = asyncio.run(run())
+        stopped, name, replacement = asyncio.run(run())
         counted = asyncio.run(wedged_restarts(service))
         assert service.stop() == 0
     finally:
         service.kill()
 
     assert not alive(stopped)
-    (line,) = wedged_lines(service, "worker-1")
+    (line,) = wedged_lines(service, name)
     assert line["tracking.child_pid"] == stopped
     assert line["log.level"] == "error"
     assert line["tracking.silent_seconds"] >= TIMEOUT
@@ -227,3 +238,58 @@ def test_a_stopped_allocator_is_killed_and_replaced_and_reissues_nothing(short_t
         f"503s={during.unavailable} after={len(after.numbers)}; a fresh round all answered "
         f"{served_again:.2f} s after SIGSTOP"
     )
+
+
+async def until_each_answered(service: Service, workers: set[int]) -> None:
+    async with asyncio.timeout(SLACK):
+        while not all(answered_by(service, pid, 0) for pid in workers):
+            await load(service.url, 32, 32, fresh_connections=True)
+            await asyncio.sleep(0.1)  # the access log is written within 50 ms
+
+
+def test_a_pause_of_the_whole_service_kills_no_child(short_tmp: Path) -> None:
+    # SIGSTOP of the whole process group (podman pause, systemctl freeze, Ctrl-Z) for longer
+    # than the timeout: the supervisor wakes with every child silent for that long, but they
+    # were stopped as it was, and beat again as soon as they can. Nobody is wedged.
+    notify_path = str(short_tmp / "notify")
+    service = Service(short_tmp, 2, "--heartbeat-timeout", str(TIMEOUT))
+    service.prefix = ["setsid"]  # a process group of its own, to stop and resume whole
+    service.env = {"NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "400000"}
+    names = ("allocator", "worker-1", "worker-2")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(notify_path)
+        try:
+            service.start()
+            assert service.process is not None
+            children = {name: service.child_pids(name) for name in names}
+            # Each worker has had its first answer from the allocator (its Hello) before the
+            # pause: a Hello that times out at the resumption leaves the worker answering 500s
+            # for ever (allocator/client.py; reported, left to the allocator's owner).
+            workers = {service.child_pids(name)[0] for name in names[1:]}
+            asyncio.run(until_each_answered(service, workers))
+            os.killpg(service.process.pid, signal.SIGSTOP)
+            time.sleep(2 * TIMEOUT)  # the stimulus: a pause of twice the timeout
+            systemd.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                while systemd.recv(64):  # every ping sent before the pause
+                    pass
+            os.killpg(service.process.pid, signal.SIGCONT)
+            # A ping vouches that every child beat within the timeout: after the pause, that
+            # every child beat since it, so that none can be judged wedged any more.
+            systemd.settimeout(TIMEOUT + SLACK)
+            while systemd.recv(64) != b"WATCHDOG=1":
+                pass
+            outcome = asyncio.run(load(service.url, 200, 8, fresh_connections=True))
+            assert service.stop() == 0
+        finally:
+            service.kill()
+    assert [line for name in names for line in wedged_lines(service, name)] == []
+    assert {name: service.child_pids(name) for name in names} == children
+    overslept = [
+        line["tracking.overslept_seconds"]
+        for line in service.log_lines()
+        if line.get("message") == "the supervisor overslept; children's silence counts from now"
+    ]
+    assert max(overslept) > TIMEOUT  # the pause (a loaded machine may add shorter ones)
+    check_unsurprising(outcome)  # numbers, or a 503 where a lease was in flight at the pause
+    assert outcome.numbers
