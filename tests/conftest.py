@@ -111,7 +111,8 @@ def make_config(short_tmp: Path) -> Callable[..., Config]:
 
 @pytest.fixture
 def config(make_config: Callable[..., Config]) -> Config:
-    return make_config()
+    """The config of the tests that build the app: with the ledger, as it will be by default."""
+    return make_config("--ledger")
 
 
 class Allocators:

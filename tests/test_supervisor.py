@@ -178,7 +178,7 @@ def test_each_child_gets_exactly_one_sigterm_on_stop(
         real_kill(pid, signum)
 
     monkeypatch.setattr(os, "kill", kill)
-    config = make_config("--workers", "3")
+    config = make_config("--workers", "3", "--ledger")
     with supervising(config, steady_worker) as supervised:
         wait_for(lambda: [e[0] for e in events(config)].count("worker-start") == 3)
         ledger_pid = supervised.supervisor.backends[-1].pid

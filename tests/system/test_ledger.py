@@ -97,7 +97,7 @@ async def kill_and_await_restart(service: Service, name: str) -> None:
 def test_after_sigkills_of_every_process_each_number_received_has_exactly_one_record(
     short_tmp: Path,
 ) -> None:
-    service = Service(short_tmp, 2)
+    service = Service(short_tmp, 2, "--ledger")
     received: list[str] = []
     try:
         service.start()
@@ -145,7 +145,7 @@ WORKERS = ("worker-1", "worker-2")
 def test_a_counter_recorded_twice_is_a_503_an_error_line_and_a_metric(short_tmp: Path) -> None:
     """The second line against duplicates, forced through the writer's own interface: a record
     for the counter the worker will issue next, sent before it does."""
-    service = Service(short_tmp, 1)
+    service = Service(short_tmp, 1, "--ledger")
     try:
         service.start()
 
@@ -222,6 +222,7 @@ def test_a_full_disk_under_the_ledger_gives_503s_that_lose_nothing_then_issuing_
     service = Service(
         short_tmp,
         2,
+        "--ledger",
         "--state-dir", str(ledger_filesystem),
         "--store", f"sqlite:///{short_tmp / 'tracking.sqlite3'}",
     )  # fmt: skip

@@ -226,7 +226,7 @@ def test_operator_endpoints_refuse_remote_clients_without_the_token(
     short_tmp: Path, configured: str
 ) -> None:
     address = non_loopback_address()
-    service = Service(short_tmp, 1, "--host", "0.0.0.0", "--admin-token", configured)
+    service = Service(short_tmp, 1, "--host", "0.0.0.0", "--admin-token", configured, "--ledger")
     remote = f"http://{address}:{service.port}"
     try:
         service.start()
