@@ -152,7 +152,8 @@ class Stack:
 def stack() -> Iterator[Stack]:
     binary = prometheus_binary()
     directory = Path(tempfile.mkdtemp(prefix="tn-", dir="/tmp"))  # short: Unix socket paths
-    service = Service(directory, 2)
+    # With the ledger: its series exist only when it is on (off by default for now).
+    service = Service(directory, 2, "--ledger")
     prometheus = None
     try:
         service.start()
