@@ -99,11 +99,13 @@ def short_tmp() -> Iterator[Path]:
 
 @pytest.fixture
 def make_config(short_tmp: Path) -> Callable[..., Config]:
-    """A Config whose state lives in the test's temporary directory."""
+    """A Config whose state lives in the test's temporary directory, with the ledger on (as it
+    will be by default once it meets the performance floor; ``--no-ledger`` turns it off)."""
 
     def make(*flags: str, env: dict[str, str] | None = None) -> Config:
         return settings.load(
-            ["--config", "/dev/null", "--state-dir", str(short_tmp), *flags], env=env or {}
+            ["--config", "/dev/null", "--state-dir", str(short_tmp), "--ledger", *flags],
+            env=env or {},
         )
 
     return make
@@ -111,8 +113,7 @@ def make_config(short_tmp: Path) -> Callable[..., Config]:
 
 @pytest.fixture
 def config(make_config: Callable[..., Config]) -> Config:
-    """The config of the tests that build the app: with the ledger, as it will be by default."""
-    return make_config("--ledger")
+    return make_config()
 
 
 class Allocators:

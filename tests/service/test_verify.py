@@ -64,7 +64,7 @@ async def test_a_forged_number_with_a_real_serial_is_not_issued(client: TestClie
 async def test_the_record_is_shown_to_the_admin_token_only_never_to_loopback_alone(
     make_config: Callable[..., Config], allocator: Allocator, make_client: ClientFactory
 ) -> None:
-    client = await make_client(make_config("--admin-token", "s3cret"))
+    client = await make_client(make_config("--admin-token", "s3cret", "--ledger"))
     response = await client.get(
         "/next-tracking-number",
         params={**CANONICAL_QUERY, "count": "2"},
