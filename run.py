@@ -587,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     if made_token:
         # The path, never the token: the file is the operator's to read (mode 0600).
         log.warning(
-            "no admin_token is configured: made one; the ledger's records need it",
+            "no admin_token is configured: made one for the ledger's records and remote operators",
             extra={"tracking.admin_token_file": made_token},
         )
     try:
