@@ -60,7 +60,6 @@ class LedgerWriter:
 
     def __init__(self, path: str, socket_path: str) -> None:
         self.path = path
-        self.socket_path = socket_path
         self.stats = LedgerStats()
         self._db: sqlite3.Connection | None = None
         self._checkpoints: sqlite3.Connection | None = None
@@ -149,8 +148,8 @@ class LedgerWriter:
                 log.warning("ledger checkpoint failed", extra=error_fields(exc))
 
     def _commit(self, group: list[_Pending]) -> list[Answer]:
-        """In the writer's thread: commit ``group`` as one transaction, else frame by frame
-        to find the frames that cannot be committed; the answer to each frame."""
+        """Commit ``group`` as one transaction, else frame by frame to find the frames that
+        cannot be committed; the answer to each frame."""
         started = time.perf_counter()
         try:
             answers = self._commit_together([pending.append for pending in group])
