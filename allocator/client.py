@@ -182,7 +182,13 @@ class AllocatorClient:
                 raise AllocatorUnavailable(f"cannot connect to {self.path}: {exc}") from exc
             self._writer = writer
             self._reader_task = asyncio.create_task(self._read_responses(reader, writer))
-            welcome = await self._call(Hello(id=next(self._ids), pid=os.getpid()))
+            try:
+                welcome = await self._call(Hello(id=next(self._ids), pid=os.getpid()))
+            except BaseException:  # a timeout (a cancellation inside it) above all
+                # The Welcome may still come, and be dropped: the connection would serve leases
+                # with no key. The next call starts again on a new one.
+                self._disconnect(AllocatorUnavailable("no answer to Hello"))
+                raise
             if not isinstance(welcome, Welcome):
                 self._disconnect(ProtocolError("the allocator did not welcome us"))
                 raise ProtocolError(f"unexpected answer to Hello: {welcome!r}")

@@ -1,4 +1,5 @@
 import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,51 @@ async def test_an_allocator_that_never_answers_times_out(short_tmp: Path) -> Non
         writer.close()
     mute.close()
     await mute.wait_closed()
+
+
+async def test_a_welcome_that_comes_too_late_leaves_no_connection_without_a_key(
+    allocator: Allocator, config: Config, short_tmp: Path
+) -> None:
+    # A worker that starts as the service is paused (SIGSTOP of the group) or its allocator
+    # stalls: its Hello times out, and the Welcome comes after. Leases on that connection
+    # used to succeed with no key, and every request of the worker failed (500) for ever.
+    path = str(short_tmp / "late.sock")
+    welcome_held = asyncio.Event()
+    release = asyncio.Event()
+    first = True
+
+    async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def late_on_first_connection(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        nonlocal first
+        upstream_reader, upstream_writer = await asyncio.open_unix_connection(
+            config.allocator_socket
+        )
+        if first:
+            first = False
+            welcome_held.set()
+            await release.wait()
+        await asyncio.gather(pump(reader, upstream_writer), pump(upstream_reader, writer))
+
+    proxy = await asyncio.start_unix_server(late_on_first_connection, sock=bind_unix_socket(path))
+    client = AllocatorClient(path, timeout=0.3)
+    with pytest.raises(AllocatorUnavailable, match="did not answer"):
+        await client.lease(1)
+    assert welcome_held.is_set()
+    release.set()  # the Welcome reaches the client now, after its timeout
+    client.timeout = 10  # a bound for waiting only
+    await client.lease(1)
+    assert client.key == allocator.key
+    await client.close()
+    proxy.close()
+    await proxy.wait_closed()
 
 
 async def test_the_client_reconnects_after_the_allocator_restarts(
