@@ -67,6 +67,7 @@ async def test_a_welcome_that_comes_too_late_leaves_no_connection_without_a_key(
     welcome_held = asyncio.Event()
     release = asyncio.Event()
     first = True
+    streams: list[asyncio.StreamWriter] = []  # every end the proxy opened, closed at the end
 
     async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError):
@@ -82,6 +83,7 @@ async def test_a_welcome_that_comes_too_late_leaves_no_connection_without_a_key(
         upstream_reader, upstream_writer = await asyncio.open_unix_connection(
             config.allocator_socket
         )
+        streams.extend((writer, upstream_writer))
         if first:
             first = False
             welcome_held.set()
@@ -99,6 +101,9 @@ async def test_a_welcome_that_comes_too_late_leaves_no_connection_without_a_key(
     assert client.key == allocator.key
     await client.close()
     proxy.close()
+    for stream in streams:
+        stream.close()
+    await asyncio.gather(*(stream.wait_closed() for stream in streams), return_exceptions=True)
     await proxy.wait_closed()
 
 

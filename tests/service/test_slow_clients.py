@@ -132,9 +132,15 @@ async def test_a_request_being_answered_is_never_cut_off(
     config = make_config("--header-timeout", str(HEADER_TIMEOUT), "--lease-timeout", "3")
     os.makedirs(config.runtime_dir, mode=0o700, exist_ok=True)
     accepted: list[asyncio.StreamWriter] = []
-    mute = await asyncio.start_unix_server(
-        lambda _, writer: accepted.append(writer), config.allocator_socket
-    )
+    over = False  # the worker connects again after each Hello that timed out, until it stops
+
+    def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if over:
+            writer.close()
+        else:
+            accepted.append(writer)
+
+    mute = await asyncio.start_unix_server(accept, config.allocator_socket)
     try:
         client = await make_client(config)
         reader, writer = await connect(client)
@@ -154,6 +160,7 @@ async def test_a_request_being_answered_is_never_cut_off(
         assert head.startswith(b"HTTP/1.1 503")  # /health: nothing in hand, no answer
         writer.close()
     finally:
+        over = True
         mute.close()
         for writer in accepted:
             writer.close()
