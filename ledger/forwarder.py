@@ -54,6 +54,7 @@ class Forwarder:
         self._forwarded = 0
         self._db: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
+        self._reading: asyncio.Future[Batch] | None = None  # a read in its thread
         self._failing = False  # since the last failure, until the spool is empty again
 
     async def start(self) -> None:
@@ -69,6 +70,9 @@ class Forwarder:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._reading is not None:  # a thread cannot be cancelled: its read ends first
+            await asyncio.wait([self._reading])
+            self._reading.exception()  # a failed last read matters no more
         self._drop()
         if self._local is not None:
             self._local.close()
@@ -89,9 +93,11 @@ class Forwarder:
     async def forward_once(self) -> Batch:
         """Read the next batch, commit it to PostgreSQL, then move the mark; the batch."""
         assert self._local is not None
-        batch = await asyncio.to_thread(
-            spool.read_batch, self._local, self._forwarded, MAX_ISSUES, MAX_NUMBERS
+        self._reading = asyncio.get_running_loop().run_in_executor(
+            None, spool.read_batch, self._local, self._forwarded, MAX_ISSUES, MAX_NUMBERS
         )
+        batch = await asyncio.shield(self._reading)
+        self._reading = None
         self._show(len(batch.numbers) + batch.records_after, batch.oldest_ns)
         if batch.issues:
             db = await self._connection()

@@ -146,9 +146,14 @@ def suggestion(number: str) -> str | None:
 async def read_record(config: Config, key: bytes, counter: int) -> Record | None:
     """The record of ``counter``: from the shared ledger with a PostgreSQL store (any host's
     numbers), else from this host's ledger file."""
-    if config.store.startswith(POSTGRES_URLS):
+    if _shared(config):
         return await postgres.read_record(config.store, config.ledger_path, key, counter)
     return await sqlite.read_record(config.ledger_path, key, counter)
+
+
+def _shared(config: Config) -> bool:
+    """Whether the hosts of this store share one ledger (a PostgreSQL store)."""
+    return config.store.startswith(POSTGRES_URLS)
 
 
 @observed()
@@ -171,13 +176,16 @@ async def verify(request: web.Request, correlation_id: str) -> web.StreamRespons
             assert client.key is not None
             assert client.scheme is not None
             counter = Permutation(client.key, client.scheme).invert(parts.serial)
+            config = app[CONFIG]
             leased = verdict.valid and counter < status.allocator.next
-            if not app[CONFIG].ledger:
+            if not config.ledger:
                 verdict.issued = leased
-            elif leased:
-                found = await read_record(app[CONFIG], client.key, counter)
+            # ``next`` is this host's: another host's counters may lie above it, and only the
+            # shared ledger knows them.
+            elif leased or (verdict.valid and _shared(config)):
+                found = await read_record(config, client.key, counter)
                 verdict.issued = found is not None and found.number == number
-                if not verdict.issued:
+                if not verdict.issued and leased:
                     verdict.note = NOT_RECORDED
                 elif found is not None and reads_records(request):
                     verdict.record = RecordBody.of(found)
