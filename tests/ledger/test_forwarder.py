@@ -262,3 +262,25 @@ async def test_records_spool_while_postgresql_is_away_and_follow_in_order_when_i
     messages = [r.getMessage() for r in caplog.records if r.name == "ledger"]
     assert sum(m.startswith("ledger forwarding failed") for m in messages) == 1
     assert sum(m.startswith("ledger forwarding caught up") for m in messages) == 1
+
+
+async def test_a_restored_ledger_file_is_not_forwarded_over_the_records_it_lost(
+    forwarding: Forwarding, database: str, config: Config
+) -> None:
+    first = [issue(n) for n in range(1, 11)]
+    await forwarding.record(*first)
+    await forwarding.until_forwarded()
+    await forwarding.stop()
+    # The file as a backup taken after its 5th issue had it: PostgreSQL holds issues 6 to 10.
+    with contextlib.closing(sqlite3.connect(config.ledger_path)) as db:
+        db.execute("DELETE FROM issued_number WHERE issue_id > 5")
+        db.execute("DELETE FROM issue WHERE id > 5")
+        db.execute("UPDATE ledger_spool SET forwarded_id = 5")
+        db.commit()
+    writer = await forwarding.start()
+    later = [issue(n) for n in range(100, 103)]  # local ids 6 to 8 again, other requests
+    await forwarding.record(*later)
+    await until(lambda: "copied or restored" in (writer.stats.spool_error or ""))
+    assert writer.stats.spool_records == 3
+    # Nothing of the later requests was attached to the earlier requests' rows.
+    assert await shared_rows(database) == expected(KEY, *first)
