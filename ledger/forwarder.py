@@ -81,16 +81,16 @@ class Forwarder:
         backoff = 0.0
         while True:
             try:
-                batch = await self.forward_once()
+                batch = await self._forward_once()
                 backoff = 0.0
                 if len(batch.issues) < MAX_ISSUES and batch.records_after == 0:
                     await asyncio.sleep(POLL_INTERVAL)
-            except (*DATABASE_ERRORS, ValueError, LedgerError, sqlite3.Error) as exc:
+            except Exception as exc:  # any: the records wait, and a dead task would hide it
                 self._failed(exc)
                 backoff = min(max(2 * backoff, BACKOFF_MIN), BACKOFF_MAX)
                 await asyncio.sleep(backoff)
 
-    async def forward_once(self) -> Batch:
+    async def _forward_once(self) -> Batch:
         """Read the next batch, commit it to PostgreSQL, then move the mark; the batch."""
         assert self._local is not None
         self._reading = asyncio.get_running_loop().run_in_executor(
@@ -148,9 +148,11 @@ class Forwarder:
         """Once per outage: the records wait in the file meanwhile."""
         reason = f"cannot forward to {self.location}: {describe(exc)}"
         if not self._failing:
+            expected = isinstance(exc, (*DATABASE_ERRORS, ValueError, LedgerError, sqlite3.Error))
             log.warning(
                 "ledger forwarding failed; records wait in this host's ledger file",
                 extra={"tracking.store_location": self.location, "error.message": reason},
+                exc_info=None if expected else exc,  # a defect: its stack trace
             )
         self._failing = True
         self.stats.spool_error = reason
