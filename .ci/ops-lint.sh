@@ -36,7 +36,7 @@ METRICS_HISTOGRAMS="tracking_http_request_duration_seconds
 METRICS_GAUGES="tracking_allocator_next tracking_allocator_reserved
   tracking_allocator_numbers_left tracking_allocator_connected_workers
   tracking_allocator_store_up tracking_allocator_start_time_seconds
-  tracking_ledger_writer_up"
+  tracking_ledger_writer_up tracking_ledger_spool_records tracking_ledger_spool_age_seconds"
 # Series from elsewhere that the alerts use on purpose: Prometheus itself, and
 # node_exporter's systemd collector (the watchdog alerts).
 METRICS_EXTERNAL="up node_systemd_service_restart_total node_systemd_unit_state"

@@ -36,6 +36,12 @@ class LedgerStats(msgspec.Struct, kw_only=True):
     batch_records: Histogram = msgspec.field(default_factory=lambda: Histogram.empty(BATCH_BUCKETS))
     # Why the newest commit failed; None once one succeeds.
     last_error: str | None = None
+    # With a PostgreSQL store (ledger/forwarder.py): records committed here and not yet in the
+    # shared ledger, the age of the oldest of them, and why forwarding fails (None once the
+    # spool is empty again). Always 0 and None with a SQLite store.
+    spool_records: int = 0
+    spool_oldest_seconds: float = 0.0
+    spool_error: str | None = None
 
 
 class Message(msgspec.Struct, tag=True, frozen=True, array_like=True):

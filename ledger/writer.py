@@ -22,12 +22,14 @@ from typing import NamedTuple
 
 from allocator.errors import ProtocolError
 from allocator.protocol import read_frame
+from allocator.store import POSTGRES_URLS
 from allocator.unix_socket import OwnSocket
 from config import lifecycle, logs
 from config.lifecycle import until_stop_requested
 from config.logs import error_fields
 from config.settings import Config
 from ledger import protocol, sqlite
+from ledger.forwarder import Forwarder
 from ledger.protocol import (
     BATCH_BUCKETS,
     COMMIT_BUCKETS,
@@ -67,9 +69,11 @@ class _Group(NamedTuple):
 class LedgerWriter:
     """Serves the ledger file over a Unix socket; commits in groups, in arrival order."""
 
-    def __init__(self, path: str, socket_path: str) -> None:
+    def __init__(self, path: str, socket_path: str, shared: str | None = None) -> None:
+        """``shared``: the PostgreSQL URL of the shared ledger, which the file is forwarded to."""
         self.path = path
         self.stats = LedgerStats()
+        self._forwarder = None if shared is None else Forwarder(path, shared, self.stats)
         self._db: sqlite3.Connection | None = None
         self._checkpoints: sqlite3.Connection | None = None
         self._checkpointing: asyncio.Task[None] | None = None
@@ -100,6 +104,8 @@ class LedgerWriter:
         self._committing = asyncio.create_task(self._commit_loop())
         self._syncing = asyncio.create_task(self._sync_loop())
         self._checkpointing = asyncio.create_task(self._checkpoint_loop())
+        if self._forwarder is not None:
+            await self._forwarder.start()
         self._server = await asyncio.start_unix_server(
             self._serve, sock=self._socket.bind(), limit=protocol.MAX_FRAME
         )
@@ -118,6 +124,8 @@ class LedgerWriter:
             self._checkpointing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._checkpointing
+        if self._forwarder is not None:
+            await self._forwarder.close()
         for writer in list(self._connections):
             writer.close()
         self._socket.remove()
@@ -334,7 +342,8 @@ async def serve(config: Config, ready: Callable[[], None] = lambda: None) -> Non
     """Run the writer until SIGTERM, until the supervisor disappears, or until a failed fsync
     breaks it (then it exits with status 1, and the supervisor starts another)."""
     parent_pid = os.getppid()
-    writer = LedgerWriter(config.ledger_path, config.ledger_socket)
+    shared = config.store if config.store.startswith(POSTGRES_URLS) else None
+    writer = LedgerWriter(config.ledger_path, config.ledger_socket, shared)
     try:
         await writer.start()
         log.info(

@@ -178,6 +178,20 @@ LEDGER_COUNTERS: tuple[tuple[str, str, LedgerGetter], ...] = (
     ),
 )
 
+# The spool of the shared ledger (a PostgreSQL store; 0 with a SQLite store).
+LEDGER_GAUGES: tuple[tuple[str, str, LedgerGetter], ...] = (
+    (
+        "tracking_ledger_spool_records",
+        "Records committed on this host and not yet in the shared PostgreSQL ledger",
+        lambda s: s.spool_records,
+    ),
+    (
+        "tracking_ledger_spool_age_seconds",
+        "Age of the oldest record not yet in the shared PostgreSQL ledger (0: none)",
+        lambda s: s.spool_oldest_seconds,
+    ),
+)
+
 
 class _StatusCollector(Collector):
     def __init__(self, status: Status, ledger: LedgerStats | None, ledger_on: bool) -> None:
@@ -238,6 +252,8 @@ class _StatusCollector(Collector):
             return  # absent rather than zero: a rate over a reset to zero would lie
         for name, documentation, counter in LEDGER_COUNTERS:
             yield CounterMetricFamily(name, documentation, value=counter(ledger))
+        for name, documentation, gauge in LEDGER_GAUGES:
+            yield GaugeMetricFamily(name, documentation, value=gauge(ledger))
         for name, documentation, histogram, bounds in (
             (
                 "tracking_ledger_commit_duration_seconds",

@@ -6,8 +6,10 @@ space, a wrong check character), with its origin and destination. Operators (the
 as /allocator/status) also learn whether this service issued it: the serial is turned back
 into its counter with the permutation's inverse, and the ledger's record of that counter must
 hold this very number (the same serial with other country codes was never issued). With the
-ledger off, a counter below the allocator's ``next`` counts as issued. The record itself,
-personal data, is shown only to clients presenting the admin token (``admin.reads_records``).
+ledger off, a counter below the allocator's ``next`` counts as issued. With a PostgreSQL store
+the record is read from the shared ledger, so any host answers for every host's numbers
+(``ledger.postgres.read_record``). The record itself, personal data, is shown only to
+clients presenting the admin token (``admin.reads_records``).
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from aiohttp import web
 
 from allocator.counter import COUNTER_LIMIT
 from allocator.errors import AllocatorError
+from allocator.store import POSTGRES_URLS
+from config.settings import Config
+from ledger import postgres, sqlite
 from ledger.errors import LedgerError
 from ledger.records import Record
-from ledger.sqlite import read_record
 from service import errors
 from service.admin import is_operator, reads_records
 from service.countries import COUNTRIES
@@ -139,6 +143,19 @@ def suggestion(number: str) -> str | None:
     return fixes[0] if len(fixes) == 1 else None
 
 
+async def read_record(config: Config, key: bytes, counter: int) -> Record | None:
+    """The record of ``counter``: from the shared ledger with a PostgreSQL store (any host's
+    numbers), else from this host's ledger file."""
+    if _shared(config):
+        return await postgres.read_record(config.store, config.ledger_path, key, counter)
+    return await sqlite.read_record(config.ledger_path, key, counter)
+
+
+def _shared(config: Config) -> bool:
+    """Whether the hosts of this store share one ledger (a PostgreSQL store)."""
+    return config.store.startswith(POSTGRES_URLS)
+
+
 @observed()
 async def verify(request: web.Request, correlation_id: str) -> web.StreamResponse:
     typed = request.match_info["number"]
@@ -159,13 +176,16 @@ async def verify(request: web.Request, correlation_id: str) -> web.StreamRespons
             assert client.key is not None
             assert client.scheme is not None
             counter = Permutation(client.key, client.scheme).invert(parts.serial)
+            config = app[CONFIG]
             leased = verdict.valid and counter < status.allocator.next
-            if not app[CONFIG].ledger:
+            if not config.ledger:
                 verdict.issued = leased
-            elif leased:
-                found = await read_record(app[CONFIG].ledger_path, client.key, counter)
+            # ``next`` is this host's: another host's counters may lie above it, and only the
+            # shared ledger knows them.
+            elif leased or (verdict.valid and _shared(config)):
+                found = await read_record(config, client.key, counter)
                 verdict.issued = found is not None and found.number == number
-                if not verdict.issued:
+                if not verdict.issued and leased:
                     verdict.note = NOT_RECORDED
                 elif found is not None and reads_records(request):
                     verdict.record = RecordBody.of(found)

@@ -46,7 +46,7 @@ RECONNECT_BACKOFF_MAX = 5.0
 
 # Every failure of the database or of the way to it. Each one drops the connection: reservations
 # are rare, so a fresh connection costs nothing, and one in an unknown state could cost a lot.
-_DATABASE_ERRORS = (
+DATABASE_ERRORS = (
     asyncpg.PostgresError,  # the server refused, or hung up ("terminating connection …")
     asyncpg.InterfaceError,  # the connection is closed, or not in the state we expect
     asyncpg.InternalClientError,
@@ -56,7 +56,7 @@ _DATABASE_ERRORS = (
 
 # Settings of every session, sent at connection start so that they win over any database or
 # role default.
-_SESSION_SETTINGS = {
+SESSION_SETTINGS = {
     # A reservation is granted only after its commit is flushed to disk and, with synchronous
     # replication, acknowledged by the synchronous standbys.
     "synchronous_commit": "on",
@@ -287,7 +287,7 @@ class PostgresStore:
             db, self._db = self._db, None
             try:
                 await db.close(timeout=CONNECT_TIMEOUT)
-            except _DATABASE_ERRORS:
+            except DATABASE_ERRORS:
                 db.terminate()
 
     @property
@@ -310,9 +310,9 @@ class PostgresStore:
             db = await self._connection(action)
             try:
                 return await statements(db)
-            except _DATABASE_ERRORS as exc:
+            except DATABASE_ERRORS as exc:
                 self._drop()
-                raise StoreError(f"cannot {action}: {_describe(exc)}") from exc
+                raise StoreError(f"cannot {action}: {describe(exc)}") from exc
 
     async def _connection(self, action: str) -> asyncpg.Connection:
         if self._db is not None:
@@ -330,15 +330,15 @@ class PostgresStore:
                 self.url,
                 timeout=CONNECT_TIMEOUT,
                 command_timeout=STATEMENT_TIMEOUT,
-                server_settings=_SESSION_SETTINGS,
+                server_settings=SESSION_SETTINGS,
             )
-        except (*_DATABASE_ERRORS, ValueError) as exc:  # ValueError: a malformed URL
-            raise self._connect_failed(action, _describe(exc)) from exc
+        except (*DATABASE_ERRORS, ValueError) as exc:  # ValueError: a malformed URL
+            raise self._connect_failed(action, describe(exc)) from exc
         try:
             durability = await db.fetchval("SELECT current_setting('synchronous_commit')")
-        except _DATABASE_ERRORS as exc:
+        except DATABASE_ERRORS as exc:
             db.terminate()
-            raise self._connect_failed(action, _describe(exc)) from exc
+            raise self._connect_failed(action, describe(exc)) from exc
         if durability != "on":
             # Something between us and the server (a pooler) dropped the session setting.
             db.terminate()
@@ -397,6 +397,6 @@ async def _create_schema(db: asyncpg.Connection, create: bool, where: str) -> in
         return version
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -72,9 +72,10 @@ def shared(server: PostgresServer) -> Iterator[SharedStore]:
 
 
 @contextlib.contextmanager
-def two_hosts(short_tmp: Path, url: str) -> Iterator[tuple[Service, Service]]:
-    """Two complete services on the store ``url``, started; killed on the way out."""
-    flags = ["--store", url, "--reserve-step", str(RESERVE_STEP), "--no-access-log"]
+def two_hosts(short_tmp: Path, url: str, *extra: str) -> Iterator[tuple[Service, Service]]:
+    """Two complete services on the store ``url`` (with ``extra`` flags), started; killed on
+    the way out."""
+    flags = ["--store", url, "--reserve-step", str(RESERVE_STEP), "--no-access-log", *extra]
     services = []
     for name in ("a", "b"):
         state_dir = short_tmp / name

@@ -1,0 +1,197 @@
+"""The shared ledger in PostgreSQL: every host's records, forwarded from its local file.
+
+Same two tables as the local file (``ledger/sqlite.py``): ``ledger_issue`` holds one row per
+request, known by the local file it came from and its id there, ``(spool_id, local_id)``,
+UNIQUE, so a batch sent again after a crash adds nothing; ``ledger_number`` holds one row per
+number, its primary key ``(key_digest, counter)`` the second line against duplicates across
+hosts. The key's digest itself, not a local id of it: hosts share no ids.
+
+The forwarder (``ledger/forwarder.py``) writes; workers read one record (``read_record``).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import NamedTuple
+
+import asyncpg
+
+from allocator.store.postgres import (
+    CONNECT_TIMEOUT,
+    DATABASE_ERRORS,
+    SESSION_SETTINGS,
+    STATEMENT_TIMEOUT,
+    describe,
+)
+from config.settings import redact_url
+from ledger import sqlite
+from ledger.errors import LedgerError
+from ledger.records import ISSUE_COLUMNS, RECORD_COLUMNS, Record, key_digest
+from ledger.spool import Batch
+
+log = logging.getLogger("ledger")
+
+# Hosts starting at once take turns creating the tables (as the store's schema does).
+_SCHEMA_LOCK = int.from_bytes(b"tnledger", "big")
+_SESSION = {**SESSION_SETTINGS, "application_name": "tracking-ledger"}
+
+TABLES = """
+CREATE TABLE IF NOT EXISTS ledger_issue (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    spool_id uuid NOT NULL,
+    local_id bigint NOT NULL,
+    issued_at_ns bigint NOT NULL,
+    origin text NOT NULL,
+    destination text NOT NULL,
+    weight text NOT NULL,
+    created_at text NOT NULL,
+    customer_id text NOT NULL,
+    customer_name text NOT NULL,
+    customer_slug text NOT NULL,
+    correlation_id text NOT NULL,
+    host text NOT NULL,
+    idempotency_key_digest bytea,
+    UNIQUE (spool_id, local_id)
+);
+CREATE INDEX IF NOT EXISTS ledger_issue_by_time ON ledger_issue (issued_at_ns);
+CREATE INDEX IF NOT EXISTS ledger_issue_by_customer ON ledger_issue (customer_id, issued_at_ns);
+CREATE TABLE IF NOT EXISTS ledger_number (
+    key_digest bytea NOT NULL,
+    counter bigint NOT NULL,
+    issue_id bigint NOT NULL REFERENCES ledger_issue (id),
+    number text NOT NULL,
+    PRIMARY KEY (key_digest, counter)
+);
+"""
+# Every other column of an issue is text.
+_ISSUE_TYPES = {"issued_at_ns": "bigint", "idempotency_key_digest": "bytea"}
+_INSERT_ISSUES = (
+    f"INSERT INTO ledger_issue (spool_id, local_id, {', '.join(ISSUE_COLUMNS)})"
+    f" SELECT $1, * FROM unnest($2::bigint[], "
+    + ", ".join(
+        f"${n}::{_ISSUE_TYPES.get(column, 'text')}[]"
+        for n, column in enumerate(ISSUE_COLUMNS, start=3)
+    )
+    + ") ON CONFLICT (spool_id, local_id) DO NOTHING"
+)
+_ISSUE_IDS = (
+    "SELECT local_id, id, issued_at_ns, correlation_id FROM ledger_issue"
+    " WHERE spool_id = $1 AND local_id BETWEEN $2 AND $3"
+)
+_NUMBERS = "unnest($1::bytea[], $2::bigint[], $3::bigint[], $4::text[])"
+_INSERT_NUMBERS = (
+    f"INSERT INTO ledger_number (key_digest, counter, issue_id, number) SELECT * FROM {_NUMBERS}"
+    " ON CONFLICT (key_digest, counter) DO NOTHING"
+)
+# The numbers of a batch recorded for another issue than theirs (after the batch's own insert,
+# in its transaction: the rows it added, and a resend's, are the batch's own).
+_RECORDED_ELSEWHERE = (
+    f"SELECT w.counter, w.number, n.number, w.issue_id FROM {_NUMBERS}"
+    " AS w (key_digest, counter, issue_id, number)"
+    " JOIN ledger_number n ON n.key_digest = w.key_digest AND n.counter = w.counter"
+    " WHERE n.issue_id <> w.issue_id"
+)
+_RECORD = ", ".join(f"n.{c}" if c in ("counter", "number") else f"i.{c}" for c in RECORD_COLUMNS)
+_SELECT_ONE = (
+    f"SELECT {_RECORD} FROM ledger_number n JOIN ledger_issue i ON i.id = n.issue_id"
+    " WHERE n.key_digest = $1 AND n.counter = $2"
+)
+
+
+class SpoolReused(LedgerError):
+    """Another file already sent other issues under this file's identity (a copied or restored
+    ledger file): its records are not forwarded, for they would be taken for resends."""
+
+
+class Duplicate(NamedTuple):
+    """A number of the batch whose counter the shared ledger holds for another issue."""
+
+    counter: int
+    number: str
+    recorded_number: str
+    correlation_id: str
+
+
+async def connect(url: str) -> asyncpg.Connection:
+    """A connection with the store's session settings (``synchronous_commit=on``)."""
+    return await asyncpg.connect(
+        url, timeout=CONNECT_TIMEOUT, command_timeout=STATEMENT_TIMEOUT, server_settings=_SESSION
+    )
+
+
+async def create_tables(db: asyncpg.Connection) -> None:
+    """The shared ledger's tables, if they are missing (a DBA may have made them)."""
+    async with db.transaction():
+        await db.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
+        if await db.fetchval(
+            "SELECT to_regclass('ledger_issue') IS NULL OR to_regclass('ledger_number') IS NULL"
+        ):
+            await db.execute(TABLES)
+
+
+async def forward(db: asyncpg.Connection, spool_id: uuid.UUID, batch: Batch) -> list[Duplicate]:
+    """Commit ``batch`` of the file ``spool_id``, skipping what PostgreSQL holds already; the
+    numbers it skipped because another issue holds their counter (uniqueness violations)."""
+    issues, first, last = batch.issues, batch.issues[0][0], batch.last_id
+    async with db.transaction():
+        columns = [list(column) for column in zip(*issues, strict=True)]
+        await db.execute(_INSERT_ISSUES, spool_id, *columns)
+        ids: dict[int, tuple[int, int, str]] = {}
+        for local_id, issue_id, issued_at_ns, correlation_id in await db.fetch(
+            _ISSUE_IDS, spool_id, first, last
+        ):
+            ids[local_id] = (issue_id, issued_at_ns, correlation_id)
+        at, correlation = ISSUE_COLUMNS.index("issued_at_ns"), ISSUE_COLUMNS.index("correlation_id")
+        for row in issues:
+            found = ids.get(row[0])
+            if found is None or found[1:] != (row[1 + at], row[1 + correlation]):
+                raise SpoolReused(
+                    f"the shared ledger holds another issue under this file's id {spool_id}"
+                    f" and local id {row[0]}: the ledger file was copied or restored"
+                )
+        digests, counters, issue_ids, numbers = [], [], [], []
+        for digest, counter, local_id, number in batch.numbers:
+            digests.append(digest)
+            counters.append(counter)
+            issue_ids.append(ids[local_id][0])
+            numbers.append(number)
+        status = await db.execute(_INSERT_NUMBERS, digests, counters, issue_ids, numbers)
+        if int(status.split()[-1]) == len(numbers):
+            return []  # every number was new: the everyday case
+        by_id = {issue_id: correlation_id for issue_id, _, correlation_id in ids.values()}
+        return [
+            Duplicate(counter, number, recorded, by_id[issue_id])
+            for counter, number, recorded, issue_id in await db.fetch(
+                _RECORDED_ELSEWHERE, digests, counters, issue_ids, numbers
+            )
+        ]
+
+
+async def read_record(url: str, path: str, key: bytes, counter: int) -> Record | None:
+    """The record of ``counter`` under permutation ``key`` in the shared ledger, else in this
+    host's file at ``path`` (its spool: a record not forwarded yet). While PostgreSQL cannot
+    be read, a record of this host's file still vouches for its number; without one, no
+    answer can be given: LedgerError."""
+    digest = key_digest(key)
+    unreachable: str | None = None
+    try:
+        db = await connect(url)
+        try:
+            row = await db.fetchrow(_SELECT_ONE, digest, counter)
+        finally:
+            await db.close()
+        if row is not None:
+            return Record(*row)
+    except (*DATABASE_ERRORS, ValueError) as exc:
+        unreachable = describe(exc)
+    found = await sqlite.read_record(path, key, counter)
+    if unreachable is not None:
+        where = redact_url(url)
+        if found is None:
+            raise LedgerError(f"cannot read the shared ledger at {where}: {unreachable}")
+        log.warning(
+            "shared ledger unreachable: the record was read from this host's ledger file",
+            extra={"tracking.store_location": where, "error.message": unreachable},
+        )
+    return found
