@@ -27,7 +27,7 @@ from config import lifecycle, logs
 from config.lifecycle import until_stop_requested
 from config.logs import error_fields
 from config.settings import Config
-from ledger import protocol, sqlite
+from ledger import protocol, retention, sqlite
 from ledger.protocol import (
     BATCH_BUCKETS,
     COMMIT_BUCKETS,
@@ -44,6 +44,8 @@ log = logging.getLogger("ledger")
 
 # How often the checkpointer copies the WAL into the file (sqlite.checkpoint).
 CHECKPOINT_INTERVAL = 1.0
+# How often records past retention are deleted (ledger/retention.py).
+RETENTION_INTERVAL = 60.0
 
 Answer = Callable[[int], protocol.Message]  # the answer to a frame, given its id
 
@@ -58,12 +60,14 @@ class _Pending(NamedTuple):
 class LedgerWriter:
     """Serves the ledger file over a Unix socket; commits in groups, in arrival order."""
 
-    def __init__(self, path: str, socket_path: str) -> None:
+    def __init__(self, path: str, socket_path: str, retention_days: int = 0) -> None:
         self.path = path
+        self.retention_days = retention_days  # 0 keeps every record
         self.stats = LedgerStats()
         self._db: sqlite3.Connection | None = None
         self._checkpoints: sqlite3.Connection | None = None
         self._checkpointing: asyncio.Task[None] | None = None
+        self._expiring: asyncio.Task[None] | None = None
         self._key_ids: dict[bytes, int] = {}
         self._next_issue_id = 0  # read from the file at start
         self._queue: list[_Pending] = []
@@ -80,6 +84,9 @@ class LedgerWriter:
         self._checkpoints = sqlite.open_for_checkpoints(self.path)
         self._committing = asyncio.create_task(self._commit_loop())
         self._checkpointing = asyncio.create_task(self._checkpoint_loop())
+        if self.retention_days:
+            await asyncio.to_thread(retention.prepare, self._db)
+            self._expiring = asyncio.create_task(self._retention_loop())
         self._server = await asyncio.start_unix_server(
             self._serve, sock=self._socket.bind(), limit=protocol.MAX_FRAME
         )
@@ -92,10 +99,11 @@ class LedgerWriter:
             self._stopping = True
             self._queued.set()
             await self._committing
-        if self._checkpointing is not None:
-            self._checkpointing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._checkpointing
+        for task in (self._expiring, self._checkpointing):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for writer in list(self._connections):
             writer.close()
         self._socket.remove()
@@ -146,6 +154,47 @@ class LedgerWriter:
                 await asyncio.to_thread(sqlite.checkpoint, self._checkpoints)
             except sqlite3.Error as exc:  # a full disk, say: the WAL waits for the next one
                 log.warning("ledger checkpoint failed", extra=error_fields(exc))
+
+    async def _retention_loop(self) -> None:
+        """Delete the records past retention once a minute; a run that deletes says so."""
+        while True:
+            await asyncio.sleep(RETENTION_INTERVAL)
+            try:
+                await self.expire(time.time_ns() - self.retention_days * 86_400 * 10**9)
+            except sqlite3.Error as exc:  # a full disk, say: the next run tries again
+                log.warning("ledger retention failed", extra=error_fields(exc))
+
+    async def expire(self, before_ns: int) -> int:
+        """Delete every record issued before ``before_ns``, one small batch at a time on the
+        writer's connection, between commits; the records deleted."""
+        records = batches = 0
+        slowest = 0.0
+        try:
+            while True:
+                # In the loop's own thread, like a commit: the two never overlap, so a batch
+                # holds up a commit by its own length at most, and never waits for a lock.
+                started = time.perf_counter()
+                expired = retention.expire_batch(self._connection(), before_ns)
+                took = time.perf_counter() - started
+                if not (expired.records or expired.requests):
+                    return records
+                records += expired.records
+                batches += 1
+                slowest = max(slowest, took)
+                self.stats.records_expired_total += expired.records
+                # As long again for the commits: a backlog takes at most half the loop.
+                await asyncio.sleep(took)
+        finally:
+            if records:  # also when a batch failed, or the writer stops, after some were gone
+                log.info(
+                    "ledger records expired",
+                    extra={
+                        "tracking.ledger.records_expired": records,
+                        "tracking.ledger.retention_days": self.retention_days,
+                        "tracking.ledger.batches": batches,
+                        "tracking.ledger.slowest_batch_seconds": round(slowest, 4),
+                    },
+                )
 
     def _commit(self, group: list[_Pending]) -> list[Answer]:
         """Commit ``group`` as one transaction, else frame by frame to find the frames that
@@ -247,7 +296,7 @@ def _committed(request_id: int) -> protocol.Message:
 async def serve(config: Config, ready: Callable[[], None] = lambda: None) -> None:
     """Run the writer until SIGTERM, or until the supervisor disappears."""
     parent_pid = os.getppid()
-    writer = LedgerWriter(config.ledger_path, config.ledger_socket)
+    writer = LedgerWriter(config.ledger_path, config.ledger_socket, config.ledger_retention_days)
     try:
         await writer.start()
         log.info(
