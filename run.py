@@ -25,6 +25,7 @@ import multiprocessing.connection
 import os
 import signal
 import socket
+import sqlite3
 import sys
 import time
 from collections import deque
@@ -563,6 +564,25 @@ def _log_configuration(config: Config) -> None:
     log.info("configuration", extra=shown)
 
 
+def _ledger_below_mark(config: Config) -> bool:
+    """Whether the ledger claims no counter the store would issue again (after a restore);
+    checked before the allocator starts, and logged when not."""
+    from allocator.errors import AllocatorError
+    from ledger.commands import check_below_mark
+    from ledger.errors import LedgerAhead
+
+    try:
+        check_below_mark(config)
+    except LedgerAhead as exc:
+        log.error("the ledger is ahead of the store: not starting", extra=logs.error_fields(exc))
+        return False
+    except (AllocatorError, OSError, sqlite3.Error) as exc:
+        # Not started unchecked: the allocator could not open this store either.
+        log.error("cannot check the ledger against the store", extra=logs.error_fields(exc))
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         config, commands = settings.parse(argv)
@@ -573,12 +593,18 @@ def main(argv: list[str] | None = None) -> int:
         log.error("invalid configuration", extra=logs.error_fields(exc))
         return 2
     logs.configure(config.log_level)
+    if commands.erase_customer is not None:
+        from ledger.commands import erase_customer
+
+        return erase_customer(config, commands.erase_customer)
     if commands.given:
         from allocator.commands import run_commands
 
         return asyncio.run(run_commands(config, commands))
     _log_configuration(config)
     preload()
+    if not _ledger_below_mark(config):
+        return 1
     try:
         config, made_token = with_admin_token(config)
     except OSError as exc:

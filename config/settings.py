@@ -49,6 +49,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     # One durable record per issued number, written before the answer (ledger/). Off until
     # it meets the performance floor (docs/performance.md); the tests run it on.
     ledger: bool = False
+    # 0 keeps every record: deleting the support desk's evidence is the operator's decision.
+    ledger_retention_days: Annotated[int, msgspec.Meta(ge=0)] = 0
     cors_origins: tuple[str, ...] = ()
     admin_token: str = ""
     lease_timeout: Seconds = 2.0
@@ -102,6 +104,9 @@ HELP: dict[str, str] = {
     "ledger": "keep a durable record of every issued number (STATE_DIR/ledger.sqlite3), "
     "written before the answer (off by default for now); off, nothing records which numbers "
     "were issued to whom",
+    "ledger_retention_days": "days the ledger keeps a record before deleting it, in small "
+    "batches beside the commits; 0 (the default) keeps every record: records are the support "
+    "desk's evidence of whose parcel a number is, and deleting them is the operator's decision",
     "cors_origins": "origins allowed by CORS, comma-separated (none by default)",
     "admin_token": "bearer token that opens the operator endpoints to non-loopback clients",
     "lease_timeout": "seconds a request may wait for the allocator when a worker has no numbers",
@@ -153,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
         "key_file set, the service never creates a store by itself",
     )
     commands.add_argument(
+        "--erase-customer",
+        metavar="CUSTOMER_ID",
+        help="blank the customer's name and slug in every ledger record of that customer id, "
+        "keeping numbers, countries, weights and times; also while the service runs",
+    )
+    commands.add_argument(
         "--raise-reserved-to",
         type=int,
         metavar="N",
@@ -168,6 +179,7 @@ class Commands(msgspec.Struct, frozen=True):
 
     init_store: bool = False
     raise_reserved_to: int | None = None
+    erase_customer: str | None = None
 
     @property
     def given(self) -> bool:
@@ -281,8 +293,12 @@ def parse(
     env = os.environ if env is None else env
     args = vars(build_parser().parse_args(argv))
     commands = Commands(
-        init_store=args.pop("init_store"), raise_reserved_to=args.pop("raise_reserved_to")
+        init_store=args.pop("init_store"),
+        raise_reserved_to=args.pop("raise_reserved_to"),
+        erase_customer=args.pop("erase_customer"),
     )
+    if commands.erase_customer is not None and commands.given:
+        raise ConfigError("--erase-customer runs alone, without the store's commands")
     config_file = args.pop("config") or env.get(ENV_PREFIX + "CONFIG")
     values = _read_toml(config_file or DEFAULT_CONFIG_FILE, explicit=bool(config_file))
     values.update(_from_env(env))
@@ -345,6 +361,7 @@ RESTART_ONLY = (
     "reserve_step",
     "key_file",
     "ledger",  # its writer runs beside the allocator, started with the service
+    "ledger_retention_days",  # the writer reads it at its start
     "event_loop",
     "idempotency_ttl",
     "idempotency_max_bytes",

@@ -17,3 +17,12 @@ class NotRecorded(LedgerError):
 
 class UniquenessViolation(NotRecorded):
     """A counter already has a record: a number would have been issued twice."""
+
+
+class LedgerAhead(Exception):
+    """The ledger holds a record of a counter at or above the store's mark: the allocator would
+    issue that counter again (a store restored from an older backup than the ledger)."""
+
+
+class NotErased(Exception):
+    """A customer's names were blanked, but the WAL stayed in use: old copies may remain."""

@@ -17,6 +17,7 @@ import logging
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable
 
 import asyncpg
 
@@ -44,8 +45,11 @@ class Forwarder:
     """Forwards the ledger file at ``path`` to the PostgreSQL database at ``url``, and keeps
     ``stats``' spool figures and uniqueness violations."""
 
-    def __init__(self, path: str, url: str, stats: LedgerStats) -> None:
+    def __init__(self, path: str, url: str, stats: LedgerStats, durable: Callable[[], int]) -> None:
+        """``durable``: the newest local issue id whose records are durable (fsynced): no
+        record goes to PostgreSQL before, or a crash could give its id to another request."""
         self.path = path
+        self._durable = durable
         self.url = url
         self.location = redact_url(url)
         self.stats = stats
@@ -56,6 +60,11 @@ class Forwarder:
         self._task: asyncio.Task[None] | None = None
         self._reading: asyncio.Future[Batch] | None = None  # a read in its thread
         self._failing = False  # since the last failure, until the spool is empty again
+
+    @property
+    def forwarded(self) -> int:
+        """The newest local issue id PostgreSQL holds, with every one before it."""
+        return self._forwarded
 
     async def start(self) -> None:
         """Open the file's spool side (the writer has made the file); forward from now on."""
@@ -94,7 +103,13 @@ class Forwarder:
         """Read the next batch, commit it to PostgreSQL, then move the mark; the batch."""
         assert self._local is not None
         self._reading = asyncio.get_running_loop().run_in_executor(
-            None, spool.read_batch, self._local, self._forwarded, MAX_ISSUES, MAX_NUMBERS
+            None,
+            spool.read_batch,
+            self._local,
+            self._forwarded,
+            self._durable(),
+            MAX_ISSUES,
+            MAX_NUMBERS,
         )
         batch = await asyncio.shield(self._reading)
         self._reading = None

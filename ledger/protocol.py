@@ -30,6 +30,8 @@ class LedgerStats(msgspec.Struct, kw_only=True):
     commits_total: int = 0
     commit_failures_total: int = 0
     uniqueness_violations_total: int = 0
+    # Records deleted because they were older than ledger_retention_days.
+    records_expired_total: int = 0
     commit_seconds: Histogram = msgspec.field(
         default_factory=lambda: Histogram.empty(COMMIT_BUCKETS)
     )

@@ -81,6 +81,10 @@ def open_for_writing(path: str) -> sqlite3.Connection:
         # No checkpoint inside a commit: copying the WAL into the file and syncing it would
         # hold up every request of that group. The writer's checkpointer does it beside.
         db.execute("PRAGMA wal_autocheckpoint=0")
+        # Deleted and moved bytes are zeroed, so that an erased name or an expired record is
+        # gone from the file, not left in free space (ledger/erasure.py). Debian's SQLite does
+        # this by default; other builds do not.
+        db.execute("PRAGMA secure_delete=ON")
         for statement in SCHEMA:
             db.execute(statement)
     except BaseException:
@@ -117,9 +121,17 @@ def key_id(db: sqlite3.Connection, digest: bytes) -> int:
 
 
 def next_issue_id(db: sqlite3.Connection) -> int:
-    """The id the next issue gets: the writer, the only one that inserts, numbers them."""
+    """The id the next issue gets: the writer, the only one that inserts, numbers them. Never
+    one PostgreSQL holds already (``ledger/spool.py``), even when retention emptied the file."""
     (last,) = db.execute("SELECT coalesce(max(id), 0) FROM issue").fetchone()
-    return int(last) + 1
+    mark = None
+    if _has_table(db, "ledger_spool"):
+        mark = db.execute("SELECT forwarded_id FROM ledger_spool WHERE id = 1").fetchone()
+    return max(int(last), int(mark[0]) if mark else 0) + 1
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    return db.execute("SELECT 1 FROM sqlite_schema WHERE name = ?", (name,)).fetchone() is not None
 
 
 def insert(db: sqlite3.Connection, key: int, first_id: int, issues: Iterable[Issue]) -> int:
@@ -157,6 +169,29 @@ def recorded_number(db: sqlite3.Connection, key: int, counter: int) -> str | Non
         "SELECT number FROM issued_number WHERE key_id = ? AND counter = ?", (key, counter)
     ).fetchone()
     return None if row is None else str(row[0])
+
+
+def highest_counter(db: sqlite3.Connection, digest: bytes) -> int | None:
+    """The highest counter recorded under the key of ``digest``, if any (one B-tree seek)."""
+    row = db.execute(
+        "SELECT max(n.counter) FROM issued_number n JOIN ledger_key k ON k.id = n.key_id"
+        " WHERE k.digest = ?",
+        (digest,),
+    ).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def open_existing(path: str, *, read_only: bool) -> sqlite3.Connection:
+    """A connection of its own to a ledger file that must exist already (never made here)."""
+    mode = "ro" if read_only else "rw"
+    db = sqlite3.connect(
+        f"file:{urllib.parse.quote(path)}?mode={mode}",
+        uri=True,
+        isolation_level=None,
+        check_same_thread=False,
+    )
+    db.execute("PRAGMA busy_timeout=5000")
+    return db
 
 
 def find(db: sqlite3.Connection, digest: bytes, counter: int) -> Record | None:

@@ -28,7 +28,7 @@ from config import lifecycle, logs
 from config.lifecycle import until_stop_requested
 from config.logs import error_fields
 from config.settings import Config
-from ledger import protocol, sqlite
+from ledger import protocol, retention, sqlite
 from ledger.forwarder import Forwarder
 from ledger.protocol import (
     BATCH_BUCKETS,
@@ -46,6 +46,8 @@ log = logging.getLogger("ledger")
 
 # How often the checkpointer copies the WAL into the file (sqlite.checkpoint).
 CHECKPOINT_INTERVAL = 1.0
+# How often records past retention are deleted (ledger/retention.py).
+RETENTION_INTERVAL = 60.0
 
 Answer = Callable[[int], protocol.Message]  # the answer to a frame, given its id
 
@@ -64,22 +66,31 @@ class _Group(NamedTuple):
     answers: list[Answer]
     records: int  # the numbers recorded, in the frames that committed
     started: float  # perf_counter() when their commit began
+    last_issue_id: int  # the newest issue id in the file once they were committed
 
 
 class LedgerWriter:
     """Serves the ledger file over a Unix socket; commits in groups, in arrival order."""
 
-    def __init__(self, path: str, socket_path: str, shared: str | None = None) -> None:
-        """``shared``: the PostgreSQL URL of the shared ledger, which the file is forwarded to."""
+    def __init__(
+        self, path: str, socket_path: str, shared: str | None = None, retention_days: int = 0
+    ) -> None:
+        """``shared``: the PostgreSQL URL of the shared ledger, which the file is forwarded to;
+        ``retention_days``: how long records are kept (0: for ever)."""
         self.path = path
+        self.retention_days = retention_days  # 0 keeps every record
         self.stats = LedgerStats()
-        self._forwarder = None if shared is None else Forwarder(path, shared, self.stats)
+        self._forwarder = (
+            None if shared is None else Forwarder(path, shared, self.stats, lambda: self.durable)
+        )
         self._db: sqlite3.Connection | None = None
         self._checkpoints: sqlite3.Connection | None = None
         self._checkpointing: asyncio.Task[None] | None = None
         self._catch_up = False  # a checkpoint in the thread ended: finish it between commits
+        self._expiring: asyncio.Task[None] | None = None
         self._key_ids: dict[bytes, int] = {}
         self._next_issue_id = 0  # read from the file at start
+        self.durable = 0  # the newest issue id whose records are durable (fsynced)
         self._queue: list[_Pending] = []
         self._queued = asyncio.Event()
         self._stopping = False
@@ -100,12 +111,18 @@ class LedgerWriter:
         self._db = await asyncio.to_thread(sqlite.open_for_writing, self.path)
         self._next_issue_id = sqlite.next_issue_id(self._db)
         self._wal = sqlite.open_wal(self.path)
+        # What a writer that stopped before its fsync committed may be on no disk yet.
+        await asyncio.to_thread(os.fdatasync, self._wal)
+        self.durable = self._next_issue_id - 1
         self._checkpoints = sqlite.open_for_checkpoints(self.path)
         self._committing = asyncio.create_task(self._commit_loop())
         self._syncing = asyncio.create_task(self._sync_loop())
         self._checkpointing = asyncio.create_task(self._checkpoint_loop())
         if self._forwarder is not None:
             await self._forwarder.start()
+        if self.retention_days:
+            await asyncio.to_thread(retention.prepare, self._db)
+            self._expiring = asyncio.create_task(self._retention_loop())
         self._server = await asyncio.start_unix_server(
             self._serve, sock=self._socket.bind(), limit=protocol.MAX_FRAME
         )
@@ -120,10 +137,11 @@ class LedgerWriter:
             await self._committing
         if self._syncing is not None:
             await self._syncing
-        if self._checkpointing is not None:
-            self._checkpointing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._checkpointing
+        for task in (self._expiring, self._checkpointing):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._forwarder is not None:
             await self._forwarder.close()
         for writer in list(self._connections):
@@ -195,6 +213,7 @@ class LedgerWriter:
                 self._break(exc, groups)
                 return
             durable = time.perf_counter()
+            self.durable = groups[-1].last_issue_id
             for group in groups:
                 self._count(group, durable)
                 for (append, writer), answer in zip(group.frames, group.answers, strict=True):
@@ -229,6 +248,50 @@ class LedgerWriter:
             if await asyncio.to_thread(self._checkpoint, self._checkpoints):
                 self._catch_up = True
 
+    async def _retention_loop(self) -> None:
+        """Delete the records past retention once a minute; a run that deletes says so."""
+        while True:
+            await asyncio.sleep(RETENTION_INTERVAL)
+            try:
+                await self.expire(time.time_ns() - self.retention_days * 86_400 * 10**9)
+            except sqlite3.Error as exc:  # a full disk, say: the next run tries again
+                log.warning("ledger retention failed", extra=error_fields(exc))
+
+    async def expire(self, before_ns: int) -> int:
+        """Delete every record issued before ``before_ns``, one small batch at a time on the
+        writer's connection, between commits; the records deleted."""
+        records = batches = 0
+        slowest = 0.0
+        try:
+            while True:
+                # In the loop's own thread, like a commit: the two never overlap, so a batch
+                # holds up a commit by its own length at most, and never waits for a lock.
+                started = time.perf_counter()
+                # Records not yet in the shared ledger stay (they are its only copy).
+                forwarder = self._forwarder
+                kept_from = self._next_issue_id if forwarder is None else forwarder.forwarded + 1
+                expired = retention.expire_batch(self._connection(), before_ns, kept_from)
+                took = time.perf_counter() - started
+                if not (expired.records or expired.requests):
+                    return records
+                records += expired.records
+                batches += 1
+                slowest = max(slowest, took)
+                self.stats.records_expired_total += expired.records
+                # As long again for the commits: a backlog takes at most half the loop.
+                await asyncio.sleep(took)
+        finally:
+            if records:  # also when a batch failed, or the writer stops, after some were gone
+                log.info(
+                    "ledger records expired",
+                    extra={
+                        "tracking.ledger.records_expired": records,
+                        "tracking.ledger.retention_days": self.retention_days,
+                        "tracking.ledger.batches": batches,
+                        "tracking.ledger.slowest_batch_seconds": round(slowest, 4),
+                    },
+                )
+
     @staticmethod
     def _checkpoint(db: sqlite3.Connection) -> bool:
         """Copy the WAL into the file through ``db``; False when it cannot now."""
@@ -253,7 +316,7 @@ class LedgerWriter:
             if answer is _committed
             for issue in pending.append.issues
         )
-        return _Group(frames, answers, written, started)
+        return _Group(frames, answers, written, started, self._next_issue_id - 1)
 
     def _count(self, group: _Group, durable: float) -> None:
         """Count a group's records once they are durable, and how long that took."""
@@ -343,7 +406,9 @@ async def serve(config: Config, ready: Callable[[], None] = lambda: None) -> Non
     breaks it (then it exits with status 1, and the supervisor starts another)."""
     parent_pid = os.getppid()
     shared = config.store if config.store.startswith(POSTGRES_URLS) else None
-    writer = LedgerWriter(config.ledger_path, config.ledger_socket, shared)
+    writer = LedgerWriter(
+        config.ledger_path, config.ledger_socket, shared, config.ledger_retention_days
+    )
     try:
         await writer.start()
         log.info(

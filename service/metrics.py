@@ -176,6 +176,11 @@ LEDGER_COUNTERS: tuple[tuple[str, str, LedgerGetter], ...] = (
         "Records refused because their counter had a record already: a number issued twice",
         lambda s: s.uniqueness_violations_total,
     ),
+    (
+        "tracking_ledger_records_expired",
+        "Records deleted because they were older than ledger_retention_days",
+        lambda s: s.records_expired_total,
+    ),
 )
 
 # The spool of the shared ledger (a PostgreSQL store; 0 with a SQLite store).

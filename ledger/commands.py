@@ -1,0 +1,94 @@
+"""The operator's commands on the ledger, and the check that a restored ledger and store agree.
+
+``--erase-customer`` runs in the supervisor's process (``run.py``) instead of starting the
+service; ``check_below_mark`` runs there at every start, before the allocator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import sqlite3
+
+from allocator.errors import StoreMissing
+from allocator.store import open_store
+from config.logs import error_fields
+from config.settings import Config
+from ledger import erasure
+from ledger.errors import LedgerAhead, NotErased
+from ledger.records import key_digest
+from ledger.sqlite import highest_counter, open_existing
+
+log = logging.getLogger("ledger")
+
+# As the issuing route stores it (service/params.py): a UUID, lower case.
+_CUSTOMER_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+
+
+async def _key_and_mark(url: str) -> tuple[bytes, int] | None:
+    """The store's key and durable mark; None when there is no store yet (never made here)."""
+    store = open_store(url, create=False)
+    try:
+        await store.open()
+        return await store.load_key(), await store.durable_mark()
+    except StoreMissing:
+        return None
+    finally:
+        await store.close()
+
+
+def erase_customer(config: Config, customer_id: str) -> int:
+    """``--erase-customer``: blank one customer's names and slugs in the ledger; the exit
+    status. Logs the customer id and the counts, never the name."""
+    customer_id = customer_id.lower() if customer_id.isascii() else customer_id
+    fields = {"tracking.customer_id": customer_id, "tracking.ledger_file": config.ledger_path}
+    if not _CUSTOMER_ID.match(customer_id):
+        log.error("the customer id must be a UUID", extra=fields)
+        return 2
+    if not os.path.exists(config.ledger_path):
+        log.error("there is no ledger file: nothing to erase", extra=fields)
+        return 1
+    try:
+        erased = erasure.erase_customer(config.ledger_path, customer_id)
+    except (OSError, sqlite3.Error, NotErased) as exc:
+        log.error("cannot erase the customer's names", extra={**fields, **error_fields(exc)})
+        return 1
+    log.info(
+        "customer's names erased from the ledger",
+        extra={
+            **fields,
+            "tracking.ledger.requests_erased": erased.requests,
+            "tracking.ledger.records_erased": erased.records,
+        },
+    )
+    return 0
+
+
+def check_below_mark(config: Config) -> None:
+    """LedgerAhead if the ledger holds a counter that the store's mark would hand out again.
+
+    Run before the allocator starts, while nothing leases: every counter recorded under the
+    store's key must be below its stored mark, or a restore put an older store beside a newer
+    ledger. A store that does not exist yet gets a new key, which no record is under.
+    """
+    if not config.ledger or not os.path.exists(config.ledger_path):
+        return
+    stored = asyncio.run(_key_and_mark(config.store))
+    if stored is None:
+        return
+    key, mark = stored
+    db = open_existing(config.ledger_path, read_only=True)
+    try:
+        highest = highest_counter(db, key_digest(key))
+    finally:
+        db.close()
+    if highest is not None and highest >= mark:
+        raise LedgerAhead(
+            f"the ledger holds a record of counter {highest}, but the store's reservation mark "
+            f"is {mark}: the allocator would issue counters from {mark} again. The store is "
+            "older than the ledger (restored from an older backup?). Raise the mark above the "
+            f"ledger and above every number issued since the store's backup: run.py "
+            f"--raise-reserved-to N with N > {highest} (docs/operations.md, 'Choosing N')"
+        )
