@@ -7,9 +7,9 @@ there when it began. A page starts after the last position of the previous one, 
 an index, so it costs the same at the millionth record as at the first
 (tests/ledger/test_listing.py checks the query plans).
 
-The indexed filters are the customer id, the customer slug and the correlation id: the walk
-follows that column's index (an index on a column holds the row's id after it, in order). The
-countries and the time range narrow what such a walk returns; without an indexed filter the
+The indexed filters are the customer id and the customer slug: the walk follows that column's
+index (an index on a column holds the row's id after it, in order). The countries, the time
+range and the correlation id narrow what such a walk returns; without an indexed filter the
 walk goes through every record newest first, and a page costs what it reads past.
 """
 
@@ -66,7 +66,7 @@ _EQUALS = {
     "destination": "i.destination",
     "correlation_id": "i.correlation_id",
 }
-_INDEXED = ("customer_id", "customer_slug", "correlation_id")
+_INDEXED = ("customer_id", "customer_slug")
 
 
 def query(filters: Filters, after: Position | None, limit: int) -> tuple[str, list[object]]:
@@ -75,8 +75,8 @@ def query(filters: Filters, after: Position | None, limit: int) -> tuple[str, li
     for name, column in _EQUALS.items():
         value = getattr(filters, name)
         if value is not None:
-            # Only the indexed columns may lead the walk: "+" keeps the planner from walking
-            # a country's rows (half the ledger, maybe) and sorting them.
+            # Only the indexed columns may lead the walk: "+" keeps the planner from using an
+            # index of another's (a country's rows would have to be sorted, half the ledger).
             conditions.append(f"{column} = ?" if name in _INDEXED else f"+{column} = ?")
             parameters.append(value)
     # The time index would give the rows of a window out of order, to be sorted at each page.

@@ -39,12 +39,13 @@ SCHEMA = (
     " correlation_id TEXT NOT NULL,"
     " host TEXT NOT NULL,"
     " idempotency_key_digest BLOB)",
-    # By time (retention). By customer, slug and correlation id: a listing walks one of these
-    # newest first (ledger/listing.py), since an index on a column keeps the row's id after it.
+    # By time (retention). By customer id and slug: a listing walks one of these newest first
+    # (ledger/listing.py), since an index on a column keeps the row's id after it. Not by
+    # correlation id: random values, each insert a page of its own, halved the writer's rate
+    # of single numbers (docs/performance.md).
     "CREATE INDEX IF NOT EXISTS issue_by_time ON issue (issued_at_ns)",
     "CREATE INDEX IF NOT EXISTS issue_by_customer_id ON issue (customer_id)",
     "CREATE INDEX IF NOT EXISTS issue_by_slug ON issue (customer_slug)",
-    "CREATE INDEX IF NOT EXISTS issue_by_correlation_id ON issue (correlation_id)",
     # One row per number. Its primary key is the second line against duplicates: one record per
     # counter and key. WITHOUT ROWID: the table is that key's B-tree, so it costs no index.
     "CREATE TABLE IF NOT EXISTS issued_number ("
