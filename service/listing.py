@@ -90,7 +90,6 @@ RULES = {
 }
 LATER = "must be later than issued_from"
 LEDGER_OFF = "The ledger is off (ledger = false): this service keeps no records to list"
-UNREADABLE = "The ledger cannot be read right now; retry shortly"
 
 _TIME = re.compile(r"(.{19})(?:\.([0-9]+))?(.*)\Z")
 
@@ -200,8 +199,7 @@ async def list_records(request: web.Request, correlation_id: str) -> web.StreamR
                 correlation_id,
             )
     except LedgerError:
-        retry = {"Retry-After": str(errors.RETRY_AFTER_SECONDS)}
-        return errors.json_error(503, UNREADABLE, correlation_id, headers=retry)
+        return errors.ledger_unreadable(correlation_id)
 
 
 async def _permutation_key(client: AllocatorClient) -> bytes:

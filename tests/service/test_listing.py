@@ -7,6 +7,7 @@ import csv
 import io
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -79,7 +80,12 @@ async def test_the_link_keeps_the_filters_and_leads_to_the_next_page(
 ) -> None:
     mine = await issue(admin_client, 5, customer_id=OTHER_CUSTOMER)
     await issue(admin_client, 5)
-    filters = {"customer_id": OTHER_CUSTOMER.upper(), "origin_country_id": "my", "limit": "3"}
+    filters = {
+        "customer_id": OTHER_CUSTOMER.upper(),
+        "origin_country_id": "my",
+        "issued_from": "2000-01-01T08:00:00+08:00",  # a "+" that must stay one in the link
+        "limit": "3",
+    }
     status, page, headers = await listing(admin_client, **filters)
     assert status == 200
     link = headers["Link"]
@@ -299,3 +305,21 @@ async def test_pages_and_refusals_match_the_documented_schemas(admin_client: Tes
     for parameter in document["paths"]["/tracking-numbers"]["get"]["parameters"]:
         if "example" in parameter:
             jsonschema.validate(parameter["example"], parameter["schema"])
+
+
+async def test_a_ledger_file_that_cannot_be_read_is_a_503_with_retry_after(
+    make_config: Callable[..., Config],
+    config: Config,
+    allocator: Allocator,
+    make_client: ClientFactory,
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "ledger.sqlite3").write_bytes(b"not a database, " * 512)
+    # The allocator's runtime directory, and a state directory whose ledger file is garbage.
+    flags = ("--state-dir", str(tmp_path), "--runtime-dir", config.runtime_dir)
+    client = await make_client(make_config("--admin-token", TOKEN, *flags))
+    for accept in ("application/json", "text/csv"):
+        response = await client.get("/tracking-numbers", headers={**ADMIN, "Accept": accept})
+        assert response.status == 503
+        assert response.headers["Retry-After"] == "1"
+        assert "ledger cannot be read" in (await response.json())["error"]
