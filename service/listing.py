@@ -12,7 +12,6 @@ constant. Reads go through a read-only connection of the worker's own, in a thre
 from __future__ import annotations
 
 import csv
-import datetime
 import io
 import logging
 import re
@@ -91,21 +90,43 @@ RULES = {
 LATER = "must be later than issued_from"
 LEDGER_OFF = "The ledger is off (ledger = false): this service keeps no records to list"
 
-_TIME = re.compile(r"(.{19})(?:\.([0-9]+))?(.*)\Z")
+_TIME = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
+    r"(?:Z|([+-])([0-9]{2}):([0-9]{2}))\Z"
+)
+# What SQLite's INTEGER holds: a time beyond it (years before 1678 or after 2261) is a bound
+# no record passes, and is clamped to the range.
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _days(year: int, month: int, day: int) -> int:
+    """Days from 1970-01-01 to a date of the proleptic Gregorian calendar, year 0 included
+    (Howard Hinnant's ``days_from_civil``; ``datetime`` has no year 0)."""
+    year -= month <= 2
+    era = year // 400
+    of_era = year - era * 400
+    of_year = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    of_era_days = of_era * 365 + of_era // 4 - of_era // 100 + of_year
+    return era * 146097 + of_era_days - 719468
 
 
 def timestamp_ns(text: str) -> int:
-    """Nanoseconds since the epoch of a valid RFC 3339 ``Timestamp`` (a leap second is the
-    second after :59)."""
+    """Nanoseconds since the epoch of a valid RFC 3339 ``Timestamp``, clamped to SQLite's
+    integers (a leap second is the second after :59)."""
     match = _TIME.match(text.upper())
     assert match is not None, "a Timestamp matches"
-    seconds, fraction, offset = match.groups()
-    leap = seconds.endswith(":60")
-    if leap:
-        seconds = seconds[:-2] + "59"
-    moment = datetime.datetime.fromisoformat(seconds + offset)
-    whole = int(moment.timestamp()) + leap
-    return whole * 10**9 + int(((fraction or "") + "000000000")[:9])
+    year, month, day, hour, minute, second, fraction, sign, off_h, off_m = match.groups()
+    seconds = (
+        _days(int(year), int(month), int(day)) * 86400
+        + int(hour) * 3600
+        + int(minute) * 60
+        + int(second)
+    )
+    if sign is not None:
+        offset = int(off_h) * 3600 + int(off_m) * 60
+        seconds -= offset if sign == "+" else -offset
+    ns = seconds * 10**9 + int(((fraction or "") + "000000000")[:9])
+    return min(max(ns, _INT64[0]), _INT64[1])
 
 
 def validate(raw_query: str, parsed: MultiMapping[str] | None = None) -> ListingQuery | Errors:
