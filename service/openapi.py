@@ -17,16 +17,10 @@ from service import idempotency
 from service.countries import COUNTRY_CODES
 from service.errors import ErrorBody
 from service.issued import IssuedNumber, IssuedNumbers
-from service.listing import (
-    CSV,
-    DEFAULT_LIMIT,
-    LEDGER_OFF,
-    NDJSON,
-    ListingQuery,
-    Page,
-)
-from service.listing import FIELDS as LISTING_FIELDS
-from service.listing import RULES as LISTING_RULES
+from service.listing import CSV, LEDGER_OFF, NDJSON, Page
+from service.listing_query import DEFAULT_LIMIT, ListingQuery
+from service.listing_query import FIELDS as LISTING_FIELDS
+from service.listing_query import RULES as LISTING_RULES
 from service.observe import observed
 from service.params import (
     BLANKS,

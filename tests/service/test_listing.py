@@ -22,7 +22,8 @@ from allocator.actor import Allocator
 from config.settings import Config
 from ledger.records import Record
 from service.cursor import Cursors
-from service.listing import RULES, media_type, timestamp_ns
+from service.listing import media_type
+from service.listing_query import RULES, timestamp_ns
 from service.openapi import build
 from service.verify import RecordBody
 from tests.conftest import CANONICAL_QUERY
