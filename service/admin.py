@@ -96,6 +96,17 @@ def refusal(request: web.Request, correlation_id: str) -> web.StreamResponse | N
     return errors.forbidden(correlation_id)
 
 
+def records_refusal(request: web.Request, correlation_id: str) -> web.StreamResponse | None:
+    """None if this client may read records (the admin token), else the JSON 401 or 403."""
+    if reads_records(request):
+        return None
+    if request.app[CONFIG].admin_token:
+        return errors.unauthorized(correlation_id)
+    return errors.json_error(
+        403, "Records need the admin token, and this service has none", correlation_id
+    )
+
+
 class LedgerStatus(msgspec.Struct, omit_defaults=True):
     """The ledger as the operator endpoints show it."""
 

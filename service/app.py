@@ -14,7 +14,7 @@ from aiohttp_cors.urldispatcher_router_adapter import ResourcesUrlDispatcherRout
 from allocator.client import AllocatorClient
 from config.settings import Config
 from ledger.client import LedgerClient
-from service import admin, verify, views
+from service import admin, listing, verify, views
 from service.access_log import AccessLog
 from service.blocks import Issuer
 from service.correlation import HEADERS as CORRELATION_HEADERS
@@ -29,6 +29,7 @@ ROUTES = (
     ("/health", views.health),
     ("/metrics", admin.metrics_endpoint),
     ("/allocator/status", admin.allocator_status),
+    (listing.ROUTE, listing.list_records),
     ("/tracking-numbers/{number}", verify.verify),
     ("/openapi.json", openapi),
 )

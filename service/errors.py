@@ -52,6 +52,16 @@ def unavailable(correlation_id: str) -> JsonAnswer:
     )
 
 
+def ledger_unreadable(correlation_id: str) -> JsonAnswer:
+    """A LedgerError while reading records: the file cannot be read right now."""
+    return json_error(
+        503,
+        "The ledger cannot be read right now; retry shortly",
+        correlation_id,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
 def unauthorized(correlation_id: str) -> JsonAnswer:
     return json_error(
         401,

@@ -58,6 +58,13 @@ def _zone_of(timestamp: str) -> datetime.timezone:
     return zone
 
 
+def microseconds(ns: int) -> int:
+    """A time of issue as it is shown: truncated to the microsecond, so that a record is never
+    shown after it was issued (a listing from its shown time, ``issued_from``, then holds it).
+    A whole number of microseconds as a float of seconds reads back exactly (checked to 2191)."""
+    return ns // 1000
+
+
 def body_for(
     query: TrackingRequest, numbers: list[str], correlation_id: str, issued_at_ns: int
 ) -> bytes:
@@ -65,7 +72,9 @@ def body_for(
     metadata = RequestMetadata(
         query.origin_country_id, query.destination_country_id, query.weight, query.customer_slug
     )
-    issued_at = datetime.datetime.fromtimestamp(issued_at_ns / 1e9, _zone_of(query.created_at))
+    issued_at = datetime.datetime.fromtimestamp(
+        microseconds(issued_at_ns) / 1e6, _zone_of(query.created_at)
+    )
     if query.count is None:
         return _encoder.encode(IssuedNumber(numbers[0], issued_at, correlation_id, metadata))
     return _encoder.encode(IssuedNumbers(numbers[0], issued_at, correlation_id, metadata, numbers))

@@ -17,6 +17,10 @@ from service import idempotency
 from service.countries import COUNTRY_CODES
 from service.errors import ErrorBody
 from service.issued import IssuedNumber, IssuedNumbers
+from service.listing import CSV, LEDGER_OFF, NDJSON, Page
+from service.listing_query import DEFAULT_LIMIT, ListingQuery
+from service.listing_query import FIELDS as LISTING_FIELDS
+from service.listing_query import RULES as LISTING_RULES
 from service.observe import observed
 from service.params import (
     BLANKS,
@@ -123,6 +127,49 @@ def _parameters(request_schema: dict[str, Any]) -> list[dict[str, Any]]:
     return parameters
 
 
+LISTING_EXAMPLES = {
+    "customer_id": EXAMPLE["customer_id"],
+    "customer_slug": EXAMPLE["customer_slug"],
+    "origin_country_id": "MY",
+    "destination_country_id": "ID",
+    "issued_from": "2026-12-01T00:00:00Z",
+    "issued_to": "2026-12-02T00:00:00+08:00",
+    "correlation_id": "8e03978e-40d5-43e8-bc93-6894a57f9324",
+    "limit": str(DEFAULT_LIMIT),
+}
+
+
+def _listing_parameters(query_schema: dict[str, Any]) -> list[dict[str, Any]]:
+    """The listing's filters: every one optional, with the issuing route's rules."""
+    parameters = []
+    for name in LISTING_FIELDS:
+        schema = next(s for s in query_schema["properties"][name]["anyOf"] if s != {"type": "null"})
+        if name.endswith("_country_id"):
+            schema["enum"] = COUNTRY_CODES + [code.lower() for code in COUNTRY_CODES]
+        if name.startswith("issued_"):
+            schema["format"] = "date-time"  # the calendar too, as for created_at
+        description = LISTING_RULES[name][0].upper() + LISTING_RULES[name][1:] + "."
+        if name == "limit":
+            description = f"Records in a JSON page ({DEFAULT_LIMIT} when absent). " + description
+        if name == "cursor":
+            description = (
+                "Where the page starts: the `next_cursor` of the previous page. "
+                + description
+                + " It is signed, and good for the same filters only (any limit)."
+            )
+        parameter = {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "description": description,
+            "schema": schema,
+        }
+        if name in LISTING_EXAMPLES:
+            parameter["example"] = LISTING_EXAMPLES[name]
+        parameters.append(parameter)
+    return parameters
+
+
 def _json(ref: dict[str, Any], description: str, **extra: Any) -> dict[str, Any]:
     return {"description": description, "content": {JSON: {"schema": ref}}, **extra}
 
@@ -137,11 +184,14 @@ def build() -> dict[str, Any]:
             Health,
             AllocatorStatus,
             Verdict,
+            ListingQuery,
+            Page,
         ],
         ref_template=REF,
     )
-    _, one, several, error, health, status, verdict = schemas
+    _, one, several, error, health, status, verdict, _, page = schemas
     request_schema = components.pop("TrackingRequest")
+    query_schema = components.pop("ListingQuery")
     request_id = {
         "X-Request-ID": {"description": "The correlation id", "schema": {"type": "string"}}
     }
@@ -283,6 +333,65 @@ def build() -> dict[str, Any]:
                     "responses": {
                         "200": _json(status, "The allocator's state", headers=request_id),
                         **operator_only,
+                    },
+                }
+            },
+            "/tracking-numbers": {
+                "get": {
+                    "operationId": "listRecords",
+                    "summary": "List the ledger's records, newest first",
+                    "description": "One record per issued number, newest first (in the order "
+                    "they were committed; a request's numbers from the highest counter down), "
+                    "with every filter given. Records hold personal data: the admin token is "
+                    "always needed, from loopback too. As JSON (the default) an answer is one "
+                    "page, and `next_cursor` (also in the Link header) leads to the next; a "
+                    "walk through the pages sees no record twice and misses none that existed "
+                    "when it began, however many are issued meanwhile. With `Accept: "
+                    f"{NDJSON}` (one record a line) or `{CSV}` (a header line, then RFC 4180 "
+                    "lines in UTF-8) the answer streams every matching record: no limit, the "
+                    "cursor is where it starts. Unknown parameters are ignored.",
+                    "security": [{"adminToken": []}],
+                    "parameters": [correlation, *_listing_parameters(query_schema)],
+                    "responses": {
+                        "200": {
+                            "description": f"A page of records (JSON); or every matching "
+                            f"record, one JSON record (a verdict's `record`) a line ({NDJSON}), "
+                            f"or a header line of the record's field names, then one line a "
+                            f"record ({CSV})",
+                            "headers": {
+                                **request_id,
+                                "Link": {
+                                    "description": "RFC 8288: `</tracking-numbers?…&cursor=…>; "
+                                    'rel="next"`, the next page (same filters and limit), when '
+                                    "there is one (JSON only)",
+                                    "schema": {"type": "string"},
+                                },
+                            },
+                            "content": {
+                                JSON: {"schema": page},
+                                NDJSON: {"schema": {"type": "string"}},
+                                CSV: {"schema": {"type": "string"}},
+                            },
+                        },
+                        "400": _json(
+                            error,
+                            "Invalid parameters, every one listed in details; a cursor that "
+                            "was altered, or made for other filters or by another deployment",
+                            headers=request_id,
+                        ),
+                        "401": _json(
+                            error, "The admin token is missing or wrong", headers=request_id
+                        ),
+                        "403": _json(
+                            error, "No admin token is configured: nobody may read records"
+                        ),
+                        "404": _json(error, LEDGER_OFF),
+                        **not_allowed,
+                        "503": _json(
+                            error,
+                            "The ledger's file or the allocator cannot be read right now",
+                            headers=retry,
+                        ),
                     },
                 }
             },

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import re
 import unicodedata
+from collections.abc import Sequence
 from typing import Annotated, Literal
 from urllib.parse import unquote_to_bytes
 
@@ -29,7 +30,7 @@ from service.countries import COUNTRY_CODES
 # msgspec patterns are searched, not matched: every one is anchored with ^ and \Z (not $, which
 # would also match before a trailing newline). Character classes are spelled out because \d
 # matches every Unicode digit.
-# All lower case ("my") is accepted and upper-cased (``_normalise``); mixed case is not.
+# All lower case ("my") is accepted and upper-cased (``normalise``); mixed case is not.
 Country = Literal[tuple(COUNTRY_CODES)]  # type: ignore[valid-type]
 Weight = Annotated[
     str,
@@ -153,8 +154,10 @@ def _strictly(raw: str, field: str) -> str:
     raise ValueError("not found")  # cannot happen: yarl found it
 
 
-def split_query(raw: str, parsed: MultiMapping[str] | None = None) -> tuple[dict[str, str], Errors]:
-    """Decode our fields from a raw query string; unknown parameters are ignored.
+def split_query(
+    raw: str, parsed: MultiMapping[str] | None = None, fields: Sequence[str] = FIELDS
+) -> tuple[dict[str, str], Errors]:
+    """Decode ``fields`` from a raw query string; unknown parameters are ignored.
 
     yarl's C parser does the work (``parsed`` is its result when the caller has it already).
     It is lenient where we are strict: it keeps a stray % and turns bytes that are not UTF-8
@@ -164,7 +167,7 @@ def split_query(raw: str, parsed: MultiMapping[str] | None = None) -> tuple[dict
     query = URL.build(query_string=raw, encoded=True).query if parsed is None else parsed
     values: dict[str, str] = {}
     errors: Errors = {}
-    for name in FIELDS:
+    for name in fields:
         found = query.getall(name, None)
         if found is None:
             continue
@@ -197,7 +200,9 @@ def _readable(name: str) -> bool:
     return visible
 
 
-def _normalise(values: dict[str, str], errors: Errors) -> None:
+def normalise(values: dict[str, str], errors: Errors) -> None:
+    """Make equal values equal strings (the module's docstring says which); a customer name
+    that shows nothing goes from ``values`` to ``errors``."""
     for name in ("origin_country_id", "destination_country_id"):
         code = values.get(name)
         # ASCII only: "\u0131".upper() (dotless i) is "I", and must not make a country.
@@ -225,7 +230,7 @@ def _canonical_weight(weight: str) -> str:
 def validate(raw_query: str, parsed: MultiMapping[str] | None = None) -> TrackingRequest | Errors:
     """The validated request, or every bad or missing field with what is wrong with it."""
     values, errors = split_query(raw_query, parsed)
-    _normalise(values, errors)
+    normalise(values, errors)
     # values holds only our fields: every required one is there when the count adds up.
     if not errors and len(values) == len(REQUIRED) + ("count" in values):
         try:

@@ -29,6 +29,7 @@ from ledger.records import Record
 from service import errors
 from service.admin import is_operator, reads_records
 from service.countries import COUNTRIES
+from service.issued import microseconds
 from service.keys import CLIENT, CONFIG
 from service.numbers import ALPHABET, NUMBER_LENGTH, Permutation, parse
 from service.observe import observed
@@ -70,7 +71,7 @@ class RecordBody(msgspec.Struct):
         return cls(
             record.number,
             record.counter,
-            datetime.datetime.fromtimestamp(record.issued_at_ns / 1e9, datetime.UTC),
+            datetime.datetime.fromtimestamp(microseconds(record.issued_at_ns) / 1e6, datetime.UTC),
             record.origin,
             record.destination,
             record.weight,

@@ -5,7 +5,9 @@ group, WAL with ``synchronous=FULL`` as in production) into a fresh file in a te
 directory, then reads through a read-only connection of their own per lookup, as a worker does
 (``ledger.sqlite.read_record``). Prints, for each traffic shape, the numbers a second it
 ingests, the commit time, and the bytes per number on disk; then the p50/p99 of a lookup by
-counter in the ledger it built.
+counter in the ledger it built, and of a page of 100 records of its biggest customer at page 1
+and at page 1,000 (or its last page, when it has fewer), reached by walking the pages with the
+real cursors (``service.cursor``), read and encoded as the listing route does.
 
     LEDGER_BENCH_NUMBERS=10000000 python -m tests.benchmark.ledger   # the 10-million ledger
 """
@@ -22,11 +24,19 @@ import time
 import uuid
 from dataclasses import dataclass
 
+import msgspec
+
+from ledger import listing
 from ledger import sqlite as ledger_sqlite
 from ledger.records import Issue, Issued
+from service.cursor import Cursors
+from service.listing import Page
+from service.verify import RecordBody
 
 NUMBERS = int(os.environ.get("LEDGER_BENCH_NUMBERS", "300000"))
 LOOKUPS = int(os.environ.get("LEDGER_BENCH_LOOKUPS", "2000"))
+PAGE = 100
+DEEP_PAGE = 1000
 KEY = bytes(range(32))
 
 
@@ -103,6 +113,49 @@ async def lookups(path: str, total: int) -> tuple[float, float]:
     return timings[len(timings) // 2], timings[int(len(timings) * 0.99)]
 
 
+def biggest_customer(path: str) -> str:
+    with sqlite3.connect(path) as db:
+        (customer,) = db.execute(
+            "SELECT customer_id FROM issue GROUP BY customer_id ORDER BY count(*) DESC LIMIT 1"
+        ).fetchone()
+    return str(customer)
+
+
+async def one_page(
+    path: str, cursors: Cursors, filters: listing.Filters, cursor: str | None
+) -> str | None:
+    """What the listing route does for one JSON page, HTTP aside; the next cursor."""
+    async with listing.reading(path) as db:
+        after = None if cursor is None else cursors.open(cursor, filters)
+        found = await listing.read_page(db, filters, after, PAGE + 1)
+    more = len(found) > PAGE
+    found = found[:PAGE]
+    following = cursors.make(found[-1].position, filters) if more else None
+    msgspec.json.encode(Page([RecordBody.of(x.record) for x in found], following))
+    return following
+
+
+async def pages(path: str) -> list[tuple[int, float, float]]:
+    """(page, p50 ms, p99 ms) of page 1 and page DEEP_PAGE (or the last) of one customer."""
+    cursors = Cursors(KEY)
+    filters = listing.Filters(customer_id=biggest_customer(path))
+    starts: dict[int, str | None] = {1: None}
+    cursor, page = await one_page(path, cursors, filters, None), 1
+    while cursor is not None and page < DEEP_PAGE:
+        starts[page + 1] = cursor
+        cursor, page = await one_page(path, cursors, filters, cursor), page + 1
+    found = []
+    for number in sorted({1, page}):
+        timings = []
+        for _ in range(LOOKUPS // 4):
+            began = time.perf_counter()
+            await one_page(path, cursors, filters, starts[number])
+            timings.append((time.perf_counter() - began) * 1000)
+        timings.sort()
+        found.append((number, timings[len(timings) // 2], timings[int(len(timings) * 0.99)]))
+    return found
+
+
 def main() -> None:
     directory = tempfile.mkdtemp(prefix="tn-ledger-bench-", dir="/tmp")
     os.chmod(directory, 0o700)
@@ -115,6 +168,11 @@ def main() -> None:
                 f"{shape.name}: {rate:,.0f} numbers/s, {commit_ms:.2f} ms a commit, "
                 f"{size:.0f} bytes a number; lookup p50 {p50:.2f} ms, p99 {p99:.2f} ms"
             )
+            for number, p50, p99 in asyncio.run(pages(path)):
+                print(
+                    f"    a page of {PAGE} of one customer, page {number:,}: "
+                    f"p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+                )
             os.unlink(path)
     finally:
         shutil.rmtree(directory, ignore_errors=True)

@@ -1,4 +1,5 @@
 import re
+from collections.abc import Callable
 from urllib.parse import urlencode
 
 import jsonschema
@@ -6,10 +7,13 @@ from aiohttp.test_utils import TestClient
 from hypothesis import assume, example, given, settings
 from openapi_spec_validator import validate as validate_document
 
+from allocator.actor import Allocator
+from config.settings import Config
 from service.openapi import build
 from service.params import FIELDS, TrackingRequest, validate
 from tests import design_rules
 from tests.conftest import CANONICAL_QUERY
+from tests.service.conftest import ClientFactory
 
 
 async def fetch_document(client: TestClient) -> dict:
@@ -32,19 +36,25 @@ async def test_the_document_is_valid_openapi_3_1(client: TestClient) -> None:
     validate_document(document)
 
 
-async def test_every_documented_path_is_served(client: TestClient) -> None:
+async def test_every_documented_path_is_served(
+    make_config: Callable[..., Config], allocator: Allocator, make_client: ClientFactory
+) -> None:
+    client = await make_client(make_config("--admin-token", "s3cret"))  # records need it
     document = await fetch_document(client)
     assert set(document["paths"]) == {
         "/next-tracking-number",
         "/health",
         "/metrics",
         "/allocator/status",
+        "/tracking-numbers",
         "/tracking-numbers/{number}",
         "/openapi.json",
     }
     for path in document["paths"]:
         path = path.replace("{number}", "MYIDI45OOV7PPDV7")
-        response = await client.get(path, params=CANONICAL_QUERY)
+        response = await client.get(
+            path, params=CANONICAL_QUERY, headers={"Authorization": "Bearer s3cret"}
+        )
         assert response.status == 200, path
 
 
