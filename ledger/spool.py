@@ -26,9 +26,6 @@ SCHEMA = (
     " id INTEGER PRIMARY KEY CHECK (id = 1),"
     " spool_id TEXT NOT NULL,"
     " forwarded_id INTEGER NOT NULL)",
-    # The numbers of a range of issues, in issue order: issued_number's own key is the counter.
-    # Made only with a PostgreSQL store, where something reads it.
-    "CREATE INDEX IF NOT EXISTS issued_number_by_issue ON issued_number (issue_id)",
 )
 _ISSUES = (
     f"SELECT id, {', '.join(ISSUE_COLUMNS)} FROM issue WHERE id > ? AND id <= ? ORDER BY id LIMIT ?"

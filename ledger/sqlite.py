@@ -40,11 +40,11 @@ SCHEMA = (
     " correlation_id TEXT NOT NULL,"
     " host TEXT NOT NULL,"
     " idempotency_key_digest BLOB)",
-    # By time (retention). By customer id and slug: a listing walks one of these newest first
-    # (ledger/listing.py), since an index on a column keeps the row's id after it. Not by
-    # correlation id: random values, each insert a page of its own, halved the writer's rate
-    # of single numbers (docs/performance.md).
-    "CREATE INDEX IF NOT EXISTS issue_by_time ON issue (issued_at_ns)",
+    # By customer id and slug: a listing walks one of these newest first (ledger/listing.py),
+    # since an index on a column keeps the row's id after it. Not by correlation id: random
+    # values, each insert a page of its own, halved the writer's rate of single numbers; nor by
+    # time: retention walks the requests in id order (ledger/retention.py), and every index is
+    # an insert more in each commit (docs/performance.md).
     "CREATE INDEX IF NOT EXISTS issue_by_customer_id ON issue (customer_id)",
     "CREATE INDEX IF NOT EXISTS issue_by_slug ON issue (customer_slug)",
     # One row per number. Its primary key is the second line against duplicates: one record per
@@ -55,7 +55,8 @@ SCHEMA = (
     " issue_id INTEGER NOT NULL REFERENCES issue (id),"
     " number TEXT NOT NULL,"
     " PRIMARY KEY (key_id, counter)) WITHOUT ROWID",
-    # An issue's numbers, in counter order: a listing's records (ledger/listing.py).
+    # An issue's numbers, in counter order: a listing's records (ledger/listing.py), the
+    # forwarder's batches (ledger/spool.py), retention's deletes (ledger/retention.py).
     "CREATE INDEX IF NOT EXISTS issued_number_by_issue ON issued_number (issue_id, counter)",
 )
 INSERT_ISSUE = (

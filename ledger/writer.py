@@ -121,7 +121,6 @@ class LedgerWriter:
         if self._forwarder is not None:
             await self._forwarder.start()
         if self.retention_days:
-            await asyncio.to_thread(retention.prepare, self._db)
             self._expiring = asyncio.create_task(self._retention_loop())
         self._server = await asyncio.start_unix_server(
             self._serve, sock=self._socket.bind(), limit=protocol.MAX_FRAME

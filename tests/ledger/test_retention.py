@@ -8,7 +8,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -105,25 +105,6 @@ async def test_the_writer_deletes_by_itself_and_goes_on_committing(
         await client.close()
         await writer.close()
     assert [row[1] for row in rows(config.ledger_path)] == [500]
-
-
-def indexes(path: str) -> set[str]:
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-
-
-async def test_the_index_retention_needs_is_made_only_with_retention_on(
-    config: Config, make_config: Callable[..., Config]
-) -> None:
-    """A ledger that keeps everything does not pay an index entry for each number."""
-    kept = LedgerWriter(config.ledger_path, config.ledger_socket)
-    await kept.start()
-    await kept.close()
-    assert "issued_number_by_issue" not in indexes(config.ledger_path)
-    expiring = LedgerWriter(config.ledger_path, config.ledger_socket, retention_days=30)
-    await expiring.start()
-    await expiring.close()
-    assert "issued_number_by_issue" in indexes(config.ledger_path)
 
 
 async def test_commits_go_on_between_the_batches_of_a_backlog(
