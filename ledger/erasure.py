@@ -21,16 +21,15 @@ BATCH_REQUESTS = 500  # requests blanked a transaction: a few milliseconds of th
 CHECKPOINT_ATTEMPTS = 50  # a TRUNCATE checkpoint waits for readers of the WAL to finish
 CHECKPOINT_PAUSE = 0.1
 
-WALKS = 2  # the second catches requests committed during the first with an earlier time
-
-# The customer's requests not yet blanked, in the order of issue_by_customer (customer_id,
-# issued_at_ns, id) from a position: each batch starts where the last ended.
+# The customer's requests not yet blanked, in the order of issue_by_customer_id (customer_id,
+# then id) after a position: each batch starts where the last ended, and requests committed
+# meanwhile come after it (ids only grow), so one walk finds them too.
 _NEXT = (
-    "SELECT id, issued_at_ns FROM issue WHERE customer_id = ? AND (issued_at_ns, id) > (?, ?)"
-    " AND (customer_name <> '' OR customer_slug <> '') ORDER BY issued_at_ns, id LIMIT ?"
+    "SELECT id FROM issue WHERE customer_id = ? AND id > ?"
+    " AND (customer_name <> '' OR customer_slug <> '') ORDER BY id LIMIT ?"
 )
 _BLANK = "UPDATE issue SET customer_name = '', customer_slug = '' WHERE id = ?"
-# One pass over the numbers (their index on issue_id exists only with retention on).
+# The customer's requests, then their numbers through issued_number_by_issue.
 _RECORDS = (
     "SELECT count(*) FROM issued_number"
     " WHERE issue_id IN (SELECT id FROM issue WHERE customer_id = ?)"
@@ -52,13 +51,12 @@ def erase_customer(path: str, customer_id: str) -> Erased:
         # Zero what an update frees, on this connection: the bytes of the old name.
         db.execute("PRAGMA secure_delete=ON")
         requests = 0
-        for _ in range(WALKS):
-            position = (-1, -1)
-            while batch := db.execute(_NEXT, (customer_id, *position, BATCH_REQUESTS)).fetchall():
-                with transaction(db):
-                    db.executemany(_BLANK, [(issue_id,) for issue_id, _ in batch])
-                requests += len(batch)
-                position = (batch[-1][1], batch[-1][0])
+        position = 0
+        while batch := db.execute(_NEXT, (customer_id, position, BATCH_REQUESTS)).fetchall():
+            with transaction(db):
+                db.executemany(_BLANK, batch)
+            requests += len(batch)
+            position = batch[-1][0]
         (records,) = db.execute(_RECORDS, (customer_id,)).fetchone()
         _empty_the_wal(db)
         return Erased(requests, int(records))
