@@ -89,7 +89,9 @@ def test_the_block_path_equals_the_reference_on_the_serials_domain(tweak: bytes)
     assert out == [reference(KEY, tweak, value) for value in values]
 
 
-@pytest.mark.parametrize(("radix", "length"), [(10, 6), (10, 18), (36, 12), (2, 64), (16, 16)])
+@pytest.mark.parametrize(
+    ("radix", "length"), [(10, 6), (10, 7), (10, 18), (36, 9), (36, 12), (2, 63), (2, 64), (16, 15)]
+)
 def test_the_block_path_equals_the_reference_for_other_radixes_and_lengths(
     radix: int, length: int
 ) -> None:
