@@ -1,13 +1,14 @@
 """Checking a number someone typed or scanned: ``GET /tracking-numbers/{number}``.
 
 A number that is not 16 letters and digits is malformed: a 400. Anything else gets a verdict:
-valid or not, and why not (a country code that is not assigned, a serial beyond the counter
-space, a wrong check character), with its origin and destination. Operators (the same access
-as /allocator/status) also learn whether this service issued it: the serial is turned back
-into its counter with the permutation's inverse, and the ledger's record of that counter must
-hold this very number (the same serial with other country codes was never issued). With the
-ledger off, a counter below the allocator's ``next`` counts as issued. The record itself,
-personal data, is shown only to clients presenting the admin token (``admin.reads_records``).
+valid or not, and why not (a country code that is not assigned, a serial beyond the range of
+the store's scheme, a wrong check character), with its origin and destination. Operators (the
+same access as /allocator/status) also learn whether this service issued it: the serial is
+turned back into its counter with the permutation's inverse, and the ledger's record of that
+counter must hold this very number (the same serial with other country codes was never
+issued). With the ledger off, a counter below the allocator's ``next`` counts as issued. The
+record itself, personal data, is shown only to clients presenting the admin token
+(``admin.reads_records``).
 """
 
 from __future__ import annotations
