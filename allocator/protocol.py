@@ -14,7 +14,7 @@ from typing import Annotated
 
 import msgspec
 
-from allocator.counter import COUNTER_LIMIT, SCHEME_FEISTEL4, SCHEME_FEISTEL10
+from allocator.counter import COUNTER_LIMIT, KNOWN_SCHEMES, SCHEME_FEISTEL4
 from allocator.errors import ProtocolError
 
 # Far above the largest legal message (a Welcome is under 100 bytes), far below anything that
@@ -35,7 +35,7 @@ RequestId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 Counter = Annotated[int, msgspec.Meta(ge=0, le=COUNTER_LIMIT)]
 LeaseCount = Annotated[int, msgspec.Meta(ge=1, le=MAX_LEASE)]
 IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_LENGTH)]
-Scheme = Annotated[int, msgspec.Meta(ge=SCHEME_FEISTEL4, le=SCHEME_FEISTEL10)]
+Scheme = Annotated[int, msgspec.Meta(ge=KNOWN_SCHEMES[0], le=KNOWN_SCHEMES[-1])]
 
 
 class Histogram(msgspec.Struct, array_like=True):

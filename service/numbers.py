@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
-from allocator.counter import SCHEME_FEISTEL4, SCHEME_FEISTEL10
+import numpy as np
+
+from allocator.counter import COUNTER_LIMIT, SCHEME_FEISTEL4, SCHEME_FEISTEL10, SCHEME_FF1
+from service import ff1
 
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 SERIAL_LENGTH = 11
@@ -31,12 +34,14 @@ class Rounds(NamedTuple):
 
 
 # Frozen: a key's numbers must never change (tests/service/test_numbers.py pins each scheme).
-SCHEMES = {
+# Scheme 3, FF1, is ``FF1Permutation`` below.
+FEISTEL_SCHEMES = {
     # Stores made before schemes were recorded: the margin of 4 rounds on 28-bit halves is only
     # about 2**14 known pairs (docs/architecture.md).
     SCHEME_FEISTEL4: Rounds(4, hashlib.blake2b, b"tracking-round%d"),
-    # New stores: 10 rounds, as NIST FF1. BLAKE2s finalises a 64-byte block where BLAKE2b
-    # finalises 128 bytes: for our 4-byte inputs it is the cheaper PRF (docs/performance.md).
+    # Stores made before scheme 3: 10 rounds, as NIST FF1. BLAKE2s finalises a 64-byte block
+    # where BLAKE2b finalises 128 bytes: for our 4-byte inputs it is the cheaper PRF
+    # (docs/performance.md).
     SCHEME_FEISTEL10: Rounds(10, hashlib.blake2s, b"tn10r%d"),
 }
 
@@ -105,7 +110,27 @@ _DIGITS, _AFTER_ONE, _AFTER_TWO = _pair_tables()
 _FINAL = [_final(state) for state in range(36)]
 
 
-class Permutation:
+class Permutation(Protocol):
+    """A scheme's keyed bijection from counters to serials (``permutation`` makes one)."""
+
+    # Serials, and what ``invert`` takes, are below this.
+    domain: int
+    # How many serials ``serials`` is asked for at a time: a whole block at once would hold up
+    # the event loop, one at a time would lose what FF1 gains by the block (docs/performance.md).
+    chunk: int
+
+    def __call__(self, counter: int) -> int: ...
+
+    def invert(self, serial: int) -> int:
+        """The counter of ``serial``; FF1's may be 2**56 or more: a serial never issued."""
+        ...
+
+    def serials(self, start: int, stop: int) -> list[int]:
+        """The serials of the counters ``[start, stop)``, in order."""
+        ...
+
+
+class Feistel:
     """A keyed bijection on ``[0, 2**(2 * half_bits))``: a balanced Feistel network.
 
     The round functions are keyed BLAKE2, one personalisation per round, as ``scheme`` says.
@@ -113,10 +138,14 @@ class Permutation:
     check, exhaustively and through this same code, that it is a bijection.
     """
 
+    # A serial costs about 5 µs, one at a time or not: a chunk of 16 holds up the event loop
+    # about as long as a request does.
+    chunk = 16
+
     def __init__(self, key: bytes, scheme: int, half_bits: int = COUNTER_BITS // 2) -> None:
         if not 1 <= half_bits <= 32:
             raise ValueError("half_bits must be between 1 and 32")
-        rounds = SCHEMES.get(scheme)
+        rounds = FEISTEL_SCHEMES.get(scheme)
         if rounds is None:
             raise ValueError(f"unknown permutation scheme {scheme}")
         self.domain = 1 << (2 * half_bits)
@@ -147,22 +176,76 @@ class Permutation:
             left, right = right ^ (from_bytes(h.digest(), "little") & mask), left
         return (left << bits) | right
 
+    def serials(self, start: int, stop: int) -> list[int]:
+        return [self(counter) for counter in range(start, stop)]
+
+
+# Scheme 3's FF1 parameters: the serial's 11 base-36 characters, and no tweak, since the key
+# serves this one purpose (docs/architecture.md, "The permutation").
+FF1_RADIX = 36
+FF1_TWEAK = b""
+
+
+class FF1Permutation:
+    """Scheme 3: NIST SP 800-38G FF1 with AES-256 on the serial's 11 base-36 characters.
+
+    FF1 permutes all 36**11 serials, and the counters (below 2**56) are a part of them: the
+    serial of a counter is FF1 of its 11 digits, with no cycle walking. So a serial can be any
+    11 characters, and one whose inverse is 2**56 or more was never issued.
+    """
+
+    domain = FF1_RADIX**SERIAL_LENGTH
+    # 256 serials cost about 80 µs at once, 0.3 µs each (docs/performance.md).
+    chunk = 256
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+        self._blocks = ff1.FF1Blocks(key, FF1_RADIX, SERIAL_LENGTH, FF1_TWEAK)
+
+    def __call__(self, counter: int) -> int:
+        return self.serials(counter, counter + 1)[0]
+
+    def invert(self, serial: int) -> int:
+        digits = ff1.numerals(serial, FF1_RADIX, SERIAL_LENGTH)
+        return ff1.num(ff1.decrypt(self._key, FF1_TWEAK, FF1_RADIX, digits), FF1_RADIX)
+
+    def serials(self, start: int, stop: int) -> list[int]:
+        return self._blocks.encrypt(np.arange(start, stop, dtype=np.uint64)).tolist()
+
+
+def serial_limit(scheme: int | None) -> int:
+    """Every serial of ``scheme`` is below this. With the scheme not known yet (no allocator
+    since the worker started), any 11 characters: a number is never called invalid wrongly."""
+    return COUNTER_LIMIT if scheme in FEISTEL_SCHEMES else FF1Permutation.domain
+
+
+def permutation(key: bytes, scheme: int) -> Permutation:
+    """The permutation of ``key`` under ``scheme`` (the store's)."""
+    if scheme == SCHEME_FF1:
+        return FF1Permutation(key)
+    return Feistel(key, scheme)
+
 
 class NumberFormatter:
     """Turns counters into tracking numbers for one key and its scheme."""
 
     def __init__(self, key: bytes, scheme: int) -> None:
-        self.permute = Permutation(key, scheme)
+        self.permute = permutation(key, scheme)
         self._route_states: dict[str, int] = {}
 
     def format(self, origin: str, destination: str, counter: int) -> str:
+        """The 16-character number of ``counter``, one at a time (the worker takes serials a
+        chunk at a time, ``Issuer``)."""
+        return self.format_serial(origin, destination, self.permute(counter))
+
+    def format_serial(self, origin: str, destination: str, serial: int) -> str:
         """The 16-character number; origin and destination are upper-case alpha-2 codes."""
         route = origin + destination
         state = self._route_states.get(route)
         if state is None:
             state = self._route_states[route] = _state_after(route)
         # 11 base-36 digits = 1 + 2 + 2 + 2 + 2 + 2, most significant first.
-        rest, f = divmod(self.permute(counter), _PAIR)
+        rest, f = divmod(serial, _PAIR)
         rest, e = divmod(rest, _PAIR)
         rest, d = divmod(rest, _PAIR)
         rest, c = divmod(rest, _PAIR)

@@ -1,15 +1,15 @@
 """Checking a number someone typed or scanned: ``GET /tracking-numbers/{number}``.
 
 A number that is not 16 letters and digits is malformed: a 400. Anything else gets a verdict:
-valid or not, and why not (a country code that is not assigned, a serial beyond the counter
-space, a wrong check character), with its origin and destination. Operators (the same access
-as /allocator/status) also learn whether this service issued it: the serial is turned back
-into its counter with the permutation's inverse, and the ledger's record of that counter must
-hold this very number (the same serial with other country codes was never issued). With the
-ledger off, a counter below the allocator's ``next`` counts as issued. With a PostgreSQL store
-the record is read from the shared ledger, so any host answers for every host's numbers
-(``ledger.postgres.read_record``). The record itself, personal data, is shown only to
-clients presenting the admin token (``admin.reads_records``).
+valid or not, and why not (a country code that is not assigned, a serial beyond the range of
+the store's scheme, a wrong check character), with its origin and destination. Operators (the
+same access as /allocator/status) also learn whether this service issued it: the serial is
+turned back into its counter with the permutation's inverse, and the ledger's record of that
+counter must hold this very number (the same serial with other country codes was never
+issued). With the ledger off, a counter below the allocator's ``next`` counts as issued. With a
+PostgreSQL store the record is read from the shared ledger, so any host answers for every
+host's numbers (``ledger.postgres.read_record``). The record itself, personal data, is shown
+only to clients presenting the admin token (``admin.reads_records``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from service.admin import is_operator, reads_records
 from service.countries import COUNTRIES
 from service.issued import microseconds
 from service.keys import CLIENT, CONFIG
-from service.numbers import ALPHABET, NUMBER_LENGTH, Permutation, parse
+from service.numbers import ALPHABET, NUMBER_LENGTH, parse, permutation, serial_limit
 from service.observe import observed
 from service.server.answers import JsonAnswer
 
@@ -118,29 +118,30 @@ def malformed(number: str) -> list[str]:
     return []
 
 
-def problems(number: str) -> list[str]:
-    """Why a well-shaped ``number`` cannot be one we issue; empty when it is valid."""
+def problems(number: str, serials: int = COUNTER_LIMIT) -> list[str]:
+    """Why a well-shaped ``number`` cannot be one we issue; empty when it is valid. Serials are
+    below ``serials`` (``serial_limit`` of the store's scheme)."""
     parts = parse(number)
     found = []
     if parts.origin not in COUNTRIES:
         found.append("characters 1 and 2 are not an assigned ISO 3166-1 alpha-2 country code")
     if parts.destination not in COUNTRIES:
         found.append("characters 3 and 4 are not an assigned ISO 3166-1 alpha-2 country code")
-    if parts.serial >= COUNTER_LIMIT:
+    if parts.serial >= serials:
         found.append("characters 5 to 15 are beyond the range of any number ever issued")
     if parts.check != parts.expected_check:
         found.append("the check character (the last) does not match the other 15")
     return found
 
 
-def suggestion(number: str) -> str | None:
+def suggestion(number: str, serials: int = COUNTER_LIMIT) -> str | None:
     """The valid number one lookalike swap away, if there is exactly one."""
     swapped = {
         number[:position] + swap + number[position + 1 :]
         for position, char in enumerate(number)
         for swap in _SWAPS.get(char, "")
     }
-    fixes = [candidate for candidate in swapped if not problems(candidate)]
+    fixes = [candidate for candidate in swapped if not problems(candidate, serials)]
     return fixes[0] if len(fixes) == 1 else None
 
 
@@ -163,20 +164,22 @@ async def verify(request: web.Request, correlation_id: str) -> web.StreamRespons
     number = typed.upper() if typed.isascii() else typed
     if found := malformed(number):
         return errors.json_error(400, MALFORMED, correlation_id, details={"number": found})
-    found = problems(number)
+    app = request.app
+    client = app[CLIENT]
+    serials = serial_limit(client.scheme)
+    found = problems(number, serials)
     parts = parse(number)
     verdict = Verdict(number, not found, parts.origin, parts.destination, correlation_id, found)
     if found:
-        verdict.suggestion = suggestion(number)
+        verdict.suggestion = suggestion(number, serials)
     if is_operator(request):
-        app = request.app
-        client = app[CLIENT]
         try:
             status = await client.status()
             # A status answer comes after the key and its scheme; the inverse is the store's.
             assert client.key is not None
             assert client.scheme is not None
-            counter = Permutation(client.key, client.scheme).invert(parts.serial)
+            counter = permutation(client.key, client.scheme).invert(parts.serial)
+            # FF1's inverse of a serial never issued may be beyond the counters: not leased.
             config = app[CONFIG]
             leased = verdict.valid and counter < status.allocator.next
             if not config.ledger:

@@ -5,12 +5,13 @@ import msgspec
 import pytest
 
 from allocator import protocol
+from allocator.counter import KNOWN_SCHEMES, SCHEME_FF1
 from allocator.errors import ProtocolError
 from allocator.protocol import MAX_FRAME, Granted, Hello, Lease, Refused, Welcome
 
 REQUESTS = [Hello(id=1, pid=4242), Lease(id=2, count=1000)]
 RESPONSES = [
-    Welcome(id=1, key=bytes(range(32)), scheme=protocol.SCHEME_FEISTEL10),
+    Welcome(id=1, key=bytes(range(32)), scheme=SCHEME_FF1),
     Granted(id=2, start=2**56 - 10, stop=2**56),
     Refused(id=3, reason="store unavailable"),
 ]
@@ -45,7 +46,7 @@ def test_a_welcome_without_a_scheme_is_from_an_older_allocator_so_the_old_scheme
 
 
 def test_a_welcome_with_an_unknown_scheme_is_a_protocol_error() -> None:
-    newer = msgspec.msgpack.encode(["Welcome", 1, bytes(range(32)), 3])
+    newer = msgspec.msgpack.encode(["Welcome", 1, bytes(range(32)), KNOWN_SCHEMES[-1] + 1])
     with pytest.raises(ProtocolError):
         protocol.decode_response(newer)
 

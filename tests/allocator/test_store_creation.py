@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from allocator.commands import read_key_file, run_commands
-from allocator.counter import NEW_STORE_SCHEME, SCHEME_FEISTEL4, SCHEME_FEISTEL10
+from allocator.counter import NEW_STORE_SCHEME, SCHEME_FEISTEL4, SCHEME_FEISTEL10, SCHEME_FF1
 from allocator.errors import KeyMismatch, StoreError
 from allocator.server import serve
 from allocator.store.sqlite import SQLiteStore
 from allocator.unix_socket import bind_unix_socket
 from config.settings import Commands, Config
-from service.numbers import Permutation
+from service.numbers import permutation
 from tests.allocator.old_stores import make_a_store_from_before_schemes
 
 KEY = bytes(range(32))
@@ -192,6 +192,7 @@ def test_a_private_key_file_is_read(short_tmp: Path, mode: int) -> None:
         (KEY.hex(), None),
         (f"{KEY.hex()}\nscheme=1\n", SCHEME_FEISTEL4),
         (f"{KEY.hex()}\nscheme=2", SCHEME_FEISTEL10),
+        (f"{KEY.hex()}\nscheme=3\n", SCHEME_FF1),
         (f"\n{KEY.hex().upper()}\n\nscheme=1\n\n", SCHEME_FEISTEL4),
     ],
 )
@@ -207,8 +208,8 @@ def test_a_key_file_may_name_its_scheme_on_the_line_after_the_key(
 @pytest.mark.parametrize(
     ("second_line", "error"),
     [
-        ("scheme=3", "this release knows schemes 1, 2"),
-        ("scheme=0", "this release knows schemes 1, 2"),
+        ("scheme=4", "this release knows schemes 1, 2, 3"),
+        ("scheme=0", "this release knows schemes 1, 2, 3"),
         ("scheme=x", "one line scheme=N"),
         ("scheme=", "one line scheme=N"),
         ("schema=1", "one line scheme=N"),
@@ -328,7 +329,7 @@ async def test_a_lost_store_rebuilt_under_its_key_keeps_its_scheme_and_never_rei
     # A store of the release before schemes (scheme 1) under the operator's key, which issued
     # the counters below 5000; then lost, with its backups.
     await make_a_store_from_before_schemes(config.store, KEY, mark=5000)
-    serials = [Permutation(KEY, SCHEME_FEISTEL4)(counter) for counter in range(5000)]
+    serials = [permutation(KEY, SCHEME_FEISTEL4)(counter) for counter in range(5000)]
     shutil.rmtree(config.state_dir)
 
     mark = 1_000_000
@@ -337,10 +338,10 @@ async def test_a_lost_store_rebuilt_under_its_key_keeps_its_scheme_and_never_rei
     assert stored_scheme(config) == SCHEME_FEISTEL4
     # The rebuilt store issues counters from the mark up. Under its scheme, every old number
     # (its serial, on any route) is the number of a counter below the mark: never issued again.
-    rebuilt = Permutation(KEY, stored_scheme(config))
+    rebuilt = permutation(KEY, stored_scheme(config))
     assert max(rebuilt.invert(serial) for serial in serials) < mark
     # What a store of the newest scheme would have done: old numbers above the mark.
-    guessed = Permutation(KEY, NEW_STORE_SCHEME)
+    guessed = permutation(KEY, NEW_STORE_SCHEME)
     assert max(guessed.invert(serial) for serial in serials) >= mark
 
 

@@ -13,6 +13,7 @@ from allocator.client import AllocatorClient
 from allocator.errors import AllocatorUnavailable
 from config.settings import Config
 from service.blocks import MAX_BLOCK, MIN_BLOCK, Issuer
+from service.numbers import NumberFormatter
 from tests.conftest import Allocators
 
 
@@ -61,6 +62,61 @@ async def test_numbers_from_successive_blocks_are_all_distinct(issuer: Issuer) -
         issued = issuer.issue_nowait("MY", "ID") or await issuer.issue("MY", "ID")
         numbers.add(issued.number)
     assert len(numbers) == 5_000
+
+
+async def test_each_number_is_its_counters_number_across_chunks_and_blocks(
+    issuer: Issuer, allocator: Allocator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker computes serials a chunk at a time; each number is still the one the
+    formatter gives its counter alone, on whichever route asks for it."""
+    await issuer.issue("MY", "ID")
+    assert issuer._formatter is not None
+    permute = issuer._formatter.permute
+    runs: list[int] = []
+    serials = permute.serials
+
+    def counted(start: int, stop: int) -> list[int]:
+        runs.append(stop - start)
+        return serials(start, stop)
+
+    monkeypatch.setattr(permute, "serials", counted)
+    routes = [("MY", "ID"), ("US", "GB"), ("SG", "SG")]
+    issued = []
+    for i in range(10_000):
+        origin, destination = routes[i % 3]
+        one = issuer.issue_nowait(origin, destination) or await issuer.issue(origin, destination)
+        issued.append((origin, destination, one))
+    formatter = NumberFormatter(allocator.key, allocator.scheme)
+    for origin, destination, one in issued:
+        assert one.number == formatter.format(origin, destination, one.counter)
+    counters = [one.counter for _, _, one in issued]
+    assert len(set(counters)) == len(counters)
+    # Chunks ended inside a block, and at the end of one (cut short).
+    assert min(runs) < permute.chunk == max(runs)
+
+
+async def test_serials_are_computed_a_chunk_at_a_time_however_big_the_block(
+    issuer: Issuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await issuer.issue("MY", "ID")
+    assert issuer._formatter is not None
+    permute = issuer._formatter.permute
+    runs: list[int] = []
+    serials = permute.serials
+
+    def counted(start: int, stop: int) -> list[int]:
+        runs.append(stop - start)
+        return serials(start, stop)
+
+    monkeypatch.setattr(permute, "serials", counted)
+    taken = 0
+    for _ in range(20_000):
+        if issuer.issue_nowait("MY", "ID") is None:
+            await issuer.issue("MY", "ID")
+        taken += 1
+    assert max(runs) == permute.chunk  # blocks grew far beyond a chunk
+    # No serial is computed twice: beyond those taken, only the rest of the last chunk.
+    assert sum(runs) < taken + permute.chunk
 
 
 async def test_without_the_allocator_it_serves_what_it_holds_then_fails_fast(

@@ -10,9 +10,9 @@ from aiohttp.test_utils import TestClient
 from stdnum.iso7064 import mod_37_36
 
 from allocator.actor import Allocator
-from allocator.counter import COUNTER_LIMIT, SCHEME_FEISTEL4
+from allocator.counter import COUNTER_LIMIT, SCHEME_FEISTEL4, SCHEME_FF1
 from config.settings import Config
-from service.numbers import NumberFormatter, Permutation, parse
+from service.numbers import NumberFormatter, parse, permutation
 from service.verify import problems, suggestion
 from tests.allocator.old_stores import make_a_store_from_before_schemes
 from tests.conftest import CANONICAL_QUERY, Allocators
@@ -80,7 +80,7 @@ async def test_the_record_is_shown_to_the_admin_token_only_never_to_loopback_alo
     assert "record" not in verdict
     status, verdict = await verify(client, number, Authorization="Bearer s3cret")
     record = verdict["record"]
-    counter = Permutation(allocator.key, allocator.scheme).invert(parse(number).serial)
+    counter = permutation(allocator.key, allocator.scheme).invert(parse(number).serial)
     assert record == {
         "tracking_number": number,
         "counter": counter,
@@ -155,7 +155,7 @@ async def test_a_store_made_before_the_scheme_issues_and_verifies_with_four_roun
     client = await make_client(config)
     number = await issue(client)
     # Issued under the old scheme: its serial inverts, with four rounds, to a leased counter.
-    counter = Permutation(old_key, SCHEME_FEISTEL4).invert(parse(number).serial)
+    counter = permutation(old_key, SCHEME_FEISTEL4).invert(parse(number).serial)
     assert 70_000 <= counter < allocator.next
     assert NumberFormatter(old_key, SCHEME_FEISTEL4).format("MY", "ID", counter) == number
     status, verdict = await verify(client, number)
@@ -222,7 +222,6 @@ async def test_a_malformed_number_is_a_400_that_says_what_is_wrong(
     [
         (with_check("XXID0123456789A"), "characters 1 and 2"),
         (with_check("MYZZ0123456789A"), "characters 3 and 4"),
-        (with_check("MYIDZZZZZZZZZZZ"), "beyond the range"),
     ],
 )
 async def test_a_number_we_could_never_issue_is_invalid_and_says_why(
@@ -234,6 +233,52 @@ async def test_a_number_we_could_never_issue_is_invalid_and_says_why(
     assert verdict["issued"] is False
     assert any(problem in message for message in verdict["problems"])
     assert not any("check character" in message for message in verdict["problems"])
+
+
+async def test_on_a_feistel_store_a_serial_beyond_the_counters_is_invalid_and_says_why(
+    config: Config, allocators: Allocators, make_client: ClientFactory
+) -> None:
+    await make_a_store_from_before_schemes(config.store, bytes(range(100, 132)), mark=70_000)
+    await allocators.start()
+    client = await make_client(config)
+    await issue(client)  # the worker learns the store's scheme
+    status, verdict = await verify(client, with_check("MYIDZZZZZZZZZZZ"))
+    assert status == 200
+    assert verdict["valid"] is False
+    assert verdict["issued"] is False
+    assert any("beyond the range" in message for message in verdict["problems"])
+
+
+async def test_an_ff1_number_whose_serial_is_beyond_2_to_the_56_is_valid_and_issued(
+    client: TestClient, allocator: Allocator
+) -> None:
+    """Scheme 3 (new stores) permutes every 11-character serial: 45% of its numbers have a
+    serial of 2**56 or more, and each is as valid as the others."""
+    assert allocator.scheme == SCHEME_FF1
+    for _ in range(100):
+        number = await issue(client)
+        if parse(number).serial >= COUNTER_LIMIT:
+            break
+    else:
+        raise AssertionError("no serial beyond 2**56 in 100 numbers")
+    status, verdict = await verify(client, number)
+    assert status == 200
+    assert "problems" not in verdict  # none
+    assert verdict["valid"] is True
+    assert verdict["issued"] is True
+
+
+async def test_an_ff1_serial_that_is_no_counters_is_valid_but_never_issued(
+    client: TestClient, allocator: Allocator
+) -> None:
+    """Its inverse is 2**56 or more: beyond every counter, so not issued, without an error."""
+    await issue(client)
+    permute = permutation(allocator.key, allocator.scheme)
+    serial = next(s for s in range(36**11 - 1, 0, -1) if permute.invert(s) >= COUNTER_LIMIT)
+    status, verdict = await verify(client, with_check("MYID" + base36(serial)))
+    assert status == 200
+    assert verdict["valid"] is True
+    assert verdict["issued"] is False
 
 
 def test_serials_up_to_the_counter_limit_can_be_valid() -> None:

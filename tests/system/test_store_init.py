@@ -56,7 +56,8 @@ def test_with_a_key_file_a_missing_store_is_refused_until_it_is_initialised(
     assert service.stop() == 0
     # The numbers are the configured key's.
     formatter = NumberFormatter(KEY, NEW_STORE_SCHEME)
-    expected = {formatter.format("MY", "ID", counter) for counter in range(100_000)}
+    serials = formatter.permute.serials(0, 100_000)
+    expected = {formatter.format_serial("MY", "ID", serial) for serial in serials}
     assert len(outcome.numbers) == 20
     assert set(outcome.numbers) <= expected
 
