@@ -17,7 +17,6 @@ import logging
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
 
 import asyncpg
 
@@ -45,11 +44,8 @@ class Forwarder:
     """Forwards the ledger file at ``path`` to the PostgreSQL database at ``url``, and keeps
     ``stats``' spool figures and uniqueness violations."""
 
-    def __init__(self, path: str, url: str, stats: LedgerStats, durable: Callable[[], int]) -> None:
-        """``durable``: the newest local issue id whose records are durable (fsynced): no
-        record goes to PostgreSQL before, or a crash could give its id to another request."""
+    def __init__(self, path: str, url: str, stats: LedgerStats) -> None:
         self.path = path
-        self._durable = durable
         self.url = url
         self.location = redact_url(url)
         self.stats = stats
@@ -107,7 +103,6 @@ class Forwarder:
             spool.read_batch,
             self._local,
             self._forwarded,
-            self._durable(),
             MAX_ISSUES,
             MAX_NUMBERS,
         )

@@ -27,9 +27,7 @@ SCHEMA = (
     " spool_id TEXT NOT NULL,"
     " forwarded_id INTEGER NOT NULL)",
 )
-_ISSUES = (
-    f"SELECT id, {', '.join(ISSUE_COLUMNS)} FROM issue WHERE id > ? AND id <= ? ORDER BY id LIMIT ?"
-)
+_ISSUES = f"SELECT id, {', '.join(ISSUE_COLUMNS)} FROM issue WHERE id > ? ORDER BY id LIMIT ?"
 _NUMBERS = (
     "SELECT k.digest, n.counter, n.issue_id, n.number FROM issued_number n"
     " JOIN ledger_key k ON k.id = n.key_id WHERE n.issue_id BETWEEN ? AND ?"
@@ -85,15 +83,14 @@ def open_spool(path: str) -> tuple[sqlite3.Connection, uuid.UUID, int]:
     return db, uuid.UUID(spool_id), int(forwarded)
 
 
-def read_batch(
-    db: sqlite3.Connection, after: int, upto: int, max_issues: int, max_numbers: int
-) -> Batch:
-    """The issues after local id ``after`` up to ``upto`` (at most ``max_issues``, and no more
-    whole issues than fit ``max_numbers`` numbers, but at least one), with their numbers, in
-    one read transaction, so the spool's figures agree with the batch."""
+def read_batch(db: sqlite3.Connection, after: int, max_issues: int, max_numbers: int) -> Batch:
+    """The issues after local id ``after`` (at most ``max_issues``, and no more whole issues
+    than fit ``max_numbers`` numbers, but at least one), with their numbers, in one read
+    transaction, so the spool's figures agree with the batch. Committed means durable: the
+    writer's ``synchronous=FULL`` publishes a commit after its fsync."""
     db.execute("BEGIN")
     try:
-        issues = db.execute(_ISSUES, (after, upto, max_issues)).fetchall()
+        issues = db.execute(_ISSUES, (after, max_issues)).fetchall()
         numbers: list[NumberRow] = []
         if issues:
             numbers = db.execute(_NUMBERS, (issues[0][0], issues[-1][0])).fetchall()

@@ -1,8 +1,7 @@
 """The ledger's SQLite file: its tables, a batch's insert, and the reads of one record.
 
-The file is the ledger's own, beside the store's (docs/architecture.md says why): WAL, and a
-record is answered only once an fsync of the WAL that began after its commit has returned: the
-durability of ``synchronous=FULL``, the counter's, so a committed record survives a power cut.
+The file is the ledger's own, beside the store's (docs/architecture.md says why): WAL with
+``synchronous=FULL``, the counter's durability, so a committed record survives a power cut.
 The writer process owns the one connection that writes; workers read through connections of
 their own, which WAL lets run beside the writer.
 """
@@ -82,11 +81,10 @@ def open_for_writing(path: str) -> sqlite3.Connection:
     try:
         db.execute("PRAGMA busy_timeout=5000")
         db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL: COMMIT writes the WAL without an fsync. The writer makes each group durable
-        # with an fsync of its own (open_wal), in a thread, while the next group commits: FULL
-        # would fsync inside COMMIT, with nothing else done meanwhile. Checkpoints still fsync
-        # the WAL before they copy it, and the file after.
-        db.execute("PRAGMA synchronous=NORMAL")
+        # FULL: a commit is on disk (the WAL fsynced) before COMMIT returns, and before other
+        # connections see it (SQLite publishes a commit in the WAL index after its fsync): the
+        # forwarder (ledger/spool.py) reads durable records only.
+        db.execute("PRAGMA synchronous=FULL")
         # No checkpoint inside a commit: copying the WAL into the file and syncing it would
         # hold up every request of that group. The writer's checkpointer does it beside.
         db.execute("PRAGMA wal_autocheckpoint=0")
@@ -100,12 +98,6 @@ def open_for_writing(path: str) -> sqlite3.Connection:
         db.close()
         raise
     return db
-
-
-def open_wal(path: str) -> int:
-    """A file descriptor of the ledger's WAL, to fsync it: SQLite keeps the file while a
-    connection is open (the writer's, opened first), and rewrites it in place."""
-    return os.open(path + "-wal", os.O_RDWR | os.O_CLOEXEC)
 
 
 def open_for_checkpoints(path: str) -> sqlite3.Connection:

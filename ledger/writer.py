@@ -59,16 +59,6 @@ class _Pending(NamedTuple):
     writer: asyncio.StreamWriter
 
 
-class _Group(NamedTuple):
-    """Frames committed together, waiting for the fsync that makes them durable."""
-
-    frames: list[_Pending]
-    answers: list[Answer]
-    records: int  # the numbers recorded, in the frames that committed
-    started: float  # perf_counter() when their commit began
-    last_issue_id: int  # the newest issue id in the file once they were committed
-
-
 class LedgerWriter:
     """Serves the ledger file over a Unix socket; commits in groups, in arrival order."""
 
@@ -80,9 +70,7 @@ class LedgerWriter:
         self.path = path
         self.retention_days = retention_days  # 0 keeps every record
         self.stats = LedgerStats()
-        self._forwarder = (
-            None if shared is None else Forwarder(path, shared, self.stats, lambda: self.durable)
-        )
+        self._forwarder = None if shared is None else Forwarder(path, shared, self.stats)
         self._db: sqlite3.Connection | None = None
         self._checkpoints: sqlite3.Connection | None = None
         self._checkpointing: asyncio.Task[None] | None = None
@@ -90,19 +78,10 @@ class LedgerWriter:
         self._expiring: asyncio.Task[None] | None = None
         self._key_ids: dict[bytes, int] = {}
         self._next_issue_id = 0  # read from the file at start
-        self.durable = 0  # the newest issue id whose records are durable (fsynced)
         self._queue: list[_Pending] = []
         self._queued = asyncio.Event()
         self._stopping = False
         self._committing: asyncio.Task[None] | None = None
-        self._syncing: asyncio.Task[None] | None = None
-        self._wal = -1  # the WAL's file descriptor, for the fsync that makes commits durable
-        self._unsynced: list[_Group] = []  # committed, not yet durable
-        self._to_sync = asyncio.Event()
-        self._taken = asyncio.Event()  # the sync loop took the unsynced groups
-        self._commits_ended = False
-        # Set when a failed fsync leaves the WAL in doubt: the process must stop.
-        self.broken = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.StreamWriter] = set()
         self._socket = OwnSocket(socket_path)
@@ -110,13 +89,8 @@ class LedgerWriter:
     async def start(self) -> None:
         self._db = await asyncio.to_thread(sqlite.open_for_writing, self.path)
         self._next_issue_id = sqlite.next_issue_id(self._db)
-        self._wal = sqlite.open_wal(self.path)
-        # What a writer that stopped before its fsync committed may be on no disk yet.
-        await asyncio.to_thread(os.fdatasync, self._wal)
-        self.durable = self._next_issue_id - 1
         self._checkpoints = sqlite.open_for_checkpoints(self.path)
         self._committing = asyncio.create_task(self._commit_loop())
-        self._syncing = asyncio.create_task(self._sync_loop())
         self._checkpointing = asyncio.create_task(self._checkpoint_loop())
         if self._forwarder is not None:
             await self._forwarder.start()
@@ -134,8 +108,6 @@ class LedgerWriter:
             self._stopping = True
             self._queued.set()
             await self._committing
-        if self._syncing is not None:
-            await self._syncing
         for task in (self._expiring, self._checkpointing):
             if task is not None:
                 task.cancel()
@@ -149,8 +121,6 @@ class LedgerWriter:
         for db in (self._checkpoints, self._db):
             if db is not None:
                 db.close()
-        if self._wal >= 0:
-            os.close(self._wal)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._connections.add(writer)
@@ -171,66 +141,25 @@ class LedgerWriter:
             writer.close()
 
     async def _commit_loop(self) -> None:
-        """Commit what arrived, as one transaction, while the last group's fsync runs."""
-        try:
-            while not (self._stopping and not self._queue) and not self.broken.is_set():
-                await self._queued.wait()
-                self._queued.clear()
-                group, self._queue = self._queue, []
-                if not group:
-                    continue
-                # In the loop's own thread: the frames that arrive meanwhile wait in the socket
-                # for the next commit anyway, and a hand-off to a thread and back would cost two
-                # wake-ups of a process per commit, each up to a scheduler tick on a busy host.
-                self._unsynced.append(self._commit(group))
-                self._to_sync.set()
-                if self._catch_up:
-                    self._catch_up = False
-                    self._checkpoint(self._connection())
-                # One group waits for the next fsync, no more: commits made sooner would only
-                # write the same pages again, smaller groups for the same fsync.
-                while self._unsynced and not self.broken.is_set():
-                    self._taken.clear()
-                    await self._taken.wait()
-        finally:
-            self._commits_ended = True
-            self._to_sync.set()
-
-    async def _sync_loop(self) -> None:
-        """Make the committed groups durable, all at once, with an fsync of the WAL in a
-        thread; then answer their frames. A failed fsync stops the writer (``broken``)."""
-        while not (self._commits_ended and not self._unsynced):
-            await self._to_sync.wait()
-            self._to_sync.clear()
-            groups, self._unsynced = self._unsynced, []
-            self._taken.set()
-            if not groups:
+        """One commit at a time; what arrives meanwhile waits for the next, all together."""
+        while not (self._stopping and not self._queue):
+            await self._queued.wait()
+            self._queued.clear()
+            group, self._queue = self._queue, []
+            if not group:
                 continue
-            try:
-                await asyncio.to_thread(os.fdatasync, self._wal)
-            except OSError as exc:
-                self._break(exc, groups)
-                return
-            durable = time.perf_counter()
-            self.durable = groups[-1].last_issue_id
-            for group in groups:
-                self._count(group, durable)
-                for (append, writer), answer in zip(group.frames, group.answers, strict=True):
-                    if not writer.is_closing():
-                        writer.write(protocol.encode(answer(append.id)))
-
-    def _break(self, exc: OSError, groups: list[_Group]) -> None:
-        """After a failed fsync the kernel may have dropped the WAL's unwritten pages, and a
-        later fsync that succeeds would not bring them back: answer nothing more, stop, and
-        let the supervisor start a writer that recovers the WAL from the disk."""
-        log.error("the ledger's WAL cannot be made durable: stopping", extra=error_fields(exc))
-        failure = self._failure(sqlite3.OperationalError(f"fsync failed: {exc}"))
-        for group in groups:
-            for append, writer in group.frames:
+            # In the loop's own thread: the frames that arrive meanwhile wait in the socket
+            # for the next commit anyway, and a hand-off to a thread and back would cost two
+            # wake-ups of a process per commit, each up to a scheduler tick on a busy host.
+            # (An fsync of the WAL in a thread while the next group commits was measured too:
+            # slower, docs/performance.md.)
+            answers = self._commit(group)
+            for (append, writer), answer in zip(group, answers, strict=True):
                 if not writer.is_closing():
-                    writer.write(protocol.encode(failure(append.id)))
-        self.broken.set()
-        self._taken.set()  # the commit loop stops too
+                    writer.write(protocol.encode(answer(append.id)))
+            if self._catch_up:
+                self._catch_up = False
+                self._checkpoint(self._connection())
 
     async def _checkpoint_loop(self) -> None:
         """Copy the WAL into the file now and then: most of it in a thread, never inside a
@@ -301,31 +230,29 @@ class LedgerWriter:
             log.warning("ledger checkpoint failed", extra=error_fields(exc))
             return False
 
-    def _commit(self, frames: list[_Pending]) -> _Group:
-        """Commit ``frames`` as one transaction, else frame by frame to find the frames that
-        cannot be committed; the group, with the answer to each frame once it is durable."""
+    def _commit(self, group: list[_Pending]) -> list[Answer]:
+        """Commit ``group`` as one transaction, else frame by frame to find the frames that
+        cannot be committed; the answer to each frame."""
         started = time.perf_counter()
         try:
-            answers = self._commit_together([pending.append for pending in frames])
+            answers = self._commit_together([pending.append for pending in group])
         except sqlite3.Error as exc:
-            answers = [self._failure(exc)] * len(frames)
+            answers = [self._failure(exc)] * len(group)
+        seconds = time.perf_counter() - started
         written = sum(
             len(issue.numbers)
-            for pending, answer in zip(frames, answers, strict=True)
+            for pending, answer in zip(group, answers, strict=True)
             if answer is _committed
             for issue in pending.append.issues
         )
-        return _Group(frames, answers, written, started, self._next_issue_id - 1)
-
-    def _count(self, group: _Group, durable: float) -> None:
-        """Count a group's records once they are durable, and how long that took."""
-        if group.records:
+        if written:
             stats = self.stats
-            stats.records_written_total += group.records
+            stats.records_written_total += written
             stats.commits_total += 1
-            stats.commit_seconds.observe(durable - group.started, COMMIT_BUCKETS)
-            stats.batch_records.observe(group.records, BATCH_BUCKETS)
+            stats.commit_seconds.observe(seconds, COMMIT_BUCKETS)
+            stats.batch_records.observe(written, BATCH_BUCKETS)
             stats.last_error = None
+        return answers
 
     def _commit_together(self, appends: list[Append]) -> list[Answer]:
         keys = [self._key_id(append.key) for append in appends]  # before: a rollback keeps them
@@ -401,8 +328,7 @@ def _committed(request_id: int) -> protocol.Message:
 
 
 async def serve(config: Config, ready: Callable[[], None] = lambda: None) -> None:
-    """Run the writer until SIGTERM, until the supervisor disappears, or until a failed fsync
-    breaks it (then it exits with status 1, and the supervisor starts another)."""
+    """Run the writer until SIGTERM, or until the supervisor disappears."""
     parent_pid = os.getppid()
     shared = config.store if config.store.startswith(POSTGRES_URLS) else None
     writer = LedgerWriter(
@@ -418,13 +344,7 @@ async def serve(config: Config, ready: Callable[[], None] = lambda: None) -> Non
             },
         )
         ready()
-        stop = asyncio.ensure_future(until_stop_requested(parent_pid))
-        broken = asyncio.ensure_future(writer.broken.wait())
-        await asyncio.wait((stop, broken), return_when=asyncio.FIRST_COMPLETED)
-        for waiting in (stop, broken):
-            waiting.cancel()
-        if writer.broken.is_set():
-            raise SystemExit(1)
+        await until_stop_requested(parent_pid)
     finally:
         await writer.close()
         stats = writer.stats

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sqlite3
 import time
 import uuid
@@ -21,7 +20,7 @@ import msgspec
 import pytest
 
 from config.settings import Config
-from ledger import postgres, spool
+from ledger import postgres
 from ledger.client import LedgerClient
 from ledger.records import Issue, Record, key_digest
 from ledger.writer import LedgerWriter
@@ -145,47 +144,6 @@ async def test_committed_records_reach_postgresql_once_each_with_every_field(
     assert found == Record(8, batch.numbers[1].number, *msgspec.structs.astuple(batch)[:-1])
     assert forwarding.writer is not None
     assert forwarding.writer.stats.uniqueness_violations_total == 0
-
-
-async def test_a_record_goes_to_postgresql_only_once_its_fsync_returned(
-    forwarding: Forwarding, database: str, config: Config, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Committed but not yet durable, a record could vanish in a power cut and its local id go
-    to another request, which PostgreSQL would take for a resend of the first and drop."""
-    fsync, loop = os.fdatasync, asyncio.get_running_loop()
-    fsync_began, release = asyncio.Event(), asyncio.Event()
-
-    def held_fsync(fd: int) -> None:
-        loop.call_soon_threadsafe(fsync_began.set)
-        asyncio.run_coroutine_threadsafe(release.wait(), loop).result()
-        fsync(fd)
-
-    reads = 0
-    read_batch = spool.read_batch
-
-    def counted_read(*args: object) -> spool.Batch:
-        nonlocal reads
-        reads += 1
-        return read_batch(*args)  # type: ignore[arg-type]
-
-    await forwarding.record(issue(0))
-    await forwarding.until_forwarded()
-    monkeypatch.setattr(spool, "read_batch", counted_read)
-    monkeypatch.setattr(os, "fdatasync", held_fsync)
-    answered = asyncio.ensure_future(forwarding.record(issue(1)))
-    try:
-        async with asyncio.timeout(WAIT):
-            await fsync_began.wait()  # committed to the file: its fsync has begun
-        reads_then = reads
-        await until(lambda: reads >= reads_then + 3)  # the forwarder has read the file since
-        assert last_issue(config) == 2
-        assert await shared_rows(database) == expected(KEY, issue(0))
-        assert mark(config) == 1
-    finally:
-        release.set()
-    await answered
-    await forwarding.until_forwarded()
-    assert await shared_rows(database) == expected(KEY, issue(0), issue(1))
 
 
 async def test_a_resend_after_a_crash_before_the_mark_moved_adds_nothing_and_no_violation(

@@ -15,7 +15,7 @@ import pytest
 from config.settings import Config
 from ledger import sqlite as ledger_sqlite
 from ledger.client import LedgerClient
-from ledger.errors import LedgerUnavailable, NotRecorded, UniquenessViolation
+from ledger.errors import LedgerUnavailable, UniquenessViolation
 from ledger.records import Issue, Issued, Record, key_digest
 from ledger.sqlite import read_record
 from ledger.writer import LedgerWriter
@@ -239,45 +239,3 @@ async def test_the_wal_starts_again_from_its_beginning_under_unbroken_load(
     finally:
         stop.set()
         await asyncio.gather(*load)
-
-
-async def test_a_record_is_answered_only_after_an_fsync_of_the_wal_that_began_after_its_commit(
-    config: Config, ledger: LedgerClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """COMMIT does not fsync (synchronous=NORMAL): the writer's own fsync of the WAL, begun
-    once the group is in it, is what makes the answer a promise."""
-    fsync = os.fdatasync
-    wal = os.stat(config.ledger_path + "-wal")
-    began: list[tuple[int, int]] = []  # (rows in the file, WAL's inode) when an fsync began
-    fsync_began, release = asyncio.Event(), asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def held_fsync(fd: int) -> None:
-        began.append((len(rows(config.ledger_path)), os.fstat(fd).st_ino))
-        loop.call_soon_threadsafe(fsync_began.set)
-        asyncio.run_coroutine_threadsafe(release.wait(), loop).result()
-        fsync(fd)
-
-    monkeypatch.setattr(os, "fdatasync", held_fsync)
-    answer = asyncio.ensure_future(ledger.record(KEY, issue(1, 2)))
-    async with asyncio.timeout(10):
-        await fsync_began.wait()
-    assert began == [(2, wal.st_ino)]  # committed, then the fsync of the WAL began
-    # An answer sent before now would have come before this one, on the same connection.
-    await ledger.stats()
-    assert not answer.done()
-    release.set()
-    await answer
-
-
-async def test_a_failed_fsync_fails_its_requests_and_stops_the_writer(
-    ledger: LedgerClient, ledger_writer: LedgerWriter, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def failing_fsync(fd: int) -> None:
-        raise OSError(5, "Input/output error")
-
-    monkeypatch.setattr(os, "fdatasync", failing_fsync)
-    with pytest.raises(NotRecorded, match="fsync failed"):
-        await ledger.record(KEY, issue(1))
-    assert ledger_writer.broken.is_set()
-    assert ledger_writer.stats.commit_failures_total == 1
