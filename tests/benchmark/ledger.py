@@ -10,6 +10,7 @@ and at page 1,000 (or its last page, when it has fewer), reached by walking the 
 real cursors (``service.cursor``), read and encoded as the listing route does.
 
     LEDGER_BENCH_NUMBERS=10000000 python -m tests.benchmark.ledger   # the 10-million ledger
+    LEDGER_BENCH_SHAPES=1,2 python -m tests.benchmark.ledger          # only the 2nd and 3rd shapes
 """
 
 from __future__ import annotations
@@ -161,7 +162,9 @@ def main() -> None:
     os.chmod(directory, 0o700)
     try:
         print(f"{NUMBERS:,} numbers per shape, SQLite {sqlite3.sqlite_version}")
-        for shape in SHAPES:
+        chosen = os.environ.get("LEDGER_BENCH_SHAPES")
+        shapes = [SHAPES[int(i)] for i in chosen.split(",")] if chosen else SHAPES
+        for shape in shapes:
             path, rate, commit_ms, size = ingest(directory, shape, NUMBERS)
             p50, p99 = asyncio.run(lookups(path, NUMBERS))
             print(
