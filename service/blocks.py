@@ -26,30 +26,26 @@ from service.numbers import NumberFormatter
 log = logging.getLogger("service.issuer")
 
 MIN_BLOCK = 16
-# A batch gives way to the worker's other requests after every this many numbers (``_give_way``),
-# and to the processes woken on its core once it has computed for YIELD_CPU_AFTER seconds: 1000
-# numbers are about 2 ms of CPU (docs/architecture.md, "Batches").
+# A batch gives way to the worker's other requests after every BATCH_SLICE numbers, and to the
+# processes woken on its core after every YIELD_CPU_EVERY (``_give_way``): 1000 numbers are
+# about 2 ms of CPU with scheme 3, 256 about 0.5 ms (docs/architecture.md, "Batches").
 BATCH_SLICE = 16
-YIELD_CPU_AFTER = 0.0005
+YIELD_CPU_EVERY = 256  # a multiple of BATCH_SLICE
 MAX_BLOCK = 100_000
 LEASE_INTERVAL = 1.0  # seconds one block should last at the current rate
 
 
-async def _give_way(cpu_since: float) -> float:
-    """Between two slices of a batch: let in this worker's other requests and, once the batch
-    has run YIELD_CPU_AFTER since ``cpu_since``, the processes woken on this core; the time
-    the CPU was last given up."""
+async def _give_way(taken: int) -> None:
+    """After ``taken`` numbers of a batch, at a slice's end: let in this worker's other
+    requests, and now and then the processes woken on this core."""
     # A process the kernel wakes on this core (a client on the same host, the allocator, the
     # other worker) would otherwise wait for the next scheduler tick, however many slices that
     # takes: the scheduler need not preempt a running batch for it. But not at every slice:
     # the scheduler lets every runnable process have its turn first, and a busy neighbour
-    # (another service, a backup) would make a 100-number batch wait six of its time slices.
-    now = time.perf_counter()
-    if now - cpu_since >= YIELD_CPU_AFTER:
+    # (another service, a backup) made a 100-number batch wait out six of its time slices.
+    if taken % YIELD_CPU_EVERY == 0:
         os.sched_yield()
-        cpu_since = now
     await asyncio.sleep(0)
-    return cpu_since
 
 
 class Issuer:
@@ -106,7 +102,6 @@ class Issuer:
         """``count`` numbers, waiting for blocks as needed, all within one lease timeout;
         raises AllocatorError when they do not come (values already taken become a gap)."""
         numbers: list[Issued] = []
-        cpu_since = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout):
                 while len(numbers) < count:
@@ -114,7 +109,7 @@ class Issuer:
                     if issued is not None:
                         numbers.append(issued)
                         if len(numbers) % BATCH_SLICE == 0 and len(numbers) < count:
-                            cpu_since = await _give_way(cpu_since)
+                            await _give_way(len(numbers))
                         continue
                     refill = self._refill
                     if refill is None:  # the last refill failed and none is running
