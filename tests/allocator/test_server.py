@@ -15,6 +15,7 @@ import pytest
 from allocator import protocol
 from allocator.actor import Allocator
 from allocator.client import AllocatorClient
+from allocator.counter import KNOWN_SCHEMES
 from allocator.errors import AllocatorUnavailable, KeyMismatch, LeaseRefused, StoreError
 from allocator.protocol import Granted, Hello, Lease
 from allocator.server import HELLO_TIMEOUT, AllocatorServer
@@ -119,10 +120,10 @@ async def test_a_key_with_a_scheme_of_a_newer_release_is_refused(
 ) -> None:
     await allocators.stop(await allocators.start(serve=False))
     with contextlib.closing(sqlite3.connect(sqlite_path(config))) as db, db:
-        db.execute("UPDATE counter SET scheme = 3")
+        db.execute("UPDATE counter SET scheme = ?", (max(KNOWN_SCHEMES) + 1,))
     allocator = Allocator(open_store(config.store))
     try:
-        with pytest.raises(StoreError, match="scheme 3 is unknown"):
+        with pytest.raises(StoreError, match=f"scheme {max(KNOWN_SCHEMES) + 1} is unknown"):
             await allocator.start()
     finally:
         await allocator.store.close()
