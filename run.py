@@ -33,10 +33,11 @@ from collections.abc import Callable
 from typing import Any
 
 from allocator.unix_socket import accepts_connections
-from config import lifecycle, logs, settings
-from config.lifecycle import HEARTBEAT_INTERVAL, Liveness
-from config.sd_notify import listen_sockets, notify, watchdog_interval
+from config import settings
 from config.settings import Config, ConfigError
+from process import lifecycle, logs
+from process.lifecycle import HEARTBEAT_INTERVAL, Liveness
+from process.sd_notify import listen_sockets, notify, watchdog_interval
 from service.admin import with_admin_token
 
 log = logging.getLogger("supervisor")

@@ -44,10 +44,10 @@ from allocator.protocol import (
 # (run.py) then restarts an allocator on the store code of its own release.
 from allocator.store import open_store, postgres, sqlite  # noqa: F401
 from allocator.unix_socket import OwnSocket
-from config import lifecycle, logs
-from config.lifecycle import until_stop_requested
-from config.logs import error_fields
 from config.settings import Config
+from process import lifecycle, logs
+from process.lifecycle import until_stop_requested
+from process.logs import error_fields
 
 log = logging.getLogger("allocator")
 

@@ -22,9 +22,9 @@ from aiohttp import web
 
 from allocator.client import AllocatorClient
 from allocator.errors import AllocatorError
-from config.logs import error_fields
 from ledger.errors import LedgerError
 from ledger.listing import STREAM_PAGE, Listed, Position, read_page, reading
+from process.logs import error_fields
 from service import errors
 from service.admin import records_refusal
 from service.cursor import Cursors

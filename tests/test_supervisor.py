@@ -22,9 +22,10 @@ from pathlib import Path
 import pytest
 
 import run
-from config import lifecycle, settings
-from config.sd_notify import listen_sockets, notify, watchdog_interval
+from config import settings
 from config.settings import Config
+from process import lifecycle
+from process.sd_notify import listen_sockets, notify, watchdog_interval
 
 
 def record(config: Config, event: str) -> None:
@@ -325,7 +326,7 @@ def test_sockets_passed_to_another_process_are_not_taken(monkeypatch: pytest.Mon
 # and the variables that say so. It takes the socket, then reports what it and a child see.
 TAKE_SOCKETS = """
 import json, os, subprocess, sys
-from config.sd_notify import listen_sockets, notify, watchdog_interval
+from process.sd_notify import listen_sockets, notify, watchdog_interval
 os.dup2(int(sys.argv[1]), 3)
 os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1", LISTEN_FDNAMES="tracking")
 taken = listen_sockets()
