@@ -41,7 +41,7 @@ from allocator.protocol import (
 
 # Both stores are imported with this module, the allocator's entry point, rather than on their
 # first use in open_store: a supervisor that imports the children's code before it forks
-# (run.py) then restarts an allocator on the store code of its own release.
+# (supervisor/targets.py) then restarts an allocator on the store code of its own release.
 from allocator.store import open_store, postgres, sqlite  # noqa: F401
 from allocator.unix_socket import OwnSocket
 from config.settings import Config

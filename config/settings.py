@@ -61,7 +61,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     # Slow clients (service/server/header_timeout.py, docs/reliability.md).
     header_timeout: Seconds = 10.0
     keepalive_timeout: Seconds = 75.0
-    # A child whose event loop shows no progress this long is killed and restarted (run.py).
+    # A child whose event loop shows no progress this long is killed and restarted (supervisor/).
     heartbeat_timeout: Annotated[float, msgspec.Meta(ge=1.0)] = 20.0
 
     @property
