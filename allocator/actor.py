@@ -18,7 +18,7 @@ from allocator.counter import KNOWN_SCHEMES
 from allocator.errors import StoreError
 from allocator.protocol import RESERVATION_BUCKETS, AllocatorStats
 from allocator.store import Store, where
-from config.logs import error_fields
+from process.logs import error_fields
 
 log = logging.getLogger("allocator")
 

@@ -13,8 +13,8 @@ from typing import NamedTuple
 from allocator.counter import COUNTER_LIMIT, KEY_BYTES, KNOWN_SCHEMES
 from allocator.errors import AllocatorError, SchemeNotNamed, StoreMissing
 from allocator.store import Store, open_store, where
-from config.logs import error_fields
 from config.settings import Commands, Config
+from process.logs import error_fields
 
 log = logging.getLogger("allocator")
 

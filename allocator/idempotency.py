@@ -21,7 +21,7 @@ from allocator.protocol import (
     Refused,
 )
 from allocator.store import Store, idempotency_bytes_on_disk
-from config.logs import error_fields
+from process.logs import error_fields
 
 log = logging.getLogger("allocator")
 

@@ -41,13 +41,13 @@ from allocator.protocol import (
 
 # Both stores are imported with this module, the allocator's entry point, rather than on their
 # first use in open_store: a supervisor that imports the children's code before it forks
-# (run.py) then restarts an allocator on the store code of its own release.
+# (supervisor/targets.py) then restarts an allocator on the store code of its own release.
 from allocator.store import open_store, postgres, sqlite  # noqa: F401
 from allocator.unix_socket import OwnSocket
-from config import lifecycle, logs
-from config.lifecycle import until_stop_requested
-from config.logs import error_fields
 from config.settings import Config
+from process import lifecycle, logs
+from process.lifecycle import until_stop_requested
+from process.logs import error_fields
 
 log = logging.getLogger("allocator")
 

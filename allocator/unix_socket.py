@@ -7,7 +7,7 @@ import os
 import socket
 import stat
 
-from config.settings import private_directory
+from allocator.files import private_directory
 
 
 def accepts_connections(path: str) -> bool:

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import stat
 import tomllib
-import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 import msgspec
 
-from allocator.store import SCHEMES, SQLITE_URL
+from config.urls import SCHEMES, SQLITE_URL, check_ports, redact_url
 
 DEFAULT_CONFIG_FILE = "config/tracking.toml"
 DEFAULT_STATE_DIR = "state"
@@ -63,7 +61,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     # Slow clients (service/server/header_timeout.py, docs/reliability.md).
     header_timeout: Seconds = 10.0
     keepalive_timeout: Seconds = 75.0
-    # A child whose event loop shows no progress this long is killed and restarted (run.py).
+    # A child whose event loop shows no progress this long is killed and restarted (supervisor/).
     heartbeat_timeout: Annotated[float, msgspec.Meta(ge=1.0)] = 20.0
 
     @property
@@ -252,7 +250,7 @@ def _check(config: Config) -> Config:
     if not config.store.startswith(SCHEMES):
         raise ConfigError(f"store must be a URL that starts with {' or '.join(SCHEMES)}")
     try:
-        _check_ports(config.store)
+        check_ports(config.store)
     except ValueError as exc:
         # The message names the bad part, never the URL: it may hold a password.
         raise ConfigError(f"store is not a valid URL: {exc}") from None
@@ -263,22 +261,6 @@ def _check(config: Config) -> Config:
                 f"{MAX_SOCKET_PATH} bytes; set runtime_dir to a shorter directory"
             )
     return config
-
-
-def _check_ports(url: str) -> None:
-    """Raise ValueError for a port that is not a number in a URL's host list.
-
-    libpq's (and asyncpg's) multi-host form names a port per host, ``db1:5432,db2:5433``,
-    which ``urlsplit().port`` cannot parse, so each host is checked on its own.
-    """
-    hosts = urllib.parse.urlsplit(url).netloc.rpartition("@")[2]  # raises on a bad [IPv6]
-    for host in hosts.split(","):
-        port = host.rpartition("]")[2] if host.startswith("[") else host
-        _, colon, digits = port.rpartition(":")
-        valid = not digits or (digits.isascii() and digits.isdigit() and int(digits) <= 65535)
-        if colon and not valid:
-            # The text is not repeated: a misplaced password could be what stands there.
-            raise ValueError("a host's port is not a number from 0 to 65535")
 
 
 def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
@@ -309,45 +291,6 @@ def parse(
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid configuration: {exc}") from None
     return _check(config), commands
-
-
-class NotPrivate(OSError):
-    """A directory that other users may enter, or that belongs to another user."""
-
-
-def private_directory(path: str) -> None:
-    """Make sure ``path`` is a directory only this user can enter (for the store, the socket).
-
-    A missing one is created 0700 whatever the umask. An existing one is never changed: it may
-    be shared (``/tmp``, a home directory), so one that is not private is refused instead.
-    """
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    else:
-        os.chmod(path, 0o700)  # the umask may have taken bits away from 0700
-        return
-    info = os.stat(path)
-    mode = stat.S_IMODE(info.st_mode)
-    if not stat.S_ISDIR(info.st_mode):
-        raise NotPrivate(f"{path} is not a directory")
-    if info.st_uid != os.geteuid():
-        # Even for root: the directory's user may read what we would write there, and could
-        # not open what root leaves in it. chmod would not help; running as its user does.
-        raise NotPrivate(
-            f"{path} is not private to uid {os.geteuid()}: it belongs to uid {info.st_uid}. "
-            f"Run this as uid {info.st_uid} (for a systemd unit's state directory: as the "
-            "service, through systemd-run, as docs/operations.md does), or choose a directory "
-            "of your own"
-        )
-    if mode & 0o077:
-        raise NotPrivate(
-            f"{path} is not private (mode {mode:04o}, owner uid {info.st_uid}); it must belong "
-            f"to uid {os.geteuid()} with mode 0700: the service does not change the mode of a "
-            "directory it did not create, so chmod 700 it or choose another one"
-        )
 
 
 # What the allocator, the listening socket or the supervisor hold for the life of the service.
@@ -392,35 +335,3 @@ def describe(config: Config) -> dict[str, Any]:
     # A PostgreSQL URL may carry a password.
     described["store"] = redact_url(config.store)
     return described
-
-
-# libpq's connection parameters that hold a secret, in the query string of a URL. The other
-# ones name files (passfile, sslkey, sslcert, sslrootcert, service) or settings: a path is
-# not a secret, and an operator needs to see it to tell which file was used.
-SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
-
-
-def redact_url(url: str) -> str:
-    """``url`` with every secret in it (``user:PASSWORD@``, ``?password=``, ``?sslpassword=``)
-    shown as ``***``."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    # The user info ends at the last @ before the query, and the query starts at the first ? or
-    # # after the first @: a password with an unencoded /, ? or # is hidden whole. Hiding too
-    # much is harmless; too little is a leak.
-    first_at = max(rest.find("@"), 0)
-    end = min((i for i in (rest.find(c, first_at) for c in "?#") if i >= 0), default=len(rest))
-    head, query = rest[:end], rest[end:]
-    userinfo, at, hosts = head.rpartition("@")
-    if at and ":" in userinfo:
-        head = userinfo.split(":", 1)[0] + ":***@" + hosts
-    query, hash_sign, fragment = query.partition("#")
-    parts = []
-    for part in query[1:].split("&") if query else ():
-        name, eq, _ = part.partition("=")
-        # Compared decoded and in any case, as libpq and asyncpg decode names (%70assword=).
-        secret = eq and urllib.parse.unquote(name).lower() in SECRET_PARAMETERS
-        parts.append(name + "=***" if secret else part)
-    query = query[:1] + "&".join(parts)
-    return scheme + sep + head + query + hash_sign + fragment

@@ -14,12 +14,12 @@ import sqlite3
 
 from allocator.errors import StoreMissing
 from allocator.store import open_store
-from config.logs import error_fields
 from config.settings import Config
 from ledger import erasure
 from ledger.errors import LedgerAhead, NotErased
 from ledger.records import key_digest
 from ledger.sqlite import highest_counter, open_existing
+from process.logs import error_fields
 
 log = logging.getLogger("ledger")
 

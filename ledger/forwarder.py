@@ -21,7 +21,7 @@ import uuid
 import asyncpg
 
 from allocator.store.postgres import DATABASE_ERRORS, describe
-from config.settings import redact_url
+from config.urls import redact_url
 from ledger import postgres, spool
 from ledger.errors import LedgerError
 from ledger.postgres import Duplicate

@@ -24,7 +24,7 @@ from allocator.store.postgres import (
     STATEMENT_TIMEOUT,
     describe,
 )
-from config.settings import redact_url
+from config.urls import redact_url
 from ledger import sqlite
 from ledger.errors import LedgerError
 from ledger.records import ISSUE_COLUMNS, RECORD_COLUMNS, Record, key_digest

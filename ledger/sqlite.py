@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 
 import msgspec
 
-from allocator.store.sqlite import private_database_file
+from allocator.files import private_database_file
 from ledger.errors import LedgerError
 from ledger.records import ISSUE_COLUMNS, RECORD_COLUMNS, Issue, Record, key_digest
 

@@ -22,12 +22,9 @@ from typing import NamedTuple
 
 from allocator.errors import ProtocolError
 from allocator.protocol import read_frame
-from allocator.store import POSTGRES_URLS
 from allocator.unix_socket import OwnSocket
-from config import lifecycle, logs
-from config.lifecycle import until_stop_requested
-from config.logs import error_fields
 from config.settings import Config
+from config.urls import POSTGRES_URLS
 from ledger import protocol, retention, sqlite
 from ledger.forwarder import Forwarder
 from ledger.protocol import (
@@ -40,6 +37,9 @@ from ledger.protocol import (
     Stats,
     StatsQuery,
 )
+from process import lifecycle, logs
+from process.lifecycle import until_stop_requested
+from process.logs import error_fields
 
 log = logging.getLogger("ledger")
 

@@ -1,6 +1,6 @@
 """The access log: one ecs-logging JSON line per request, on stdout.
 
-Application logs go through python-json-logger (config/logs.py); the access log does not,
+Application logs go through python-json-logger (process/logs.py); the access log does not,
 because it is on the hot path, where a LogRecord and that formatter cost a large share of a
 request (docs/performance.md). Here a line is a msgspec encode of Structs whose field names
 are the same ECS names, in the order ecs-logging asks (the order of the Structs' fields), into
@@ -16,7 +16,7 @@ import time
 
 import msgspec
 
-from config.logs import ACCESS_DATASET, ECS_VERSION, SERVICE_NAME, ecs_timestamp
+from process.logs import ACCESS_DATASET, ECS_VERSION, SERVICE_NAME, ecs_timestamp
 
 FLUSH_SIZE = 64 * 1024  # bytes that trigger a flush at once
 # Writes to a pipe up to PIPE_BUF bytes are atomic: lines of several workers never interleave.

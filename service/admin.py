@@ -18,8 +18,9 @@ import msgspec
 from aiohttp import web
 
 from allocator.errors import AllocatorError
+from allocator.files import private_directory
 from allocator.protocol import AllocatorStatus, Status
-from config.settings import Config, private_directory
+from config.settings import Config
 from ledger.errors import LedgerError
 from ledger.protocol import LedgerStats
 from service import errors, metrics

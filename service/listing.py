@@ -22,15 +22,16 @@ from aiohttp import web
 
 from allocator.client import AllocatorClient
 from allocator.errors import AllocatorError
-from config.logs import error_fields
 from ledger.errors import LedgerError
 from ledger.listing import STREAM_PAGE, Listed, Position, read_page, reading
+from process.logs import error_fields
 from service import errors
 from service.admin import records_refusal
 from service.cursor import Cursors
 from service.keys import CLIENT, CONFIG
 from service.listing_query import DEFAULT_LIMIT, FIELDS, RULES, ListingQuery, validate
 from service.observe import observed
+from service.params import Invalid
 from service.server.answers import JsonAnswer
 from service.verify import RecordBody
 
@@ -84,8 +85,8 @@ async def list_records(request: web.Request, correlation_id: str) -> web.StreamR
         return errors.json_error(404, LEDGER_OFF, correlation_id)
     url = request.rel_url
     query = validate(url.raw_query_string, url.query)
-    if isinstance(query, dict):
-        return errors.invalid_parameters(query, correlation_id)
+    if isinstance(query, Invalid):
+        return errors.invalid_parameters(query.problems, correlation_id)
     filters = query.filters()
     try:
         cursors = Cursors(await _permutation_key(app[CLIENT]))

@@ -12,7 +12,15 @@ from multidict import MultiMapping
 from ledger.listing import Filters
 from service.cursor import LENGTH as CURSOR_LENGTH
 from service.params import RULES as ISSUING_RULES
-from service.params import Country, Errors, Slug, Timestamp, Uuid, normalise, split_query
+from service.params import (
+    Country,
+    Invalid,
+    Slug,
+    Timestamp,
+    Uuid,
+    normalise,
+    split_query,
+)
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
@@ -97,8 +105,8 @@ def timestamp_ns(text: str) -> int:
     return min(max(ns, _INT64[0]), _INT64[1])
 
 
-def validate(raw_query: str, parsed: MultiMapping[str] | None = None) -> ListingQuery | Errors:
-    """The valid query, or every bad field with what is wrong with it."""
+def validate(raw_query: str, parsed: MultiMapping[str] | None = None) -> ListingQuery | Invalid:
+    """The valid query, or ``Invalid``: every bad field with what is wrong with it."""
     values, found = split_query(raw_query, parsed, FIELDS)
     normalise(values, found)
     for name, value in values.items():
@@ -107,11 +115,11 @@ def validate(raw_query: str, parsed: MultiMapping[str] | None = None) -> Listing
         except msgspec.ValidationError:
             found[name] = [RULES[name]]
     if found:
-        return found
+        return Invalid(found)
     query = msgspec.convert(values, ListingQuery)
     window = query.filters()
     if None not in (window.issued_from_ns, window.issued_to_ns) and (
         window.issued_to_ns <= window.issued_from_ns  # type: ignore[operator]
     ):
-        return {"issued_to": [LATER]}
+        return Invalid({"issued_to": [LATER]})
     return query

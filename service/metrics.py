@@ -4,7 +4,7 @@ Each worker counts in plain Python (a dict increment and a bisect per request) a
 counts since its last report to the allocator every second. The allocator sums the reports, so
 whichever worker is scraped renders the same totals: its own, everyone else's, and the
 allocator's state. The supervisor's count of wedged children it replaced is read from the
-memory it shares with every child (config/lifecycle.py). Rendering uses prometheus_client's
+memory it shares with every child (process/lifecycle.py). Rendering uses prometheus_client's
 exposition code.
 """
 
@@ -29,8 +29,8 @@ from allocator.protocol import (
     Status,
     WorkerCounters,
 )
-from config import lifecycle
 from ledger.protocol import BATCH_BUCKETS, COMMIT_BUCKETS, LedgerStats
+from process import lifecycle
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 REPORT_INTERVAL = 1.0  # seconds between a worker's reports

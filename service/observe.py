@@ -16,7 +16,7 @@ from aiohttp import web
 
 from service.access_log import Audit
 from service.keys import ACCESS_LOG, CORRELATION_IDS, METRICS
-from service.params import Errors, TrackingRequest
+from service.params import Invalid, TrackingRequest
 
 ISSUE_ROUTE = "/next-tracking-number"
 UNMATCHED_ROUTE = "unmatched"  # the metrics label of requests that matched no route
@@ -57,7 +57,7 @@ def finish(
     response: Answer,
     started_ns: int,
     correlation_id: str,
-    query: TrackingRequest | Errors,
+    query: TrackingRequest | Invalid,
     numbers: list[str] | None,
 ) -> Answer:
     """Record an answer of the issuing route, and return it.

@@ -18,7 +18,7 @@ import contextlib
 import re
 import unicodedata
 from collections.abc import Sequence
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 from urllib.parse import unquote_to_bytes
 
 import msgspec
@@ -121,6 +121,14 @@ EXAMPLE = {
 }
 
 Errors = dict[str, list[str]]
+
+
+class Invalid(NamedTuple):
+    """What ``validate`` returns for a query it refuses: every bad or missing field, with what
+    is wrong with it (a 400's ``details``). A valid query is returned as itself, unwrapped."""
+
+    problems: Errors
+
 
 # What trimming removes from names: Unicode's spaces, but not the whitespace that is also a
 # control character (tab, newline, U+0085...), which the name rule must get to see and reject.
@@ -227,8 +235,8 @@ def _canonical_weight(weight: str) -> str:
     return f"{whole}.{fraction}" if fraction else whole
 
 
-def validate(raw_query: str, parsed: MultiMapping[str] | None = None) -> TrackingRequest | Errors:
-    """The validated request, or every bad or missing field with what is wrong with it."""
+def validate(raw_query: str, parsed: MultiMapping[str] | None = None) -> TrackingRequest | Invalid:
+    """The validated request, or ``Invalid``: every bad or missing field."""
     values, errors = split_query(raw_query, parsed)
     normalise(values, errors)
     # values holds only our fields: every required one is there when the count adds up.
@@ -254,4 +262,4 @@ def validate(raw_query: str, parsed: MultiMapping[str] | None = None) -> Trackin
             msgspec.convert({**EXAMPLE, name: values[name]}, TrackingRequest)
         except msgspec.ValidationError:
             errors[name] = [RULES[name]]
-    return errors
+    return Invalid(errors)

@@ -21,8 +21,8 @@ from aiohttp import web
 
 from allocator.counter import COUNTER_LIMIT
 from allocator.errors import AllocatorError
-from allocator.store import POSTGRES_URLS
 from config.settings import Config
+from config.urls import POSTGRES_URLS
 from ledger import postgres, sqlite
 from ledger.errors import LedgerError
 from ledger.records import Record

@@ -22,9 +22,9 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from config import lifecycle, logs
-from config.lifecycle import until_stop_requested
 from config.settings import Config
+from process import lifecycle, logs
+from process.lifecycle import until_stop_requested
 from service.app import create_app
 from service.server.runner import AppRunner, JsonErrorServer
 

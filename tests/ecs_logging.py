@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from config.logs import ACCESS_DATASET, APP_DATASET, ECS_VERSION
+from process.logs import ACCESS_DATASET, APP_DATASET, ECS_VERSION
 
 # From spec.json: "type", "required", "index" and "top_level_field" of each field it names.
 SPEC: dict[str, dict[str, Any]] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -12,9 +13,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from allocator.store import SCHEMES, open_store
-from config import settings
+from allocator.store import open_store
+from config import settings, urls
 from config.settings import Config, ConfigError
+from config.urls import SCHEMES
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED_TOML = REPO / "config" / "tracking.toml"
@@ -275,7 +277,7 @@ def test_a_bad_port_of_one_host_in_a_multi_host_url_is_rejected(store: str) -> N
     ],
 )
 def test_redact_url_hides_every_secret_libpq_knows(url: str, shown: str) -> None:
-    assert settings.redact_url(url) == shown
+    assert urls.redact_url(url) == shown
 
 
 def test_the_loggable_settings_hide_a_password_in_the_store_url() -> None:
@@ -527,3 +529,28 @@ def test_run_py_help_lists_every_option() -> None:
     options = set(re.findall(r"--[a-z][a-z-]*", result.stdout))
     expected = {"--config", "--no-access-log"} | {"--" + n.replace("_", "-") for n in FIELDS}
     assert expected <= options, expected - options
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The absolute module names a Python file imports, wherever the import statement is."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_config_imports_none_of_our_other_packages() -> None:
+    """config/ is the ground floor: an import from it back up into a package that imports the
+    settings (settings -> allocator.store -> settings) is a circle."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    ours = {*pyproject["tool"]["setuptools"]["packages"], "run", "tests"} - {"config"}
+    upward = sorted(
+        f"{path.relative_to(REPO)} imports {name}"
+        for path in (REPO / "config").rglob("*.py")
+        for name in imported_modules(path)
+        if name.partition(".")[0] in ours
+    )
+    assert upward == []

@@ -1,4 +1,4 @@
-"""config/logs.py on its own: what the application log writes for the records that are
+"""process/logs.py on its own: what the application log writes for the records that are
 easy to get wrong, each line checked against ecs-logging (tests/ecs_logging.py)."""
 
 import json
@@ -14,7 +14,7 @@ from tests.system.conftest import REPO
 # Every kind of record a process of ours can produce, in a process configured as ours are.
 SCRIPT = """
 import logging, warnings
-from config import logs
+from process import logs
 logs.configure("DEBUG")
 log = logging.getLogger("probe")
 log.debug("plain %s", "args")

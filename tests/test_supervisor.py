@@ -21,10 +21,14 @@ from pathlib import Path
 
 import pytest
 
-import run
-from config import lifecycle, settings
-from config.sd_notify import listen_sockets, notify, watchdog_interval
+from config import settings
 from config.settings import Config
+from process import lifecycle
+from process.sd_notify import listen_sockets, notify, watchdog_interval
+from supervisor import Supervisor
+from supervisor.child import HANDLED_SIGNALS, Child, Ready
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def record(config: Config, event: str) -> None:
@@ -40,7 +44,7 @@ def events(config: Config) -> list[tuple[str, int, float]]:
     return [(name, int(pid), float(at)) for name, pid, at in rows]
 
 
-def listening_allocator(config: Config, ready: run.Ready) -> None:
+def listening_allocator(config: Config, ready: Ready) -> None:
     """Stands in for the allocator: listens on its socket until SIGTERM."""
     os.makedirs(config.runtime_dir, exist_ok=True)
     sock = socket.socket(socket.AF_UNIX)
@@ -55,7 +59,7 @@ def listening_allocator(config: Config, ready: run.Ready) -> None:
     os.unlink(config.allocator_socket)
 
 
-def quiet_ledger(config: Config, ready: run.Ready) -> None:
+def quiet_ledger(config: Config, ready: Ready) -> None:
     """Stands in for the ledger's writer on the real lifecycle.run: its loop beats, it records
     nothing, it stops on SIGTERM."""
 
@@ -66,7 +70,7 @@ def quiet_ledger(config: Config, ready: run.Ready) -> None:
     lifecycle.run(main(), "asyncio")
 
 
-def steady_worker(config: Config, listener: socket.socket, ready: run.Ready) -> None:
+def steady_worker(config: Config, listener: socket.socket, ready: Ready) -> None:
     # The handler first: a test that saw "worker-start" may have SIGTERM sent at once.
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
@@ -77,7 +81,7 @@ def steady_worker(config: Config, listener: socket.socket, ready: run.Ready) -> 
     record(config, "worker-stop")
 
 
-def crashing_worker(config: Config, listener: socket.socket, ready: run.Ready) -> None:
+def crashing_worker(config: Config, listener: socket.socket, ready: Ready) -> None:
     record(config, "worker-start")
     if len(events(config)) == 2:  # the first start serves, then it dies and keeps dying
         ready()
@@ -96,7 +100,7 @@ def supervising(
     reads ``reloaded`` (by default, the same ``config`` again)."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
-        supervisor = run.Supervisor(
+        supervisor = Supervisor(
             config,
             listener,
             allocator=allocator,
@@ -115,7 +119,7 @@ def supervising(
 
 
 class Supervised:
-    def __init__(self, supervisor: run.Supervisor) -> None:
+    def __init__(self, supervisor: Supervisor) -> None:
         self.supervisor = supervisor
         self.status: list[int] = []
 
@@ -158,7 +162,7 @@ def test_an_allocator_that_cannot_start_fails_the_supervisor(
 ) -> None:
     config = make_config("--workers", "1")
     with socket.socket() as listener:
-        supervisor = run.Supervisor(
+        supervisor = Supervisor(
             config, listener, allocator=lambda *_: os._exit(1), worker=steady_worker
         )
         assert supervisor.run() == 1
@@ -188,7 +192,7 @@ def test_each_child_gets_exactly_one_sigterm_on_stop(
     assert sorted(terms) == sorted(pids)
 
 
-def picky_worker(config: Config, listener: socket.socket, ready: run.Ready) -> None:
+def picky_worker(config: Config, listener: socket.socket, ready: Ready) -> None:
     """Serves as steady_worker does, but cannot start without the access log."""
     if not config.access_log:
         record(config, "worker-refused")
@@ -203,7 +207,7 @@ def test_a_reload_whose_new_worker_does_not_serve_leaves_the_old_ones_serving(
     reloaded = make_config("--workers", "2", "--no-access-log")
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
-        supervisor = run.Supervisor(
+        supervisor = Supervisor(
             config,
             listener,
             allocator=listening_allocator,
@@ -233,7 +237,7 @@ def test_a_reload_whose_new_worker_does_not_serve_leaves_the_old_ones_serving(
     assert supervisor.config == config
 
 
-def announcing_worker(config: Config, listener: socket.socket, ready: run.Ready) -> None:
+def announcing_worker(config: Config, listener: socket.socket, ready: Ready) -> None:
     """Records when it serves and when it is told to stop, under its name (``worker-N``). One
     that a reload started (no access log) says it serves only once its predecessor was told to
     stop, or after a second: an old worker stopped too early then shows before it."""
@@ -272,7 +276,7 @@ def test_a_reload_stops_an_old_worker_only_after_its_replacement_serves(
         assert told[old_pid] > new_serves_at, f"the old {name} was stopped before the new served"
 
 
-def stubborn_worker(config: Config, listener: socket.socket, ready: run.Ready) -> None:
+def stubborn_worker(config: Config, listener: socket.socket, ready: Ready) -> None:
     """Serves as steady_worker does; one that a reload started (no access log) ignores SIGTERM,
     so that only shutdown_timeout ends it."""
     if not config.access_log:
@@ -325,7 +329,7 @@ def test_sockets_passed_to_another_process_are_not_taken(monkeypatch: pytest.Mon
 # and the variables that say so. It takes the socket, then reports what it and a child see.
 TAKE_SOCKETS = """
 import json, os, subprocess, sys
-from config.sd_notify import listen_sockets, notify, watchdog_interval
+from process.sd_notify import listen_sockets, notify, watchdog_interval
 os.dup2(int(sys.argv[1]), 3)
 os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1", LISTEN_FDNAMES="tracking")
 taken = listen_sockets()
@@ -346,7 +350,7 @@ def test_passed_sockets_are_taken_and_their_variables_removed() -> None:
     with socket.create_server(("127.0.0.1", 0)) as listener:
         taken = subprocess.run(
             [sys.executable, "-c", TAKE_SOCKETS, str(listener.fileno())],
-            cwd=Path(run.__file__).parent,
+            cwd=REPO,
             pass_fds=(listener.fileno(),),
             capture_output=True,
             text=True,
@@ -386,7 +390,7 @@ def test_the_watchdog_is_pinged_every_half_of_watchdog_sec(
 # --- wedged children: a loop that stops beating is killed and restarted -------------------------
 
 
-def beating_allocator(config: Config, ready: run.Ready) -> None:
+def beating_allocator(config: Config, ready: Ready) -> None:
     """Stands in for the allocator on the real lifecycle.run: its loop beats until SIGTERM."""
 
     async def main() -> None:
@@ -407,7 +411,7 @@ def starts(config: Config, name: str = "worker-start") -> int:
     return [e[0] for e in events(config)].count(name)
 
 
-def wedging_worker(config: Config, listener: socket.socket, ready: run.Ready) -> None:
+def wedging_worker(config: Config, listener: socket.socket, ready: Ready) -> None:
     """A worker on the real lifecycle.run whose first start blocks its loop once it served
     (a bug, a stuck system call): alive, silent. Later starts serve until SIGTERM."""
 
@@ -424,7 +428,7 @@ def wedging_worker(config: Config, listener: socket.socket, ready: run.Ready) ->
     lifecycle.run(main(), "asyncio")
 
 
-def busy_worker(config: Config, listener: socket.socket, ready: run.Ready) -> None:
+def busy_worker(config: Config, listener: socket.socket, ready: Ready) -> None:
     """A worker busy for three heartbeat timeouts with a long request that awaits, and one
     that computes in slices: its loop goes on turning, so it goes on beating."""
 
@@ -474,7 +478,7 @@ def test_a_worker_whose_loop_stops_beating_is_killed_and_restarted(
 def test_an_allocator_whose_loop_stops_beating_is_killed_and_restarted(
     make_config: Callable[..., Config],
 ) -> None:
-    def wedging_allocator(config: Config, ready: run.Ready) -> None:
+    def wedging_allocator(config: Config, ready: Ready) -> None:
         if starts(config, "allocator-start") == 0:
             record(config, "allocator-start")
             ready()
@@ -536,7 +540,7 @@ def test_the_watchdog_is_pinged_only_while_every_child_beats(
     assert ("WATCHDOG=1" in received) is beats
 
 
-def slow_starting_worker(config: Config, listener: socket.socket, ready: run.Ready) -> None:
+def slow_starting_worker(config: Config, listener: socket.socket, ready: Ready) -> None:
     """A worker on the real lifecycle.run that takes most of a heartbeat_timeout to serve (its
     loop beats meanwhile), then runs two more before it calls itself settled."""
 
@@ -569,7 +573,7 @@ def test_workers_a_slow_reload_started_are_credited_with_their_beats(
 # --- a SIGTERM in a child's first moments ------------------------------------------------------
 
 
-def sleeping_child(config: Config, ready: run.Ready) -> None:
+def sleeping_child(config: Config, ready: Ready) -> None:
     """A child with the default SIGTERM action: a SIGTERM that reaches it ends it at once."""
     time.sleep(60)
 
@@ -581,13 +585,13 @@ def test_a_sigterm_sent_as_a_child_starts_is_not_lost(config: Config) -> None:
     queued: list[int] = []
     previous = {
         signum: signal.signal(signum, lambda signum, _: queued.append(signum))
-        for signum in run.HANDLED_SIGNALS
+        for signum in HANDLED_SIGNALS
     }
     liveness = lifecycle.Liveness()
     ready_r, ready_w = os.pipe()
     try:
         for _ in range(20):
-            child = run.Child("allocator", sleeping_child, config)
+            child = Child("allocator", sleeping_child, config)
             child.start(ready_w, liveness)
             child.terminate()
             assert child.process is not None

@@ -16,11 +16,7 @@ from typing import Any, NamedTuple, Protocol
 
 from allocator.counter import KEY_BYTES, NEW_STORE_SCHEME
 from allocator.errors import KeyMismatch, SchemeNotNamed, StoreError, StoreMissing
-
-SQLITE_URL = "sqlite:///"
-POSTGRES_URLS = ("postgresql://", "postgres://")
-# Every prefix a ``store`` setting may start with: the configuration checks against this list.
-SCHEMES = (SQLITE_URL, *POSTGRES_URLS)
+from config.urls import POSTGRES_URLS, SCHEMES, SQLITE_URL
 
 
 class Remembered(NamedTuple):
@@ -164,8 +160,9 @@ def reserved_range(stop: int | None, count: int) -> tuple[int, int]:
 
 def open_store(url: str, *, create: bool = True) -> Store:
     """The store for a ``store`` setting (not yet opened); ``create``: see ``Store.create``."""
-    # The backends are imported here rather than above: they import config.settings, which
-    # imports SCHEMES from this module. (allocator.server imports both at its start.)
+    # The backends are imported here rather than above: they import this module's names
+    # (Remembered, reserved_range, ...), so they load after it. (allocator.server imports
+    # both at its start.)
     if url.startswith(SQLITE_URL):
         from allocator.store.sqlite import SQLiteStore
 

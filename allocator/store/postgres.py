@@ -32,7 +32,7 @@ from allocator.store.schema import (
     SCHEMA_VERSION,
     create_or_check,
 )
-from config.settings import redact_url
+from config.urls import redact_url
 
 # A connection attempt that takes longer than this has failed.
 CONNECT_TIMEOUT = 5.0

@@ -19,6 +19,7 @@ import aiosqlite
 
 from allocator.counter import COUNTER_LIMIT
 from allocator.errors import StoreError, StoreMissing
+from allocator.files import private_database_file
 from allocator.store import (
     Remembered,
     checked_key,
@@ -29,7 +30,6 @@ from allocator.store import (
 from allocator.store.faults import fault
 from allocator.store.lock import StoreLock
 from allocator.store.schema import ADD_SCHEME_COLUMN, SCHEMA_VERSION, SQLITE_TABLES, create_or_check
-from config.settings import private_directory
 
 # How long a statement waits for another process's lock on the file, in milliseconds.
 BUSY_TIMEOUT_MS = 5000
@@ -268,20 +268,6 @@ class SQLiteStore:
         if not self.create and not os.path.exists(self.path):
             raise StoreMissing.at(self.location)
         private_database_file(self.path)
-
-
-def private_database_file(path: str) -> None:
-    """Make ``path`` a SQLite file that only this user may open, 0600 in a 0700 directory,
-    before SQLite opens it: SQLite gives the -wal and -shm files the database file's mode."""
-    private_directory(os.path.dirname(os.path.abspath(path)))
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # also tightens a file that an older release made 0644
-    finally:
-        os.close(fd)
-    for leftover in (path + "-wal", path + "-shm"):
-        with contextlib.suppress(FileNotFoundError):
-            os.chmod(leftover, 0o600)
 
 
 async def _create_schema(db: aiosqlite.Connection, create: bool, where: str) -> int:

@@ -15,11 +15,13 @@ import os
 import re
 import subprocess
 import time
+import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +29,7 @@ import pytest
 from tests.conftest import CANONICAL_QUERY, NUMBER_PATTERN
 from tests.system.conftest import counters_of, free_port
 
+REPO = Path(__file__).resolve().parents[2]
 IMAGES_VARIABLE = "TRACKING_TEST_IMAGES"
 IMAGES = os.environ.get(IMAGES_VARIABLE, "").split()
 LABEL = os.environ.get("TRACKING_TEST_LABEL", "tracking-ci=test")  # podman.sh cleans up by it
@@ -170,6 +173,18 @@ def run(request: pytest.FixtureRequest) -> Iterator[Run]:
         yield started
     finally:
         started.remove()
+
+
+def test_the_build_context_lets_in_every_package_and_the_entry_point() -> None:
+    """.dockerignore is an allow-list: a package pyproject.toml names but the list leaves out
+    fails ``pip install .`` in the build (checked here without podman)."""
+    allowed = {
+        line.removeprefix("!")
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    }
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert {*packages["packages"], "run.py", "pyproject.toml", "README.md"} <= allowed
 
 
 def test_the_image_serves_numbers(run: Run) -> None:

@@ -16,6 +16,7 @@ from service.params import (
     REQUIRED,
     RULES,
     Errors,
+    Invalid,
     TrackingRequest,
     validate,
 )
@@ -49,8 +50,8 @@ def accepted(raw: str) -> TrackingRequest:
 
 def rejected(raw: str) -> Errors:
     result = validate(raw)
-    assert isinstance(result, dict), result
-    return result
+    assert isinstance(result, Invalid), result
+    return result.problems
 
 
 def as_dict(request: TrackingRequest) -> dict[str, str]:
@@ -560,7 +561,7 @@ def test_counts_from_1_to_1000_are_accepted(value: str) -> None:
 
 @pytest.mark.parametrize("value", ["0", "1001", "01", "-1", "+5", "1e2", "2.0", " 5", "", "ten"])
 def test_other_counts_are_rejected(value: str) -> None:
-    assert validate(query(count=value)) == {"count": [RULES["count"]]}
+    assert validate(query(count=value)) == Invalid({"count": [RULES["count"]]})
 
 
 def test_without_a_count_there_is_none() -> None:
@@ -571,4 +572,4 @@ def test_without_a_count_there_is_none() -> None:
 
 def test_a_count_does_not_stand_in_for_a_missing_field() -> None:
     raw = urlencode({**{k: v for k, v in EXAMPLE.items() if k != "weight"}, "count": "5"})
-    assert validate(raw) == {"weight": [MISSING]}
+    assert validate(raw) == Invalid({"weight": [MISSING]})

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from service import params
-from service.params import TrackingRequest, validate
+from service.params import Invalid, TrackingRequest, validate
 from tests import design_rules
 from tests.conftest import CANONICAL_QUERY
 
@@ -44,22 +44,24 @@ def check_verdict(values: dict[str, str], raw: str) -> None:
         for name, value in values.items():
             assert getattr(result, name) == design_rules.normalised(name, value), name
     else:
-        assert isinstance(result, dict), (values, result)
-        assert set(result) == bad | missing, (values, result)
+        assert isinstance(result, Invalid), (values, result)
+        problems = result.problems
+        assert set(problems) == bad | missing, (values, result)
         for name in missing:
-            assert result[name] == [params.MISSING]
+            assert problems[name] == [params.MISSING]
         for name in bad:
-            assert result[name] == [params.RULES[name]], (name, values[name])
+            assert problems[name] == [params.RULES[name]], (name, values[name])
 
 
 def assert_a_verdict(raw: str) -> None:
-    """``validate`` returns a request, or errors keyed by our fields; it never raises."""
+    """``validate`` returns a request, or ``Invalid`` with problems keyed by our fields; it
+    never raises."""
     result = validate(raw)
     if isinstance(result, TrackingRequest):
         return
-    assert isinstance(result, dict)
-    assert set(result) <= set(FIELDS)
-    for messages in result.values():
+    assert isinstance(result, Invalid)
+    assert set(result.problems) <= set(FIELDS)
+    for messages in result.problems.values():
         assert messages
         assert all(isinstance(message, str) and message for message in messages)
 
@@ -168,9 +170,9 @@ def test_a_repeated_field_is_refused_whatever_its_values(
     pairs += [(name, EXAMPLE[name]) for name in repeated if name not in values]
     raw = "&".join(f"{name}={design_rules.encode(value, False)}" for name, value in pairs)
     result = validate(raw)
-    assert isinstance(result, dict)
+    assert isinstance(result, Invalid)
     for name in repeated:
-        assert result[name] == [params.REPEATED]
+        assert result.problems[name] == [params.REPEATED]
 
 
 def test_year_0000_is_judged_the_same_whatever_the_day() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from config.logs import ACCESS_DATASET, APP_DATASET
+from process.logs import ACCESS_DATASET, APP_DATASET
 from tests.conftest import CANONICAL_QUERY
 from tests.ecs_logging import nonconforming, violations
 from tests.system.conftest import Service

@@ -71,7 +71,7 @@ class Liveness:
         os.close(self.write_fd)
 
 
-# Set in a child by the supervisor, between the fork and the child's target (see run.py).
+# Set in a child by the supervisor, between the fork and the child's target (supervisor/child.py).
 _liveness: Liveness | None = None
 
 
