@@ -7,7 +7,8 @@ number, its primary key ``(key_digest, counter)`` the second line against duplic
 hosts. The key's digest itself, not a local id of it: hosts share no ids.
 
 The forwarder (``ledger/forwarder.py``) writes; workers read one record (``read_record``) and
-list records (``ledger/pg_listing.py``).
+list records (``ledger/pg_listing.py``); the writer's retention task deletes old ones
+(``ledger/retention.py``).
 """
 
 from __future__ import annotations
