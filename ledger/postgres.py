@@ -73,6 +73,9 @@ INDEXES = {
     "ledger_issue_by_slug": "ledger_issue (customer_slug, id)",
     "ledger_number_by_issue": "ledger_number (issue_id, counter)",
 }
+# Building one on a big shared ledger takes minutes: the statement timeout would cancel it, and
+# every retry would start it again. The forwarder waits meanwhile; records wait in the spool.
+INDEX_BUILD_TIMEOUT = 3600.0
 TABLES += "".join(f"CREATE INDEX IF NOT EXISTS {name} ON {on};\n" for name, on in INDEXES.items())
 # Every other column of an issue is text.
 _ISSUE_TYPES = {"issued_at_ns": "bigint", "idempotency_key_digest": "bytea"}
@@ -153,7 +156,9 @@ async def create_tables(db: asyncpg.Connection) -> None:
                 continue
             try:
                 async with db.transaction():  # a savepoint: a refusal leaves the rest standing
-                    await db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {on}")
+                    await db.execute(
+                        f"CREATE INDEX IF NOT EXISTS {name} ON {on}", timeout=INDEX_BUILD_TIMEOUT
+                    )
             except asyncpg.InsufficientPrivilegeError as exc:
                 # Forwarding matters more than a listing's speed: it goes on without.
                 log.warning(
