@@ -59,7 +59,7 @@ class Listed(NamedTuple):
 
 
 # Equality conditions, each a column of ``issue`` (names from this table only, never a client).
-_EQUALS = {
+EQUALS = {
     "customer_id": "i.customer_id",
     "customer_slug": "i.customer_slug",
     "origin": "i.origin",
@@ -72,7 +72,7 @@ _INDEXED = ("customer_id", "customer_slug")
 def query(filters: Filters, after: Position | None, limit: int) -> tuple[str, list[object]]:
     """The SQL and parameters of one page: ``limit`` records after ``after``, newest first."""
     conditions, parameters = [], []
-    for name, column in _EQUALS.items():
+    for name, column in EQUALS.items():
         value = getattr(filters, name)
         if value is not None:
             # Only the indexed columns may lead the walk: "+" keeps the planner from using an

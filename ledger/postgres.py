@@ -6,7 +6,9 @@ UNIQUE, so a batch sent again after a crash adds nothing; ``ledger_number`` hold
 number, its primary key ``(key_digest, counter)`` the second line against duplicates across
 hosts. The key's digest itself, not a local id of it: hosts share no ids.
 
-The forwarder (``ledger/forwarder.py``) writes; workers read one record (``read_record``).
+The forwarder (``ledger/forwarder.py``) writes; workers read one record (``read_record``) and
+list records (``ledger/pg_listing.py``); the writer's retention task deletes old ones
+(``ledger/retention.py``).
 """
 
 from __future__ import annotations
@@ -54,8 +56,6 @@ CREATE TABLE IF NOT EXISTS ledger_issue (
     idempotency_key_digest bytea,
     UNIQUE (spool_id, local_id)
 );
-CREATE INDEX IF NOT EXISTS ledger_issue_by_time ON ledger_issue (issued_at_ns);
-CREATE INDEX IF NOT EXISTS ledger_issue_by_customer ON ledger_issue (customer_id, issued_at_ns);
 CREATE TABLE IF NOT EXISTS ledger_number (
     key_digest bytea NOT NULL,
     counter bigint NOT NULL,
@@ -64,6 +64,19 @@ CREATE TABLE IF NOT EXISTS ledger_number (
     PRIMARY KEY (key_digest, counter)
 );
 """
+# A listing walks one customer's issues newest first through an index on the customer's column,
+# which holds the issue's id after it; an issue's numbers come in counter order through the
+# last, which retention's deletes need too (ledger_number's foreign key, checked at each delete
+# of an issue). No index by time: retention walks the issues in id order (ledger/retention.py).
+INDEXES = {
+    "ledger_issue_by_customer_id": "ledger_issue (customer_id, id)",
+    "ledger_issue_by_slug": "ledger_issue (customer_slug, id)",
+    "ledger_number_by_issue": "ledger_number (issue_id, counter)",
+}
+# Building one on a big shared ledger takes minutes: the statement timeout would cancel it, and
+# every retry would start it again. The forwarder waits meanwhile; records wait in the spool.
+INDEX_BUILD_TIMEOUT = 3600.0
+TABLES += "".join(f"CREATE INDEX IF NOT EXISTS {name} ON {on};\n" for name, on in INDEXES.items())
 # Every other column of an issue is text.
 _ISSUE_TYPES = {"issued_at_ns": "bigint", "idempotency_key_digest": "bytea"}
 _INSERT_ISSUES = (
@@ -93,6 +106,10 @@ _RECORDED_ELSEWHERE = (
     " WHERE n.issue_id <> w.issue_id"
 )
 _RECORD = ", ".join(f"n.{c}" if c in ("counter", "number") else f"i.{c}" for c in RECORD_COLUMNS)
+# Every record with its issue's id first, for a listing (ledger/pg_listing.py) to add conditions to.
+RECORD_SELECT = (
+    f"SELECT i.id, {_RECORD} FROM ledger_issue i JOIN ledger_number n ON n.issue_id = i.id"
+)
 _SELECT_ONE = (
     f"SELECT {_RECORD} FROM ledger_number n JOIN ledger_issue i ON i.id = n.issue_id"
     " WHERE n.key_digest = $1 AND n.counter = $2"
@@ -113,21 +130,41 @@ class Duplicate(NamedTuple):
     correlation_id: str
 
 
-async def connect(url: str) -> asyncpg.Connection:
-    """A connection with the store's session settings (``synchronous_commit=on``)."""
+async def connect(url: str, settings: dict[str, str] | None = None) -> asyncpg.Connection:
+    """A connection with the store's session settings (``synchronous_commit=on``), and
+    ``settings``."""
     return await asyncpg.connect(
-        url, timeout=CONNECT_TIMEOUT, command_timeout=STATEMENT_TIMEOUT, server_settings=_SESSION
+        url,
+        timeout=CONNECT_TIMEOUT,
+        command_timeout=STATEMENT_TIMEOUT,
+        server_settings={**_SESSION, **(settings or {})},
     )
 
 
 async def create_tables(db: asyncpg.Connection) -> None:
-    """The shared ledger's tables, if they are missing (a DBA may have made them)."""
+    """The shared ledger's tables and indexes, those that are missing (a DBA may have made
+    them; tables made by an earlier version gain the listing's indexes)."""
     async with db.transaction():
         await db.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
         if await db.fetchval(
             "SELECT to_regclass('ledger_issue') IS NULL OR to_regclass('ledger_number') IS NULL"
         ):
             await db.execute(TABLES)
+            return
+        for name, on in INDEXES.items():
+            if not await db.fetchval("SELECT to_regclass($1) IS NULL", name):
+                continue
+            try:
+                async with db.transaction():  # a savepoint: a refusal leaves the rest standing
+                    await db.execute(
+                        f"CREATE INDEX IF NOT EXISTS {name} ON {on}", timeout=INDEX_BUILD_TIMEOUT
+                    )
+            except asyncpg.InsufficientPrivilegeError as exc:
+                # Forwarding matters more than a listing's speed: it goes on without.
+                log.warning(
+                    "cannot create an index of the shared ledger; listings walk without it",
+                    extra={"tracking.index": name, "error.message": describe(exc)},
+                )
 
 
 async def forward(db: asyncpg.Connection, spool_id: uuid.UUID, batch: Batch) -> list[Duplicate]:

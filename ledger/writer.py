@@ -71,6 +71,9 @@ class LedgerWriter:
         self.retention_days = retention_days  # 0 keeps every record
         self.stats = LedgerStats()
         self._forwarder = None if shared is None else Forwarder(path, shared, self.stats)
+        self._shared_retention = (
+            None if shared is None else retention.SharedRetention(shared, self.stats)
+        )
         self._db: sqlite3.Connection | None = None
         self._checkpoints: sqlite3.Connection | None = None
         self._checkpointing: asyncio.Task[None] | None = None
@@ -177,13 +180,17 @@ class LedgerWriter:
                 self._catch_up = True
 
     async def _retention_loop(self) -> None:
-        """Delete the records past retention once a minute; a run that deletes says so."""
+        """Delete the records past retention once a minute, from the file and from the shared
+        ledger; a run that deletes says so."""
         while True:
             await asyncio.sleep(RETENTION_INTERVAL)
+            before_ns = time.time_ns() - self.retention_days * 86_400 * 10**9
             try:
-                await self.expire(time.time_ns() - self.retention_days * 86_400 * 10**9)
+                await self.expire(before_ns)
             except sqlite3.Error as exc:  # a full disk, say: the next run tries again
                 log.warning("ledger retention failed", extra=error_fields(exc))
+            if self._shared_retention is not None:
+                await self._shared_retention.expire(before_ns)
 
     async def expire(self, before_ns: int) -> int:
         """Delete every record issued before ``before_ns``, one small batch at a time on the

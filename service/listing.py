@@ -5,25 +5,32 @@ Records are personal data: the admin token is always needed, loopback alone is n
 bad one listed in one 400 (service/listing_query.py). A JSON answer is one page, newest first,
 with the next page's cursor in the body and in a ``Link: <…>; rel="next"`` header (RFC 8288).
 With ``Accept: application/x-ndjson`` or ``text/csv`` the answer streams every matching
-record, read from the file a page at a time (``ledger.listing.STREAM_PAGE``), so memory stays
-constant. Reads go through a read-only connection of the worker's own, in a thread.
+record, read a page at a time (``ledger.listing.STREAM_PAGE``), so memory stays constant.
+Records are read where a lookup reads them (``service.verify.shared_ledger``): with a PostgreSQL
+store from the shared ledger (``ledger/pg_listing.py``), every host's records, through a
+connection of the request's own; else from this host's file (``ledger/listing.py``), through a
+read-only connection of the request's own, in a thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
 import io
 import logging
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import msgspec
 from aiohttp import web
 
 from allocator.client import AllocatorClient
 from allocator.errors import AllocatorError
+from config.settings import Config
+from ledger import listing, pg_listing
 from ledger.errors import LedgerError
-from ledger.listing import STREAM_PAGE, Listed, Position, read_page, reading
+from ledger.listing import STREAM_PAGE, Filters, Listed, Position
 from process.logs import error_fields
 from service import errors
 from service.admin import records_refusal
@@ -33,7 +40,7 @@ from service.listing_query import DEFAULT_LIMIT, FIELDS, RULES, ListingQuery, va
 from service.observe import observed
 from service.params import Invalid
 from service.server.answers import JsonAnswer
-from service.verify import RecordBody
+from service.verify import RecordBody, shared_ledger
 
 log = logging.getLogger("service.listing")
 
@@ -99,23 +106,38 @@ async def list_records(request: web.Request, correlation_id: str) -> web.StreamR
             return errors.invalid_parameters({"cursor": [RULES["cursor"]]}, correlation_id)
     kind = media_type(request.headers.get("Accept", ""))
     try:
-        async with reading(app[CONFIG].ledger_path) as db:
+        async with _pages(app[CONFIG]) as read_page:
             if kind == JSON:
                 limit = DEFAULT_LIMIT if query.limit is None else int(query.limit)
                 # One more than the page: whether there is a next page, without a query more.
-                found = await read_page(db, filters, after, limit + 1)
+                found = await read_page(filters, after, limit + 1)
                 return _page(query, found[:limit], len(found) > limit, cursors, correlation_id)
-            # The first page before the answer starts: a file that cannot be read is a 503.
-            first = await read_page(db, filters, after, STREAM_PAGE)
+            # The first page before the answer starts: a ledger that cannot be read is a 503.
+            first = await read_page(filters, after, STREAM_PAGE)
             return await _stream(
                 request,
                 kind,
                 first,
-                lambda position: read_page(db, filters, position, STREAM_PAGE),
+                lambda position: read_page(filters, position, STREAM_PAGE),
                 correlation_id,
             )
     except LedgerError:
         return errors.ledger_unreadable(correlation_id)
+
+
+PageReader = Callable[[Filters, Position | None, int], Awaitable[list[Listed]]]
+
+
+@contextlib.asynccontextmanager
+async def _pages(config: Config) -> AsyncIterator[PageReader]:
+    """Reads pages of the ledger that a lookup reads: the shared one with a PostgreSQL store,
+    else this host's file; LedgerError when it cannot be read."""
+    if shared_ledger(config):
+        async with pg_listing.reading(config.store) as shared:
+            yield functools.partial(pg_listing.read_page, shared)
+    else:
+        async with listing.reading(config.ledger_path) as db:
+            yield functools.partial(listing.read_page, db)
 
 
 async def _permutation_key(client: AllocatorClient) -> bytes:

@@ -342,8 +342,11 @@ def build() -> dict[str, Any]:
                     "summary": "List the ledger's records, newest first",
                     "description": "One record per issued number, newest first (in the order "
                     "they were committed; a request's numbers from the highest counter down), "
-                    "with every filter given. Records hold personal data: the admin token is "
-                    "always needed, from loopback too. As JSON (the default) an answer is one "
+                    "with every filter given. With a PostgreSQL store, every host's records in "
+                    "the shared ledger, in the order they reached it; a record still waiting "
+                    "in its host's spool is listed once it is forwarded. Records hold "
+                    "personal data: the admin token is always needed, from loopback too. "
+                    "As JSON (the default) an answer is one "
                     "page, and `next_cursor` (also in the Link header) leads to the next; a "
                     "walk through the pages sees no record twice and misses none that existed "
                     "when it began, however many are issued meanwhile. With `Accept: "
@@ -389,7 +392,8 @@ def build() -> dict[str, Any]:
                         **not_allowed,
                         "503": _json(
                             error,
-                            "The ledger's file or the allocator cannot be read right now",
+                            "The ledger (this host's file, or the shared ledger in "
+                            "PostgreSQL) or the allocator cannot be read right now",
                             headers=retry,
                         ),
                     },

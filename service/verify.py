@@ -148,12 +148,12 @@ def suggestion(number: str, serials: int = COUNTER_LIMIT) -> str | None:
 async def read_record(config: Config, key: bytes, counter: int) -> Record | None:
     """The record of ``counter``: from the shared ledger with a PostgreSQL store (any host's
     numbers), else from this host's ledger file."""
-    if _shared(config):
+    if shared_ledger(config):
         return await postgres.read_record(config.store, config.ledger_path, key, counter)
     return await sqlite.read_record(config.ledger_path, key, counter)
 
 
-def _shared(config: Config) -> bool:
+def shared_ledger(config: Config) -> bool:
     """Whether the hosts of this store share one ledger (a PostgreSQL store)."""
     return config.store.startswith(POSTGRES_URLS)
 
@@ -186,7 +186,7 @@ async def verify(request: web.Request, correlation_id: str) -> web.StreamRespons
                 verdict.issued = leased
             # ``next`` is this host's: another host's counters may lie above it, and only the
             # shared ledger knows them.
-            elif leased or (verdict.valid and _shared(config)):
+            elif leased or (verdict.valid and shared_ledger(config)):
                 found = await read_record(config, client.key, counter)
                 verdict.issued = found is not None and found.number == number
                 if not verdict.issued and leased:
