@@ -61,6 +61,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     # Slow clients (service/server/header_timeout.py, docs/reliability.md).
     header_timeout: Seconds = 10.0
     keepalive_timeout: Seconds = 75.0
+    # Off, aiohttp's own runner, router and prepare serve (service/server/plain.py).
+    aiohttp_shortcuts: bool = True
     # A child whose event loop shows no progress this long is killed and restarted (supervisor/).
     heartbeat_timeout: Annotated[float, msgspec.Meta(ge=1.0)] = 20.0
 
@@ -118,12 +120,16 @@ HELP: dict[str, str] = {
     "connecting or from the first byte of a request; then the connection is closed",
     "keepalive_timeout": "seconds an idle keep-alive connection is kept open (longer than a "
     "load balancer's idle timeout)",
+    "aiohttp_shortcuts": "serve through our shortcuts past aiohttp's internals (about a tenth of a "
+    "request's cost); false serves on aiohttp's own runner, router and prepare, as documented, "
+    "for debugging or while a new aiohttp's fingerprints are reviewed (no request-head "
+    "deadline then, and aiohttp's own text answers to malformed request heads)",
     "heartbeat_timeout": "seconds a worker's or the allocator's event loop may show no progress "
     "before the supervisor kills and restarts it (at least 1; 20 by default)",
 }
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-BOOLEANS = ("access_log", "ledger")
+BOOLEANS = ("access_log", "ledger", "aiohttp_shortcuts")
 
 
 def _field_names() -> tuple[str, ...]:

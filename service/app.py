@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
@@ -21,8 +22,10 @@ from service.correlation import HEADERS as CORRELATION_HEADERS
 from service.correlation import CorrelationIds
 from service.keys import ACCESS_LOG, CLIENT, CONFIG, CORRELATION_IDS, ISSUER, LEDGER, METRICS
 from service.metrics import REPORT_INTERVAL, WorkerMetrics
-from service.observe import ISSUE_ROUTE
+from service.observe import ISSUE_ROUTE, aiohttp_error
 from service.openapi import openapi
+from service.server.plain import PlainAppRunner
+from service.server.runner import AppRunner
 
 ROUTES = (
     (ISSUE_ROUTE, views.next_tracking_number),
@@ -56,6 +59,22 @@ def create_app(config: Config) -> web.Application:
         app.router.add_route("*", path, views.method_not_allowed)
     app.router.add_route("*", "/{tail:.*}", views.not_found)
     return app
+
+
+def app_runner(app: web.Application, **kwargs: Any) -> AppRunner | PlainAppRunner:
+    """The runner that serves ``app`` (``kwargs`` are aiohttp's): through our shortcuts past
+    aiohttp's internals, or with ``aiohttp_shortcuts = false`` aiohttp's own (service/server/)."""
+    config = app[CONFIG]
+    answer_error = functools.partial(aiohttp_error, app)
+    if not config.aiohttp_shortcuts:
+        return PlainAppRunner(app, answer_error=answer_error, **kwargs)
+    return AppRunner(
+        app,
+        issue_route=ISSUE_ROUTE,
+        answer_error=answer_error,
+        header_timeout=config.header_timeout,
+        **kwargs,
+    )
 
 
 def _allow_cors(app: web.Application, origins: Sequence[str]) -> None:

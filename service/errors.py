@@ -3,8 +3,8 @@
 This is the one place where failures become HTTP statuses: validation → 400, unknown path →
 404, wrong method → 405, anything from the allocator → 503 with ``Retry-After``, a bug → 500
 (the stack trace goes to the log, never to the client). aiohttp's own errors (malformed
-requests, oversized headers) are answered in the same shape by ``json_error``, from the
-connection handler in service/server/runner.py.
+requests, oversized headers) are answered in the same shape by ``json_error``, through
+``service.observe.aiohttp_error``, which the app hands to its runner (service/server/).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Counting and logging each request: the access line and the metrics, in one place.
 
 The issuing route's handler ends with ``finish``; the other handlers are wrapped by
-``observed``; aiohttp's own error answers are recorded by
-``service.server.runner.JsonErrorRequestHandler``. All of them go through ``record``.
+``observed``; aiohttp's own errors are answered and recorded by ``aiohttp_error``, which the app
+hands to its runner (service/server/). All of them go through ``record``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import TypeVar
 from aiohttp import web
 
 from service.access_log import Audit
+from service.errors import json_error
 from service.keys import ACCESS_LOG, CORRELATION_IDS, METRICS
 from service.params import Invalid, TrackingRequest
 
@@ -123,6 +124,27 @@ def observed(route: str | None = None) -> Callable[[Handler], AiohttpHandler]:
         return observed_handler
 
     return wrap
+
+
+def aiohttp_error(
+    app: web.Application,
+    request: web.BaseRequest,
+    status: int,
+    phrase: str,
+    headers: dict[str, str] | None,
+) -> web.StreamResponse:
+    """One of aiohttp's own errors in our JSON shape, counted and logged like ours.
+    aiohttp keeps to itself when such a request began: its access line says 0 ns."""
+    correlation_id = app[CORRELATION_IDS].of(request.headers)
+    record(
+        app,
+        request,
+        route=route_of(request),
+        status=status,
+        started_ns=time.perf_counter_ns(),
+        correlation_id=correlation_id,
+    )
+    return json_error(status, phrase, correlation_id, headers=headers)
 
 
 def route_of(request: web.BaseRequest) -> str:

@@ -25,8 +25,9 @@ from aiohttp import web
 from config.settings import Config
 from process import lifecycle, logs
 from process.lifecycle import until_stop_requested
-from service.app import create_app
-from service.server.runner import AppRunner, JsonErrorServer
+from service.app import app_runner, create_app
+from service.server.plain import PlainAppRunner
+from service.server.runner import AppRunner
 
 log = logging.getLogger("worker")
 
@@ -36,7 +37,7 @@ async def serve(
 ) -> None:
     """Serve until SIGTERM (or the supervisor's death), then drain in-flight requests."""
     parent_pid = os.getppid()
-    runner = AppRunner(
+    runner = app_runner(
         create_app(config),
         access_log=None,
         shutdown_timeout=config.shutdown_timeout,
@@ -54,19 +55,19 @@ async def serve(
         await runner.cleanup()
 
 
-async def drain(runner: AppRunner, site: web.BaseSite, config: Config) -> None:
+async def drain(runner: AppRunner | PlainAppRunner, site: web.BaseSite, config: Config) -> None:
     """Stop accepting, close every connection after its next answer, and wait for the
     connections to go, until the last answers' window begins. ``runner.cleanup()`` then closes
     those still idle and waits for the requests in progress."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max(0.0, config.shutdown_timeout - config.lease_timeout)
     await site.stop()
-    server = runner.server
-    assert isinstance(server, JsonErrorServer)
-    server.draining = True
+    runner.drain()
     # Only now: from this line on, every answer closes its connection (tests wait for it).
     log.info("draining")
     # Polled: aiohttp signals nothing when a connection goes.
+    server = runner.server
+    assert server is not None, "the runner is set up"
     while server.connections and loop.time() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.05)
 

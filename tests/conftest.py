@@ -32,6 +32,10 @@ CANONICAL_QUERY = {
 }
 NUMBER_PATTERN = r"^[A-Z0-9]{1,16}$"
 
+# TRACKING_TEST_PLAIN_AIOHTTP=1: the configs the tests make serve on plain aiohttp
+# (aiohttp_shortcuts = false); .ci/run runs tests/service a second time so.
+PLAIN_AIOHTTP = os.environ.get("TRACKING_TEST_PLAIN_AIOHTTP") == "1"
+
 # A Hypothesis failure must show up again when the run is repeated (docs/reliability.md,
 # "The evidence"). In CI (CI is set; .ci/run sets it) every run draws the same examples: a failure
 # there fails every rerun, and HYPOTHESIS_PROFILE=ci repeats it on any machine. Elsewhere the
@@ -102,9 +106,11 @@ def make_config(short_tmp: Path) -> Callable[..., Config]:
     """A Config whose state lives in the test's temporary directory, with the ledger on (as it
     will be by default once it meets the performance floor; ``--no-ledger`` turns it off)."""
 
+    plain = ("--no-aiohttp-shortcuts",) if PLAIN_AIOHTTP else ()
+
     def make(*flags: str, env: dict[str, str] | None = None) -> Config:
         return settings.load(
-            ["--config", "/dev/null", "--state-dir", str(short_tmp), "--ledger", *flags],
+            ["--config", "/dev/null", "--state-dir", str(short_tmp), "--ledger", *plain, *flags],
             env=env or {},
         )
 

@@ -9,11 +9,12 @@ format string, written with the body in one write. Every other request (HEAD, HT
 connection to close), and an answer given cookies, compression or chunking, goes through
 aiohttp's own ``prepare``, with the same headers.
 
-So does an answer with response signals to run (``on_response_prepare``; aiohttp-cors uses
-one): a signal may read, set or replace any header, Content-Type to Server included, or call
-``force_close()``, and aiohttp's way is the one place that gets all of that right. The plain
-way refuses what aiohttp's serialiser refuses in a header. tests/service/test_answers.py
-compares the two header by header.
+An answer with response signals to run (``on_response_prepare``; aiohttp-cors uses one) goes
+aiohttp's way too: a signal may read, set or replace any header, Content-Type to Server
+included, or call ``force_close()``, and aiohttp's way is the one place that gets all of that
+right. So does every answer with the shortcuts off (plain.py): aiohttp's way reads no private
+name of aiohttp. The plain way refuses what aiohttp's serialiser refuses in a header.
+tests/service/test_answers.py compares the two header by header.
 
 The plain way sets the private attributes that ``StreamResponse`` sets itself, and reads the
 request's ``_payload_writer`` and ``_match_info``; tests/service/test_aiohttp_private_names.py
@@ -26,7 +27,7 @@ import re
 from collections.abc import Mapping
 from http import HTTPStatus
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
@@ -73,6 +74,10 @@ class JsonAnswer(web.StreamResponse):
     known, and cheaper to format than to keep in a multidict.
     """
 
+    # True for every answer when the shortcuts are off (plain.py sets it): aiohttp's way.
+    aiohttp_prepares = False
+    _rest = b""  # what aiohttp's way sends after the head: the body, unless for a HEAD
+
     def __init__(
         self,
         body: bytes,
@@ -91,10 +96,11 @@ class JsonAnswer(web.StreamResponse):
         return JSON
 
     async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
-        if self._payload_writer is not None or self._eof_sent:
-            return await super().prepare(request)  # already prepared: aiohttp's answer
         if (
-            self._keep_alive is None  # force_close() was not called
+            not self.aiohttp_prepares
+            and self._payload_writer is None  # not prepared yet
+            and not self._eof_sent
+            and self._keep_alive is None  # force_close() was not called
             and not (self._cookies or self._compression or self._chunked)  # aiohttp's work
             and request.keep_alive
             and request.method == "GET"
@@ -113,18 +119,24 @@ class JsonAnswer(web.StreamResponse):
             self._answer = head.encode() + body
             writer = self._payload_writer = request._payload_writer
             return writer
-        headers = self._headers
+        # aiohttp's way, through its public API only: it is the whole way with the shortcuts
+        # off, and must not depend on the private names above.
+        if self.prepared:
+            return await super().prepare(request)
+        headers = self.headers
         headers["Content-Type"] = JSON
         headers["Content-Length"] = str(len(self._json))
         headers["X-Request-ID"] = self._correlation_id
+        if request.method != hdrs.METH_HEAD:
+            self._rest = self._json
         return await super().prepare(request)
 
     async def write_eof(self, data: bytes = b"") -> None:
-        if self._eof_sent:
-            return
         answer = self._answer
-        if answer is None:  # aiohttp's way: no body after a HEAD
-            await super().write_eof(b"" if self._must_be_empty_body else self._json)
+        if answer is None:  # aiohttp's way (no body after a HEAD)
+            await super().write_eof(self._rest)
+            return
+        if self._eof_sent:
             return
         writer = self._payload_writer
         assert writer is not None, "the answer was not prepared"

@@ -2,7 +2,8 @@
 
 aiohttp resolves every request through its router and application: an index lookup, a new
 match-info object, its freezing, an ``Expect`` check, then the handler, all in Python. Nearly
-all of our traffic is ``GET /next-tracking-number``, so that is matched first, by two string
+all of our traffic is ``GET /next-tracking-number`` (the app names it when it builds its runner:
+service/app.py), so that is matched first, by two string
 comparisons, and given the match info the router would give it, resolved once at start-up
 (it is frozen, and holds no per-request state). Everything else, ``HEAD`` of the same path
 included, goes through aiohttp as usual. See docs/performance.md.
@@ -23,15 +24,13 @@ from collections.abc import Awaitable, Callable
 from aiohttp import hdrs, web
 from aiohttp.web_urldispatcher import UrlMappingMatchInfo
 
-from service.observe import ISSUE_ROUTE
-
 RequestHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def issuing_first(app: web.Application, handle: RequestHandler) -> RequestHandler:
+def issuing_first(app: web.Application, handle: RequestHandler, route_path: str) -> RequestHandler:
     """``handle`` (the application's own request handler), with ``GET`` of the issuing route
-    answered before it (not with middlewares, which the shortcut would skip), and an
-    ``Expect`` header that is not ASCII refused before it."""
+    (at ``route_path``) answered before it (not with middlewares, which the shortcut would
+    skip), and an ``Expect`` header that is not ASCII refused before it."""
     if app.middlewares:
         return _expect_checked(handle)
     route = next(
@@ -39,7 +38,7 @@ def issuing_first(app: web.Application, handle: RequestHandler) -> RequestHandle
         for route in app.router.routes()
         if route.method == hdrs.METH_GET
         and route.resource is not None
-        and route.resource.canonical == ISSUE_ROUTE
+        and route.resource.canonical == route_path
     )
     match_info = UrlMappingMatchInfo({}, route)
     match_info.add_app(app)
@@ -51,7 +50,7 @@ def issuing_first(app: web.Application, handle: RequestHandler) -> RequestHandle
         # The router compares the same decoded path; an Expect header needs its handler.
         if (
             request.method == hdrs.METH_GET
-            and request.rel_url.path_safe == ISSUE_ROUTE
+            and request.rel_url.path_safe == route_path
             and hdrs.EXPECT not in request.headers
         ):
             request._match_info = match_info

@@ -19,10 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
-
-from service.keys import CONFIG
 
 log = logging.getLogger("service.server.header_timeout")
 
@@ -30,7 +27,7 @@ log = logging.getLogger("service.server.header_timeout")
 class HeaderTimeoutRequestHandler(RequestHandler):
     """aiohttp's connection handler, with a deadline for each request head."""
 
-    app: web.Application  # set by the server that makes the handler, before it connects
+    header_timeout: float  # set by the server that makes the handler, before it connects
     _head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -51,8 +48,7 @@ class HeaderTimeoutRequestHandler(RequestHandler):
         super().connection_lost(exc)
 
     def _arm_head_timer(self) -> None:
-        timeout = self.app[CONFIG].header_timeout
-        self._head_timer = self._loop.call_later(timeout, self._head_timed_out)
+        self._head_timer = self._loop.call_later(self.header_timeout, self._head_timed_out)
 
     def _disarm_head_timer(self) -> None:
         if self._head_timer is not None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import msgspec
 import uvloop
+from aiohttp import web
 from yarl import URL
 
 from allocator.actor import Allocator
@@ -29,9 +30,8 @@ from allocator.store import open_store
 from config import settings
 from service import numbers, params, views
 from service.access_log import AccessLog
-from service.app import create_app
+from service.app import app_runner, create_app
 from service.keys import ACCESS_LOG
-from service.server.runner import AppRunner
 from tests.benchmark.bench import PATH, QUERY
 
 REQUEST = f"GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
@@ -117,7 +117,7 @@ def stubs(access_log: AccessLog) -> dict[str, tuple[Callable[[], None], Callable
     }
 
 
-async def answer_requests(runner: AppRunner, count: int) -> None:
+async def answer_requests(runner: web.AppRunner, count: int) -> None:
     protocol = runner.server()  # type: ignore[misc]
     transport = MemoryTransport()
     protocol.connection_made(transport)
@@ -142,7 +142,7 @@ async def main() -> None:
         app = create_app(config)
         access_log = (Path(state) / "access.log").open("wb")
         app[ACCESS_LOG] = AccessLog(fd=access_log.fileno())  # as in make bench: to a file
-        runner = AppRunner(app, access_log=None)
+        runner = app_runner(app, access_log=None)
         await runner.setup()
         try:
             await answer_requests(runner, 1000)  # warm up; the first blocks are leased

@@ -13,7 +13,7 @@ from config.settings import Config
 from service import params, views
 from service.keys import ISSUER
 from tests.conftest import CANONICAL_QUERY, NUMBER_PATTERN, Allocators
-from tests.service.conftest import ClientFactory
+from tests.service.conftest import ClientFactory, head_refused_by_aiohttp
 
 PATH = "/next-tracking-number"
 
@@ -254,6 +254,7 @@ async def json_error(
     ],
     ids=["garbage", "huge header", "huge request line", "malformed header"],
 )
+@head_refused_by_aiohttp
 async def test_malformed_requests_get_a_json_4xx(client: TestClient, data: bytes) -> None:
     await json_error(client, data)
 

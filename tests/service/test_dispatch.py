@@ -33,7 +33,7 @@ async def _router(request: web.Request) -> web.StreamResponse:
 
 async def _answer(app: web.Application, method: str, target: str, **headers: str) -> str:
     request = make_mocked_request(method, target, headers=headers, app=app)
-    response = await issuing_first(app, _router)(request)
+    response = await issuing_first(app, _router, ISSUE_ROUTE)(request)
     return "router" if response is ROUTER else response.text or ""
 
 

@@ -22,8 +22,8 @@ from config.settings import Config
 from service import admin, app
 from service.keys import METRICS
 from service.metrics import WorkerMetrics
-from tests.conftest import CANONICAL_QUERY
-from tests.service.conftest import ClientFactory
+from tests.conftest import CANONICAL_QUERY, PLAIN_AIOHTTP
+from tests.service.conftest import ClientFactory, shortcuts_only
 
 ISSUE = "/next-tracking-number?" + urlencode(CANONICAL_QUERY)
 # The request targets, and the request line of each (a preflight is an OPTIONS).
@@ -64,6 +64,10 @@ ALWAYS = ("Host", "Origin", "Access-Control-Request-Method")
 # Headers whose bad value refuses the request (a 400 or a 417), so that nothing is issued.
 REFUSING = ("Idempotency-Key", "Expect", "Content-Length", "Transfer-Encoding")
 BAD_BYTES = {"not UTF-8": b"\xff\xfe", "UTF-8": "é€".encode(), "DEL": b"\x7f", "SOH": b"\x01"}
+# Refused by aiohttp's parser before the app runs: control bytes in any header, anything but
+# ASCII in the headers that frame the body.
+CONTROLS = ("DEL", "SOH")
+FRAMING = ("Content-Length", "Transfer-Encoding")
 
 
 class CountingMetrics(WorkerMetrics):
@@ -94,7 +98,17 @@ async def exchange(client: TestClient, head: bytes) -> tuple[int, dict[str, str]
         writer.close()
 
 
-@pytest.mark.parametrize("header", HEADERS)
+@pytest.mark.parametrize(
+    "header",
+    [
+        pytest.param(
+            name,
+            # aiohttp's expect handler fails on it (a 500): the shortcuts refuse it first.
+            marks=shortcuts_only if name == "Expect" else (),
+        )
+        for name in HEADERS
+    ],
+)
 async def test_non_ascii_header_bytes_get_a_json_answer_below_500(
     allocator: Allocator,
     make_config: Callable[..., Config],
@@ -116,6 +130,10 @@ async def test_non_ascii_header_bytes_get_a_json_answer_below_500(
             status, headers, body = await exchange(client, b"\r\n".join(lines) + b"\r\n\r\n")
             case = f"{header} with {kind} bytes on {request}"
             assert status < 500, case
+            if PLAIN_AIOHTTP and (kind in CONTROLS or header in FRAMING):
+                # Without the shortcuts' connection handler, aiohttp's own text answer.
+                assert status == 400, case
+                continue
             if header == "Origin":  # not an origin a browser sends: no CORS
                 assert "access-control-allow-origin" not in headers, case
             if request == "preflight" and status == 200:

@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient
 
 from service import params
 from tests.conftest import CANONICAL_QUERY
+from tests.service.conftest import head_refused_by_aiohttp
 from tests.service.test_app import PATH, json_error, raw_request
 
 VALID_QUERY = urlencode(CANONICAL_QUERY)
@@ -24,6 +25,7 @@ def http_get(target: str, *headers: str) -> bytes:
     return "\r\n".join(lines).encode("latin-1")
 
 
+@head_refused_by_aiohttp
 async def test_an_oversized_query_string_is_a_json_4xx(client: TestClient) -> None:
     # aiohttp refuses a request line over 8190 bytes before any handler runs.
     padding = "&pad=" + "x" * 9000
@@ -40,11 +42,13 @@ async def test_a_query_string_just_under_the_line_limit_still_gets_a_number(
     assert json.loads(body)["tracking_number"].startswith("MYID")
 
 
+@head_refused_by_aiohttp
 async def test_too_many_headers_are_a_json_4xx(client: TestClient) -> None:
     headers = [f"X-Filler-{n}: {n}" for n in range(300)]
     await json_error(client, http_get("/health", *headers))
 
 
+@head_refused_by_aiohttp
 async def test_an_oversized_header_on_the_hot_path_is_a_json_4xx(client: TestClient) -> None:
     await json_error(client, http_get(f"{PATH}?{VALID_QUERY}", "X-Request-ID: " + "r" * 9000))
 
@@ -89,6 +93,7 @@ async def test_invalid_percent_encoding_or_utf8_is_a_json_400_naming_the_field(
     assert body["details"] == {"customer_name": [params.BAD_ENCODING]}
 
 
+@head_refused_by_aiohttp
 @pytest.mark.parametrize(
     "raw_byte", [b"\xff", b"\x80", b"\xc3"], ids=["ff", "continuation", "truncated"]
 )
@@ -102,10 +107,12 @@ async def test_raw_bytes_that_are_not_utf8_in_the_query_are_a_json_4xx(
     await json_error(client, data)
 
 
+@head_refused_by_aiohttp
 async def test_a_nul_byte_in_a_header_is_a_json_4xx(client: TestClient) -> None:
     await json_error(client, http_get("/health", "X-Request-ID: a\x00b"))
 
 
+@head_refused_by_aiohttp
 async def test_conflicting_content_lengths_are_a_json_4xx(client: TestClient) -> None:
     await json_error(
         client,
@@ -113,6 +120,7 @@ async def test_conflicting_content_lengths_are_a_json_4xx(client: TestClient) ->
     )
 
 
+@head_refused_by_aiohttp
 async def test_content_length_and_chunked_together_are_a_json_4xx(client: TestClient) -> None:
     # The classic request-smuggling shape: a proxy and we might disagree on the body's end.
     await json_error(
@@ -122,6 +130,7 @@ async def test_content_length_and_chunked_together_are_a_json_4xx(client: TestCl
     )
 
 
+@head_refused_by_aiohttp
 async def test_a_broken_chunked_body_is_a_json_4xx(client: TestClient) -> None:
     data = b"POST /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
     await json_error(client, data)
@@ -130,7 +139,7 @@ async def test_a_broken_chunked_body_is_a_json_4xx(client: TestClient) -> None:
 @pytest.mark.parametrize(
     ("method", "status"),
     # A method that aiohttp's parser does not know (BREW, RFC 2324) fails at parsing: 400.
-    [("TRACE", 405), ("PROPFIND", 405), ("BREW", None)],
+    [("TRACE", 405), ("PROPFIND", 405), pytest.param("BREW", None, marks=head_refused_by_aiohttp)],
 )
 async def test_unusual_methods_are_a_json_4xx(
     client: TestClient, method: str, status: int | None
@@ -141,7 +150,12 @@ async def test_unusual_methods_are_a_json_4xx(
 
 @pytest.mark.parametrize(
     "request_line",
-    ["CONNECT x:443 HTTP/1.1", "OPTIONS * HTTP/1.1", "GET http://x HTTP/1.1", "GET * HTTP/1.1"],
+    [
+        "CONNECT x:443 HTTP/1.1",
+        "OPTIONS * HTTP/1.1",
+        "GET http://x HTTP/1.1",
+        pytest.param("GET * HTTP/1.1", marks=head_refused_by_aiohttp),
+    ],
 )
 async def test_a_target_that_no_route_can_match_is_a_json_4xx(
     client: TestClient, request_line: str
@@ -151,14 +165,17 @@ async def test_a_target_that_no_route_can_match_is_a_json_4xx(
     await json_error(client, data)
 
 
+@head_refused_by_aiohttp
 async def test_a_malformed_method_token_is_a_json_400(client: TestClient) -> None:
     await json_error(client, b"G(E)T /health HTTP/1.1\r\nHost: x\r\n\r\n", status=400)
 
 
+@head_refused_by_aiohttp
 async def test_an_unsupported_http_version_is_a_json_4xx(client: TestClient) -> None:
     await json_error(client, b"GET /health HTTP/9.9\r\nHost: x\r\n\r\n")
 
 
+@head_refused_by_aiohttp
 async def test_an_http2_preface_is_a_json_4xx(client: TestClient) -> None:
     await json_error(client, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
 

@@ -18,7 +18,10 @@ from aiohttp.test_utils import TestClient
 
 from config.settings import Config
 from tests.conftest import CANONICAL_QUERY, Allocators
-from tests.service.conftest import ClientFactory
+from tests.service.conftest import ClientFactory, shortcuts_only
+
+# The deadline for a request head is the shortcuts' connection handler's (header_timeout.py).
+pytestmark = shortcuts_only
 
 HEADER_TIMEOUT = 0.5
 # How long a test waits for a cut-off before it fails: far above HEADER_TIMEOUT, so that a
