@@ -30,19 +30,6 @@ from tests.system.conftest import PostgresServer
 WAIT = 30.0  # for a condition that normally holds within milliseconds
 
 
-@pytest.fixture
-def server() -> PostgresServer:
-    return PostgresServer.from_environment()
-
-
-@pytest.fixture
-async def database(server: PostgresServer) -> AsyncIterator[str]:
-    """A fresh database's URL."""
-    name = await server.create_database()
-    yield server.database_url(name)
-    await server.drop_database(name)
-
-
 class Forwarding:
     """A writer forwarding to ``url``, and a client of it; started again at will."""
 

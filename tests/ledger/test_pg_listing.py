@@ -22,18 +22,6 @@ ACME = "0f8fad5b-d9cb-469f-a165-70867728950e"
 
 
 @pytest.fixture
-def server() -> PostgresServer:
-    return PostgresServer.from_environment()
-
-
-@pytest.fixture
-async def database(server: PostgresServer) -> AsyncIterator[str]:
-    name = await server.create_database()
-    yield server.database_url(name)
-    await server.drop_database(name)
-
-
-@pytest.fixture
 async def forwarding(config: Config, database: str) -> AsyncIterator[Forwarding]:
     running = Forwarding(config, database)
     await running.start()

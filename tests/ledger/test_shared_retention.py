@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -21,18 +20,6 @@ from tests.ledger.test_forwarder import Forwarding, expected, plant, shared_rows
 from tests.ledger.test_retention import DAY_NS, aged
 from tests.ledger.test_writer import KEY, rows
 from tests.system.conftest import PostgresServer
-
-
-@pytest.fixture
-def server() -> PostgresServer:
-    return PostgresServer.from_environment()
-
-
-@pytest.fixture
-async def database(server: PostgresServer) -> AsyncIterator[str]:
-    name = await server.create_database()
-    yield server.database_url(name)
-    await server.drop_database(name)
 
 
 class KeepingADay(Forwarding):

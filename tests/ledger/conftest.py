@@ -1,0 +1,23 @@
+"""The ledger's PostgreSQL tests: a fresh database of the server ``.ci/postgres.sh`` started
+(skipped without one, a failure under CI), as the store's PostgreSQL tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.system.conftest import PostgresServer
+
+
+@pytest.fixture
+def server() -> PostgresServer:
+    return PostgresServer.from_environment()
+
+
+@pytest.fixture
+async def database(server: PostgresServer) -> AsyncIterator[str]:
+    """A fresh database's URL."""
+    name = await server.create_database()
+    yield server.database_url(name)
+    await server.drop_database(name)
