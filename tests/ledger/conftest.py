@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from config.settings import Config
+from tests.ledger.test_forwarder import Forwarding
 from tests.system.conftest import PostgresServer
 
 
@@ -21,3 +23,13 @@ async def database(server: PostgresServer) -> AsyncIterator[str]:
     name = await server.create_database()
     yield server.database_url(name)
     await server.drop_database(name)
+
+
+@pytest.fixture
+async def forwarding(config: Config, database: str) -> AsyncIterator[Forwarding]:
+    """A writer forwarding to a fresh database, and a client of it."""
+    running = Forwarding(config, database)
+    await running.start()
+    yield running
+    await running.client.close()
+    await running.stop()

@@ -13,7 +13,7 @@ import logging
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import asyncpg
 import msgspec
@@ -59,15 +59,6 @@ class Forwarding:
     def _forwarded(self) -> bool:
         assert self.writer is not None
         return self.writer.stats.spool_records == 0 and mark(self.config) == last_issue(self.config)
-
-
-@pytest.fixture
-async def forwarding(config: Config, database: str) -> AsyncIterator[Forwarding]:
-    running = Forwarding(config, database)
-    await running.start()
-    yield running
-    await running.client.close()
-    await running.stop()
 
 
 async def until(condition: Callable[[], bool]) -> None:

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from config.settings import Config
 from ledger import pg_listing, postgres
 from ledger.errors import LedgerError
 from ledger.listing import Filters, Position
@@ -19,15 +18,6 @@ from tests.ledger.test_writer import issue
 from tests.system.conftest import PostgresServer
 
 ACME = "0f8fad5b-d9cb-469f-a165-70867728950e"
-
-
-@pytest.fixture
-async def forwarding(config: Config, database: str) -> AsyncIterator[Forwarding]:
-    running = Forwarding(config, database)
-    await running.start()
-    yield running
-    await running.client.close()
-    await running.stop()
 
 
 async def forward(forwarding: Forwarding, *issues: Issue) -> None:
