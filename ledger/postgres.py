@@ -28,6 +28,7 @@ from allocator.store.postgres import (
 )
 from config.urls import redact_url
 from ledger import sqlite
+from ledger.erasure import BATCH_REQUESTS, Erased
 from ledger.errors import LedgerError
 from ledger.records import ISSUE_COLUMNS, RECORD_COLUMNS, Record, key_digest
 from ledger.spool import Batch
@@ -113,6 +114,19 @@ RECORD_SELECT = (
 _SELECT_ONE = (
     f"SELECT {_RECORD} FROM ledger_number n JOIN ledger_issue i ON i.id = n.issue_id"
     " WHERE n.key_digest = $1 AND n.counter = $2"
+)
+# Erasure (the file's side is ledger/erasure.py): the customer's issues not blanked yet, in the
+# order of ledger_issue_by_customer_id, a batch at a time; then their numbers, to report.
+_NEXT_TO_BLANK = (
+    "SELECT id FROM ledger_issue WHERE customer_id = $1 AND id > $2"
+    " AND (customer_name <> '' OR customer_slug <> '') ORDER BY id LIMIT $3"
+)
+_BLANK = (
+    "UPDATE ledger_issue SET customer_name = '', customer_slug = '' WHERE id = ANY($1::bigint[])"
+)
+_CUSTOMER_RECORDS = (
+    "SELECT count(*) FROM ledger_number"
+    " WHERE issue_id IN (SELECT id FROM ledger_issue WHERE customer_id = $1)"
 )
 
 
@@ -232,3 +246,31 @@ async def read_record(url: str, path: str, key: bytes, counter: int) -> Record |
             extra={"tracking.store_location": where, "error.message": unreachable},
         )
     return found
+
+
+async def erase_customer(url: str, customer_id: str) -> Erased:
+    """Blank the name and slug of every issue of ``customer_id`` in the shared ledger, then
+    rewrite the table, so that the names are gone from its files too.
+
+    An UPDATE leaves the old row versions in their pages, and a plain VACUUM marks their space
+    free without overwriting it (measured: the names were still in the table's and the slug
+    index's files). VACUUM FULL writes the table and its indexes anew, holding an exclusive
+    lock meanwhile: forwarding waits (records wait in the spools), reads of records time out.
+    So it runs only when something was blanked.
+    """
+    db = await connect(url)
+    try:
+        requests = 0
+        position = 0
+        while batch := [
+            row[0] for row in await db.fetch(_NEXT_TO_BLANK, customer_id, position, BATCH_REQUESTS)
+        ]:
+            await db.execute(_BLANK, batch)  # a transaction of its own, as in the file
+            requests += len(batch)
+            position = batch[-1]
+        records = await db.fetchval(_CUSTOMER_RECORDS, customer_id)
+        if requests:
+            await db.execute("VACUUM FULL ledger_issue", timeout=INDEX_BUILD_TIMEOUT)
+        return Erased(requests, int(records))
+    finally:
+        await db.close()

@@ -125,6 +125,16 @@ def _trimmed(
     return issues[:kept], [row for row in numbers if row[2] <= last]
 
 
+def forwarded_mark(db: sqlite3.Connection) -> int | None:
+    """The last local issue id that PostgreSQL has committed; None when the file was never
+    forwarded (the forwarder reads it after any change made now)."""
+    try:
+        row = db.execute("SELECT forwarded_id FROM ledger_spool WHERE id = 1").fetchone()
+    except sqlite3.OperationalError:  # no such table: the forwarder never started
+        return None
+    return None if row is None else int(row[0])
+
+
 def set_forwarded(db: sqlite3.Connection, last_id: int) -> None:
     """Remember that PostgreSQL holds every issue up to local id ``last_id``."""
     db.execute("UPDATE ledger_spool SET forwarded_id = ? WHERE id = 1", (last_id,))
