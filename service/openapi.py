@@ -33,6 +33,7 @@ from service.params import (
 )
 from service.server.answers import JSON, JsonAnswer
 from service.verify import Verdict
+from service.verify_s10 import S10Verdict
 from service.views import Health
 
 VERSION = "0.1.0"
@@ -184,12 +185,13 @@ def build() -> dict[str, Any]:
             Health,
             AllocatorStatus,
             Verdict,
+            S10Verdict,
             ListingQuery,
             Page,
         ],
         ref_template=REF,
     )
-    _, one, several, error, health, status, verdict, _, page = schemas
+    _, one, several, error, health, status, verdict, s10_verdict, _, page = schemas
     request_schema = components.pop("TrackingRequest")
     query_schema = components.pop("ListingQuery")
     request_id = {
@@ -405,26 +407,39 @@ def build() -> dict[str, Any]:
                     "summary": "Check a tracking number someone typed or scanned",
                     "description": "Whether the number is valid (assigned country codes, a "
                     "serial in range, the right check character) and if not, why not; its "
-                    "origin and destination. When it is not valid and exactly one swap of "
-                    "lookalike characters (0/O, 1/I, 5/S, ...) makes it valid, that fix is "
-                    "suggested. Operator clients (loopback, or the admin "
-                    "token) also learn whether this service issued it.",
+                    "origin and destination. A 13-character number is read as a UPU S10 "
+                    "number (`scheme` is `s10`): two letters, eight digits, the UPU check "
+                    "digit and two letters; its service indicator (what UPU gives it to: "
+                    "international, domestic, reserved or unknown; and whether this operator "
+                    "issues it, its `s10_indicators`) and its country. When it is not valid "
+                    "and exactly one swap of lookalike characters (0/O, 1/I, 5/S, ...) makes "
+                    "it valid, that fix is suggested. Operator clients (loopback, or the admin "
+                    "token) also learn whether this service issued it (an S10 number: whether "
+                    "its series' counter was handed out past it).",
                     "parameters": [
                         correlation,
                         {
                             "name": "number",
                             "in": "path",
                             "required": True,
-                            "description": "The tracking number; lower case is read as upper case.",
-                            "schema": {"type": "string", "pattern": "^[A-Za-z0-9]{16}$"},
+                            "description": "The tracking number, 16 characters (13 for a UPU "
+                            "S10 number); lower case is read as upper case.",
+                            "schema": {
+                                "type": "string",
+                                "pattern": "^[A-Za-z0-9]{13}([A-Za-z0-9]{3})?$",
+                            },
                             "example": "MYIDI45OOV7PPDV7",
                         },
                     ],
                     "responses": {
-                        "200": _json(verdict, "The verdict", headers=request_id),
+                        "200": _json(
+                            {"oneOf": [verdict, s10_verdict]},
+                            "The verdict: on one of our numbers, or on a UPU S10 number",
+                            headers=request_id,
+                        ),
                         "400": _json(
                             error,
-                            "Not 16 letters and digits: details say what is wrong",
+                            "Not 16 (or 13) letters and digits: details say what is wrong",
                             headers=request_id,
                         ),
                         **not_allowed,

@@ -1,6 +1,7 @@
 """Checking a number someone typed or scanned: ``GET /tracking-numbers/{number}``.
 
-A number that is not 16 letters and digits is malformed: a 400. Anything else gets a verdict:
+A number that is not 16 (or 13) letters and digits is malformed: a 400. Thirteen are a UPU S10
+number, which ``service.verify_s10`` judges. Anything else gets a verdict:
 valid or not, and why not (a country code that is not assigned, a serial beyond the range of
 the store's scheme, a wrong check character), with its origin and destination. Operators (the
 same access as /allocator/status) also learn whether this service issued it: the serial is
@@ -26,26 +27,19 @@ from config.urls import POSTGRES_URLS
 from ledger import postgres, sqlite
 from ledger.errors import LedgerError
 from ledger.records import Record
-from service import errors
+from service import errors, s10
 from service.admin import is_operator, reads_records
 from service.countries import COUNTRIES
 from service.issued import microseconds
 from service.keys import CLIENT, CONFIG
+from service.lookalikes import one_fix
 from service.numbers import ALPHABET, NUMBER_LENGTH, parse, permutation, serial_limit
 from service.observe import observed
 from service.server.answers import JsonAnswer
+from service.verify_s10 import verify_s10
 
 MALFORMED = "Malformed tracking number"
 _CHARACTERS = frozenset(ALPHABET)
-# Characters people and scanners mistake for one another. A typo fix is suggested only when
-# exactly one of these swaps makes the number valid: any character swapped for any other would
-# almost always offer one valid fix per position, which helps nobody.
-LOOKALIKES = ("0O", "0Q", "0D", "1I", "1L", "2Z", "5S", "6G", "8B", "UV")
-_SWAPS = {
-    char: "".join(pair.replace(char, "") for pair in LOOKALIKES if char in pair)
-    for pair in LOOKALIKES
-    for char in pair
-}
 
 
 class RecordBody(msgspec.Struct):
@@ -111,8 +105,11 @@ class Verdict(msgspec.Struct, omit_defaults=True):
 
 def malformed(number: str) -> list[str]:
     """Why ``number`` (upper case expected) is not even shaped like a number; empty if it is."""
-    if len(number) != NUMBER_LENGTH:
-        return [f"must be {NUMBER_LENGTH} characters long, not {len(number)}"]
+    if len(number) not in (NUMBER_LENGTH, s10.NUMBER_LENGTH):
+        return [
+            f"must be {NUMBER_LENGTH} characters long ({s10.NUMBER_LENGTH} for a UPU S10 "
+            f"number), not {len(number)}"
+        ]
     if not set(number) <= _CHARACTERS:
         return ["must hold only the letters A-Z and the digits 0-9"]
     return []
@@ -136,13 +133,7 @@ def problems(number: str, serials: int = COUNTER_LIMIT) -> list[str]:
 
 def suggestion(number: str, serials: int = COUNTER_LIMIT) -> str | None:
     """The valid number one lookalike swap away, if there is exactly one."""
-    swapped = {
-        number[:position] + swap + number[position + 1 :]
-        for position, char in enumerate(number)
-        for swap in _SWAPS.get(char, "")
-    }
-    fixes = [candidate for candidate in swapped if not problems(candidate, serials)]
-    return fixes[0] if len(fixes) == 1 else None
+    return one_fix(number, lambda candidate: not problems(candidate, serials))
 
 
 async def read_record(config: Config, key: bytes, counter: int) -> Record | None:
@@ -164,6 +155,8 @@ async def verify(request: web.Request, correlation_id: str) -> web.StreamRespons
     number = typed.upper() if typed.isascii() else typed
     if found := malformed(number):
         return errors.json_error(400, MALFORMED, correlation_id, details={"number": found})
+    if len(number) == s10.NUMBER_LENGTH:
+        return await verify_s10(request, number, correlation_id)
     app = request.app
     client = app[CLIENT]
     serials = serial_limit(client.scheme)
