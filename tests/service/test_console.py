@@ -112,8 +112,20 @@ def test_the_script_inserts_text_never_markup() -> None:
 
 def test_the_consoles_files_ship_in_the_package() -> None:
     setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
-    patterns = setuptools["package-data"]["service"]
+    assert "service.static" in setuptools["packages"]
+    patterns = setuptools["package-data"]["service.static"]
     for path in STATIC.iterdir():
-        name = str(path.relative_to(REPO / "service"))
-        assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name
+        assert any(fnmatch.fnmatch(path.name, pattern) for pattern in patterns), path.name
     assert set(ASSETS) == {path.name for path in STATIC.iterdir()}
+
+
+def test_every_subpackage_ships_in_the_wheel() -> None:
+    """``packages`` is a list: a package left out of it is missing from a wheel (and from an
+    installed service that does not run from its source tree)."""
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"
+    ]
+    for top in list(packages):
+        for init in (REPO / top).rglob("__init__.py"):
+            package = ".".join(init.parent.relative_to(REPO).parts)
+            assert package in packages, f"{package} is left out of the wheel"
