@@ -26,6 +26,7 @@ AXE = Path(os.environ.get("TRACKING_TEST_AXE", REPO / ".cache" / "axe-core" / "a
 # Where the run leaves its screenshots (docs/ keeps one of each width).
 SCREENSHOTS = Path(os.environ.get("TRACKING_TEST_SCREENSHOTS", REPO / "build" / "console"))
 HINT = "bash .ci/browser.sh installs chromium, chromium-driver and axe-core"
+TAB = "\ue004"  # Selenium's Keys.TAB
 ENTER = "\ue007"  # Selenium's Keys.ENTER (selenium is imported only once it is known to be there)
 WIDTHS = {"phone": (390, 844), "desktop": (1920, 1080)}
 # Before any script of the page: CSP violations are collected where the test can read them.
@@ -86,6 +87,23 @@ class Console:
         field = self.element(css)
         field.clear()
         field.send_keys(text + (ENTER if submit else ""))
+
+    def unreached_by_tab(self, limit: int = 200) -> list[str]:
+        """The visible controls that pressing Tab round the page never reaches."""
+        reached: list[Any] = []
+        for _ in range(limit):
+            self.driver.switch_to.active_element.send_keys(TAB)
+            focused = self.driver.switch_to.active_element
+            if reached and focused == reached[0]:
+                break  # round the page once
+            if focused not in reached:  # a date field takes a Tab per part
+                reached.append(focused)
+        controls = self.elements("a[href], button:not([disabled]), input, select, [tabindex='0']")
+        return [
+            control.get_attribute("id") or control.text
+            for control in controls
+            if control.is_displayed() and control not in reached
+        ]
 
     def choose(self, css: str, option: str) -> None:
         from selenium.webdriver.support.select import Select

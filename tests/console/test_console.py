@@ -116,6 +116,7 @@ def test_browsing_one_customer_across_pages_forward_and_back_repeats_and_misses_
     )
     assert console.element("#previous-page").get_attribute("disabled") is not None
     assert console.axe() == [], "the browse view"
+    assert console.unreached_by_tab() == []  # every control, the table's links included
     console.screenshots("browse")
     for number in (2, 3):
         console.element("#next-page").send_keys(ENTER)
