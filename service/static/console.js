@@ -163,7 +163,10 @@
 
   function recordList(record) {
     const list = el("dl");
-    definitions(list, RECORD_LABELS.map(([key, label]) =>
+    const known = new Set(RECORD_LABELS.map(([key]) => key));
+    // Fields this page does not know yet (another scheme's record) are shown under their names.
+    const labels = [...RECORD_LABELS, ...Object.keys(record).filter((key) => !known.has(key)).map((key) => [key, key])];
+    definitions(list, labels.filter(([key]) => key in record).map(([key, label]) =>
       [label, key === "issued_at" ? utc(record[key]) : display(record[key])]));
     return list;
   }
@@ -222,6 +225,9 @@
         "verdict " + (data.issued ? "good" : "neutral")));
     }
     if (data.note) out.append(el("p", data.note));
+    if (data.issued && !data.record && !data.note) {
+      out.append(el("p", "Its record is not shown: the ledger is off, or the service no longer takes this token (a restart makes a new one): forget it and give the new one."));
+    }
     if (data.record) {
       out.append(el("h2", "Its record"), recordList(data.record));
     }
@@ -482,11 +488,13 @@
     }
   }
 
-  let polling = null;
+  let polling = null; // the next refresh's timer
+  let asking = false; // a status request is on its way: one refresh loop only
 
   async function poll() {
     clearTimeout(polling);
-    if (!token()) return;
+    if (asking || !token()) return;
+    asking = true;
     try {
       const response = await api("/allocator/status");
       const data = await body(response);
@@ -496,6 +504,8 @@
       else render(data);
     } catch {
       fault("The service does not answer.");
+    } finally {
+      asking = false;
     }
     polling = setTimeout(poll, POLL_MS);
   }

@@ -53,9 +53,15 @@ def test_a_looked_up_number_shows_its_verdict_and_record(console: Console) -> No
     issue(console.service, 2, **OTHER)
     console.open()
     assert console.axe() == [], "the token view"
+    assert "cat state/run/admin-token" in console.text("#view-token")  # make run's token
     console.sign_in("not-the-token")
     console.wait(lambda: "refused this token" in console.text("#token-problem"))
     console.sign_in()
+    # Kept for the tab only: not in localStorage, not in a cookie.
+    kept = console.driver.execute_script(
+        "return [Object.values(sessionStorage), localStorage.length, document.cookie]"
+    )
+    assert kept == [[console.token], 0, ""]
     console.type_into("#number", mine[1].lower())  # typed in lower case
     console.wait(lambda: console.elements("#find-result dl"))
     assert console.text("#find-result .verdict") == f"{mine[1]} is valid"
