@@ -176,6 +176,14 @@ def test_the_csv_download_holds_every_record_of_the_filter_as_issued(
     lines = [json.loads(line) for line in saved.read_text().splitlines()]
     assert sorted(x["tracking_number"] for x in lines) == sorted(mine)
     assert not set(others) & {x["tracking_number"] for x in lines}
+    # An issue window: one that ends in the past holds none of them, one that is open, all.
+    window = "document.getElementById('issued-to').value = arguments[0]"
+    console.driver.execute_script(window, "2020-01-01T00:00:00")
+    console.element("#customer").send_keys(ENTER)
+    console.wait(lambda: console.text("#browse-count") == "No record matches these filters.")
+    console.driver.execute_script(window, "2099-01-01T00:00:00")
+    console.element("#customer").send_keys(ENTER)
+    console.wait(lambda: console.text("#browse-count").startswith("Page 1: records 1 to 35"))
     assert console.problems() == []
 
 
