@@ -15,7 +15,7 @@ from aiohttp_cors.urldispatcher_router_adapter import ResourcesUrlDispatcherRout
 from allocator.client import AllocatorClient
 from config.settings import Config
 from ledger.client import LedgerClient
-from service import admin, listing, verify, views
+from service import admin, console, listing, verify, views
 from service.access_log import AccessLog
 from service.blocks import Issuer
 from service.correlation import HEADERS as CORRELATION_HEADERS
@@ -35,6 +35,10 @@ ROUTES = (
     (listing.ROUTE, listing.list_records),
     ("/tracking-numbers/{number}", verify.verify),
     ("/openapi.json", openapi),
+    # The operator console's page and files (service/console.py).
+    (console.BARE_ROUTE, console.bare),
+    (console.ROUTE, console.page),
+    (console.ASSET_ROUTE, console.asset),
 )
 
 

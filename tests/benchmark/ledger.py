@@ -54,6 +54,11 @@ SHAPES = (
     Shape("single numbers, 1,000 customers, 50 a commit", 1, 50, 1000),
     Shape("count=100, 1,000 customers, 10 a commit", 100, 10, 1000),
     Shape("count=1000, 1,000 customers, 1 a commit", 1000, 1, 1000),
+    # The groups of make bench's load (64 connections: about 18 requests a commit), and those
+    # of a writer offered more than it takes, whose groups grow until it keeps up: a record's
+    # cost is mostly its commit's (docs/performance.md).
+    Shape("single numbers, one customer, 18 a commit", 1, 18, 1),
+    Shape("single numbers, one customer, 2,000 a commit", 1, 2000, 1),
 )
 
 
