@@ -11,8 +11,9 @@ import signal
 from pathlib import Path
 
 from allocator.counter import NEW_STORE_SCHEME
+from service.lookalikes import _SWAPS
 from service.numbers import serial_limit
-from service.verify import _SWAPS, suggestion
+from service.verify import suggestion
 from tests.conftest import CANONICAL_QUERY
 from tests.console.conftest import ENTER, Console, issue, records
 
