@@ -106,7 +106,7 @@ async def list_records(request: web.Request, correlation_id: str) -> web.StreamR
             return errors.invalid_parameters({"cursor": [RULES["cursor"]]}, correlation_id)
     kind = media_type(request.headers.get("Accept", ""))
     try:
-        async with _pages(app[CONFIG]) as read_page:
+        async with pages(app[CONFIG]) as read_page:
             if kind == JSON:
                 limit = DEFAULT_LIMIT if query.limit is None else int(query.limit)
                 # One more than the page: whether there is a next page, without a query more.
@@ -129,7 +129,7 @@ PageReader = Callable[[Filters, Position | None, int], Awaitable[list[Listed]]]
 
 
 @contextlib.asynccontextmanager
-async def _pages(config: Config) -> AsyncIterator[PageReader]:
+async def pages(config: Config) -> AsyncIterator[PageReader]:
     """Reads pages of the ledger that a lookup reads: the shared one with a PostgreSQL store,
     else this host's file; LedgerError when it cannot be read."""
     if shared_ledger(config):

@@ -1,0 +1,55 @@
+"""Real decoders and rasterisers for the label tests: zxing-cpp (a PyPI wheel), and Debian's
+``pdftoppm`` (poppler-utils) and ``rsvg-convert`` (librsvg2-bin), which .ci/labels.sh installs."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import tempfile
+
+import zxingcpp
+from PIL import Image
+
+PRINTER_DPI = 203
+
+
+def decoded(image: Image.Image) -> list[str]:
+    """The text of every Code 128 symbol zxing-cpp finds in ``image``."""
+    found = zxingcpp.read_barcodes(image.convert("L"), formats=zxingcpp.BarcodeFormat.Code128)
+    return [barcode.text for barcode in found]
+
+
+def png_image(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data))
+
+
+def pdf_pages(data: bytes, dpi: int = PRINTER_DPI) -> list[Image.Image]:
+    """Every page of a PDF, rasterised by pdftoppm at ``dpi``, in order."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "labels.pdf")
+        with open(path, "wb") as file:
+            file.write(data)
+        subprocess.run(
+            ["pdftoppm", "-r", str(dpi), "-png", path, os.path.join(folder, "page")], check=True
+        )
+        names = sorted(
+            (name for name in os.listdir(folder) if name.endswith(".png")),
+            key=lambda name: int(name.rsplit("-", 1)[1].split(".")[0]),
+        )
+        pages = []
+        for name in names:
+            with Image.open(os.path.join(folder, name)) as page:
+                pages.append(page.copy())
+        return pages
+
+
+def svg_image(data: bytes, dpi: int = PRINTER_DPI) -> Image.Image:
+    """An SVG rasterised by rsvg-convert at ``dpi``, on white."""
+    done = subprocess.run(
+        ["rsvg-convert", "--dpi-x", str(dpi), "--dpi-y", str(dpi), "--background-color", "white"],
+        input=data,
+        capture_output=True,
+        check=True,
+    )
+    return png_image(done.stdout)
