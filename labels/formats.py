@@ -58,7 +58,7 @@ def zpl(label: Page) -> bytes:
     printer's own Code 128 (``^BC``, automatic subsets) on the same dots as our bars."""
     row_bytes = (label.width + 7) // 8
     bits = label.text.tobytes().translate(_INVERT)  # ZPL prints the 1 bits
-    data = base64.b64encode(zlib.compress(bits)).decode()
+    data = base64.b64encode(zlib.compress(bits, 1)).decode()
     crc = binascii.crc_hqx(data.encode(), 0)
     first_bar = label.bars[0].x
     return (

@@ -121,9 +121,13 @@ def fitted(text: str, size: int, room: float) -> str:
     return (text[: cuts[low - 1]].rstrip() if low else "") + ELLIPSIS
 
 
+# Lines repeat from label to label (a route's countries, a customer's name, "Customer"), and
+# drawing one is most of a label's time: about 3 MB of the latest lines are kept.
+@functools.lru_cache(maxsize=512)
 def line(text: str, size: int, box: tuple[int, int], *, centred: bool = False) -> Image.Image:
     """``text`` drawn black on white in a one-bit image of ``box`` (width, height) pixels, cut
-    to fit with an ellipsis. Whatever the glyphs, nothing is drawn outside the box."""
+    to fit with an ellipsis. Whatever the glyphs, nothing is drawn outside the box. The image
+    is shared: paste it, never draw on it."""
     image = Image.new("1", box, 1)
     text = fitted(text, size, box[0])
     draw = ImageDraw.Draw(image)

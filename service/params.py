@@ -242,8 +242,9 @@ def validate(raw_query: str, parsed: MultiMapping[str] | None = None) -> Trackin
     """The validated request, or ``Invalid``: every bad or missing field."""
     values, errors = split_query(raw_query, parsed)
     normalise(values, errors)
-    # values holds only our fields: every required one is there when the count adds up.
-    if not errors and len(values) == len(REQUIRED) + ("count" in values) + ("label" in values):
+    # values holds only our fields: with fewer than the required ones, one is missing. (With as
+    # many or more, the conversion finds any missing one, whatever optional fields there are.)
+    if not errors and len(values) >= len(REQUIRED):
         try:
             request = msgspec.convert(values, TrackingRequest)
         except msgspec.ValidationError:

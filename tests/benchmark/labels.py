@@ -2,7 +2,9 @@
 ``python -m tests.benchmark.labels``. Prints figures; asserts nothing (the machine is shared).
 
 1. One label, drawn in-process as a worker's label thread draws it (layout and writing, a new
-   number each time): p50 and p99 for PDF, ZPL, PNG and SVG at 203 dpi, and PNG at 300 dpi.
+   number each time): p50 and p99 for PDF, ZPL, PNG and SVG at 203 dpi, and PNG at 300 dpi;
+   for 20 customers in turn (their name lines drawn once, then kept: ``labels.text.line``),
+   and with a new customer name on every label (the worst case).
 2. 1,000 labels in one PDF, through the writer a page at a time, as ``POST /labels`` does.
 3. The real run.py with one worker and the ledger: the issuing route's p99 with nothing else,
    then while other clients fetch PNG labels as fast as the worker draws them, in the same run.
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import aiohttp
 
+from labels import text
 from labels.formats import PdfWriter, pdf, png, svg, zpl
 from labels.label import Content, page
 from tests.benchmark.bench import REPO, free_port, wait_until_serving
@@ -37,14 +40,15 @@ LABELLERS = 2  # concurrent clients fetching labels: the label thread never idle
 TOKEN = "label-bench"
 
 
-def content(index: int) -> Content:
+def content(index: int, customers: int = 20) -> Content:
+    customer = index % customers
     return Content(
         f"MYID{index:011d}A",
         "MY",
         "ID",
         "1.234",
-        f"RedBox Logistics {index}",
-        "redbox-logistics",
+        f"RedBox Logistics {customer}",
+        f"redbox-logistics-{customer}",
         "2026-12-07",
     )
 
@@ -55,12 +59,13 @@ def quantiles(samples: list[float]) -> tuple[float, float]:
     return cuts[49] * 1000, cuts[98] * 1000
 
 
-def one_label(write: Callable[..., bytes], dpi: int) -> tuple[float, float]:
-    write(page(content(0), dpi=dpi))  # fonts and caches, as a worker's first label
+def one_label(write: Callable[..., bytes], dpi: int, customers: int) -> tuple[float, float]:
+    text.line.cache_clear()
+    write(page(content(0, customers), dpi=dpi))  # fonts, as a worker's first label
     samples = []
     for index in range(1, DRAWS + 1):
         started = time.perf_counter()
-        write(page(content(index), dpi=dpi))
+        write(page(content(index, customers), dpi=dpi))
         samples.append(time.perf_counter() - started)
     return quantiles(samples)
 
@@ -135,8 +140,12 @@ def main() -> None:
         ("SVG 203 dpi", svg, 203),
         ("PNG 300 dpi", png, 300),
     ):
-        p50, p99 = one_label(write, dpi)
-        print(f"  {name}: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+        p50, p99 = one_label(write, dpi, 20)
+        new_p50, new_p99 = one_label(write, dpi, DRAWS + 1)
+        print(
+            f"  {name}: 20 customers p50 {p50:.2f} ms, p99 {p99:.2f} ms;"
+            f" a new customer each time p50 {new_p50:.2f} ms, p99 {new_p99:.2f} ms"
+        )
     seconds, size = thousand_in_one_pdf()
     print(f"1,000 labels in one PDF: {seconds:.2f} s, {size / 1e6:.1f} MB")
     state_dir = Path(tempfile.mkdtemp(prefix="tn-labels-", dir="/tmp"))
