@@ -31,7 +31,7 @@ from ledger.records import Record
 from service import errors
 from service.admin import records_refusal
 from service.keys import CLIENT, CONFIG, LABEL_DRAWER
-from service.listing import _permutation_key, pages
+from service.listing import pages, permutation_key
 from service.listing_query import validate as validate_filters
 from service.numbers import parse, permutation, serial_limit
 from service.observe import observed
@@ -124,7 +124,7 @@ async def record_of(app: web.Application, number: str) -> Record | None:
     if malformed(number):
         return None
     client = app[CLIENT]
-    key = await _permutation_key(client)
+    key = await permutation_key(client)
     assert client.scheme is not None  # it comes with the key
     if problems(number, serial_limit(client.scheme)):
         return None

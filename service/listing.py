@@ -96,7 +96,7 @@ async def list_records(request: web.Request, correlation_id: str) -> web.StreamR
         return errors.invalid_parameters(query.problems, correlation_id)
     filters = query.filters()
     try:
-        cursors = Cursors(await _permutation_key(app[CLIENT]))
+        cursors = Cursors(await permutation_key(app[CLIENT]))
     except AllocatorError:
         return errors.unavailable(correlation_id)
     after = None
@@ -140,7 +140,7 @@ async def pages(config: Config) -> AsyncIterator[PageReader]:
             yield functools.partial(listing.read_page, db)
 
 
-async def _permutation_key(client: AllocatorClient) -> bytes:
+async def permutation_key(client: AllocatorClient) -> bytes:
     """The store's key, which cursors are signed with. It comes with the allocator's welcome,
     before any answer (``connect`` may return while another task's welcome is on its way)."""
     if client.key is None:

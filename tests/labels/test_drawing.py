@@ -238,3 +238,14 @@ def test_a_pdf_of_1000_labels_is_written_in_constant_memory() -> None:
     large, written = peak(1000)
     assert written > 900 * 5_000
     assert (large - small) / 900 < 150
+
+
+def test_without_any_font_installed_a_label_still_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Docker image has no Noto or DejaVu: names are drawn in Pillow's own font."""
+    monkeypatch.setattr(text, "fonts", lambda: ())
+    text.line.cache_clear()
+    try:
+        label = page(content("MYID0123456789AB", "東京物流 " * 60))
+        assert decoded(png_image(png(label))) == ["MYID0123456789AB"]
+    finally:
+        text.line.cache_clear()
