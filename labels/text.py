@@ -89,6 +89,7 @@ def runs(text: str) -> list[Run]:
     return found
 
 
+@functools.lru_cache(maxsize=1024)
 def width(text: str, size: int) -> float:
     """How wide ``text`` is drawn at ``size`` pixels, in pixels."""
     return sum(_font(run.font, size).getlength(run.text) for run in runs(text))

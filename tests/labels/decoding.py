@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import subprocess
 import tempfile
@@ -18,6 +19,20 @@ def decoded(image: Image.Image) -> list[str]:
     """The text of every Code 128 symbol zxing-cpp finds in ``image``."""
     found = zxingcpp.read_barcodes(image.convert("L"), formats=zxingcpp.BarcodeFormat.Code128)
     return [barcode.text for barcode in found]
+
+
+def element_widths(image: Image.Image) -> list[int]:
+    """The widths in pixels of the bars and spaces of the one Code 128 symbol zxing-cpp finds,
+    first bar to last, across the middle of its bars."""
+    grey = image.convert("L")
+    (found,) = zxingcpp.read_barcodes(grey, formats=zxingcpp.BarcodeFormat.Code128)
+    corners = found.position
+    row = (corners.top_left.y + corners.bottom_left.y) // 2
+    pixels = [grey.getpixel((x, row)) < 128 for x in range(grey.width)]
+    first, last = pixels.index(True, corners.top_left.x - 2), corners.top_right.x + 2
+    while not pixels[last]:
+        last -= 1
+    return [len(list(run)) for _, run in itertools.groupby(pixels[first : last + 1])]
 
 
 def png_image(data: bytes) -> Image.Image:

@@ -17,7 +17,7 @@ from config.settings import Config
 from service.labels import LEDGER_OFF, MANY_RULES, NO_RECORD, NUMBERS_RULE, RULES
 from service.params import RULES as ISSUING_RULES
 from tests.conftest import CANONICAL_QUERY
-from tests.labels.decoding import decoded, pdf_pages, png_image, svg_image
+from tests.labels.decoding import decoded, element_widths, pdf_pages, png_image, svg_image
 from tests.service.conftest import ClientFactory
 from tests.service.test_listing import ADMIN, TOKEN, issue
 
@@ -246,8 +246,9 @@ async def test_without_label_the_answer_is_unchanged(admin_client: TestClient) -
 
 
 async def test_200_issued_numbers_read_back_from_every_format(admin_client: TestClient) -> None:
-    """Each of 200 issued numbers, drawn from its record: PNG (and its module of 3 dots at
-    203 dpi), SVG, one PDF page and one ZPL label each, read back exactly."""
+    """Each of 200 issued numbers, drawn from its record: PNG (its bars and spaces whole
+    modules of 3 dots at 203 dpi, the narrowest 3), SVG, one PDF page and one ZPL label each,
+    read back exactly."""
     numbers = await issue(admin_client, count=200)
     drawn = []
     for number in numbers:
@@ -259,6 +260,11 @@ async def test_200_issued_numbers_read_back_from_every_format(admin_client: Test
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         found = list(pool.map(lambda done: read(done[0], done[1]), drawn))
     assert found == [[number] for _, _, number in drawn]
+    for kind, body, _ in drawn:
+        if kind == "png":
+            widths = element_widths(png_image(body))
+            assert min(widths) == 3
+            assert all(width % 3 == 0 for width in widths)
     many = await admin_client.post("/labels", json={"numbers": numbers}, headers=ADMIN)
     assert [decoded(page) for page in pdf_pages(await many.read())] == [[n] for n in numbers]
     many = await admin_client.post("/labels?format=zpl", json={"numbers": numbers}, headers=ADMIN)
