@@ -15,7 +15,7 @@ from aiohttp_cors.urldispatcher_router_adapter import ResourcesUrlDispatcherRout
 from allocator.client import AllocatorClient
 from config.settings import Config
 from ledger.client import LedgerClient
-from service import admin, console, listing, verify, views
+from service import admin, console, labels, listing, verify, views
 from service.access_log import AccessLog
 from service.blocks import Issuer
 from service.correlation import HEADERS as CORRELATION_HEADERS
@@ -33,6 +33,8 @@ ROUTES = (
     ("/metrics", admin.metrics_endpoint),
     ("/allocator/status", admin.allocator_status),
     (listing.ROUTE, listing.list_records),
+    (labels.LABEL_ROUTE, labels.one_label),
+    (labels.LABELS_ROUTE, labels.listed_labels),
     ("/tracking-numbers/{number}", verify.verify),
     ("/openapi.json", openapi),
     # The operator console's page and files (service/console.py).
@@ -50,11 +52,14 @@ def create_app(config: Config) -> web.Application:
     app[METRICS] = WorkerMetrics()
     # Started in this order, stopped in the reverse: the last report goes out before the
     # client closes, and the access log is flushed after everything else.
-    app.cleanup_ctx.extend((_flushed_access_log, _blocks, _ledger, _metrics_reports))
+    app.cleanup_ctx.extend(
+        (_flushed_access_log, _blocks, _ledger, labels.label_drawer, _metrics_reports)
+    )
     for path, handler in ROUTES:
         # HEAD runs a GET handler: HEAD of the issuing route would consume numbers that nobody
         # receives, so it is a 405 (docs/reliability.md).
         app.router.add_get(path, handler, allow_head=path != ISSUE_ROUTE)
+    app.router.add_post(labels.LABELS_ROUTE, labels.posted_labels)
     if config.cors_origins:
         _allow_cors(app, config.cors_origins)  # before the catch-alls, which it would refuse
     # Errors are routes too, not a middleware: a middleware would cost every request a

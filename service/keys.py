@@ -1,5 +1,7 @@
 """Every ``web.AppKey`` of the application, in one place."""
 
+import concurrent.futures
+
 from aiohttp import web
 
 from allocator.client import AllocatorClient
@@ -18,3 +20,5 @@ CLIENT = web.AppKey("allocator_client", AllocatorClient)
 ISSUER = web.AppKey("issuer", Issuer)
 # None with the ledger off (``ledger = false``).
 LEDGER = web.AppKey("ledger", LedgerClient | None)
+# The worker's one thread that draws shipping labels (service/labels.py).
+LABEL_DRAWER = web.AppKey("label_drawer", concurrent.futures.ThreadPoolExecutor)

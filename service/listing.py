@@ -96,7 +96,7 @@ async def list_records(request: web.Request, correlation_id: str) -> web.StreamR
         return errors.invalid_parameters(query.problems, correlation_id)
     filters = query.filters()
     try:
-        cursors = Cursors(await _permutation_key(app[CLIENT]))
+        cursors = Cursors(await permutation_key(app[CLIENT]))
     except AllocatorError:
         return errors.unavailable(correlation_id)
     after = None
@@ -106,7 +106,7 @@ async def list_records(request: web.Request, correlation_id: str) -> web.StreamR
             return errors.invalid_parameters({"cursor": [RULES["cursor"]]}, correlation_id)
     kind = media_type(request.headers.get("Accept", ""))
     try:
-        async with _pages(app[CONFIG]) as read_page:
+        async with pages(app[CONFIG]) as read_page:
             if kind == JSON:
                 limit = DEFAULT_LIMIT if query.limit is None else int(query.limit)
                 # One more than the page: whether there is a next page, without a query more.
@@ -129,7 +129,7 @@ PageReader = Callable[[Filters, Position | None, int], Awaitable[list[Listed]]]
 
 
 @contextlib.asynccontextmanager
-async def _pages(config: Config) -> AsyncIterator[PageReader]:
+async def pages(config: Config) -> AsyncIterator[PageReader]:
     """Reads pages of the ledger that a lookup reads: the shared one with a PostgreSQL store,
     else this host's file; LedgerError when it cannot be read."""
     if shared_ledger(config):
@@ -140,7 +140,7 @@ async def _pages(config: Config) -> AsyncIterator[PageReader]:
             yield functools.partial(listing.read_page, db)
 
 
-async def _permutation_key(client: AllocatorClient) -> bytes:
+async def permutation_key(client: AllocatorClient) -> bytes:
     """The store's key, which cursors are signed with. It comes with the allocator's welcome,
     before any answer (``connect`` may return while another task's welcome is on its way)."""
     if client.key is None:

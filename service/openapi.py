@@ -17,6 +17,19 @@ from service import idempotency
 from service.countries import COUNTRY_CODES
 from service.errors import ErrorBody
 from service.issued import IssuedNumber, IssuedNumbers
+from service.labels import (
+    LABEL_ROUTE,
+    LABELS_ROUTE,
+    MAX_LABELS,
+    NO_RECORD,
+    NO_RECORDS,
+    EncodedLabel,
+    LabelQuery,
+    ManyQuery,
+    Numbers,
+)
+from service.labels import LEDGER_OFF as LABELS_LEDGER_OFF
+from service.labels import RULES as LABEL_RULES
 from service.listing import CSV, LEDGER_OFF, NDJSON, Page
 from service.listing_query import DEFAULT_LIMIT, ListingQuery
 from service.listing_query import FIELDS as LISTING_FIELDS
@@ -109,6 +122,15 @@ def _parameters(request_schema: dict[str, Any]) -> list[dict[str, Any]]:
             )
         if name == "customer_id":
             description += " Read as lower case."
+        if name == "label":
+            description = (
+                "Adds `label` to the answer: the new number's shipping label in this format, "
+                "base64, with its media type. "
+                + description
+                + ". Only when one number is issued: a batch's labels (`count` above 1) are "
+                "POST /labels's. Not with an Idempotency-Key: fetch a retried number's label "
+                "from /tracking-numbers/{number}/label."
+            )
         if name == "count":
             description = (
                 "How many numbers to issue at once. " + description + " With it, the answer "
@@ -122,7 +144,7 @@ def _parameters(request_schema: dict[str, Any]) -> list[dict[str, Any]]:
                 "required": name in REQUIRED,
                 "description": description,
                 "schema": schema,
-                "example": EXAMPLE.get(name, "20"),
+                "example": EXAMPLE.get(name, {"count": "20", "label": "pdf"}.get(name)),
             }
         )
     return parameters
@@ -188,12 +210,35 @@ def build() -> dict[str, Any]:
             S10Verdict,
             ListingQuery,
             Page,
+            EncodedLabel,
+            LabelQuery,
+            ManyQuery,
+            Numbers,
         ],
         ref_template=REF,
     )
-    _, one, several, error, health, status, verdict, s10_verdict, _, page = schemas
+    (
+        _,
+        one,
+        several,
+        error,
+        health,
+        status,
+        verdict,
+        s10_verdict,
+        _,
+        page,
+        encoded,
+        _,
+        _,
+        numbers,
+    ) = schemas
     request_schema = components.pop("TrackingRequest")
     query_schema = components.pop("ListingQuery")
+    label_schema = components.pop("LabelQuery")
+    many_schema = components.pop("ManyQuery")
+    for answer in ("IssuedNumber", "IssuedNumbers"):
+        components[answer]["properties"]["label"] = encoded  # only when asked for
     request_id = {
         "X-Request-ID": {"description": "The correlation id", "schema": {"type": "string"}}
     }
@@ -451,6 +496,9 @@ def build() -> dict[str, Any]:
                     },
                 }
             },
+            **_label_paths(
+                correlation, label_schema, many_schema, numbers, error, request_id, retry
+            ),
             "/openapi.json": {
                 "get": {
                     "operationId": "openapi",
@@ -471,6 +519,127 @@ def build() -> dict[str, Any]:
         },
     }
     return _ecma(document)
+
+
+def _label_parameters(schema: dict[str, Any], rules: dict[str, str]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "description": rules[name][0].upper() + rules[name][1:] + ".",
+            "schema": dict(schema["properties"][name]),
+        }
+        for name in LABEL_RULES
+    ]
+
+
+def _label_paths(
+    correlation: dict[str, Any],
+    label_schema: dict[str, Any],
+    many_schema: dict[str, Any],
+    numbers: dict[str, Any],
+    error: dict[str, Any],
+    request_id: dict[str, Any],
+    retry: dict[str, Any],
+) -> dict[str, Any]:
+    """The shipping labels' routes (service/labels.py)."""
+    documents = {
+        "application/pdf": {"schema": {"type": "string", "format": "binary"}},
+        "application/zpl": {"schema": {"type": "string"}},
+    }
+    one = {
+        **documents,
+        "image/png": {"schema": {"type": "string", "format": "binary"}},
+        "image/svg+xml": {"schema": {"type": "string"}},
+    }
+    refusals = {
+        "401": _json(error, "The admin token is missing or wrong", headers=request_id),
+        "403": _json(error, "No admin token is configured: nobody may read records"),
+        "503": _json(error, "The ledger or the allocator cannot be read right now", headers=retry),
+    }
+    many = {
+        "summary": f"Up to {MAX_LABELS} labels in one PDF (a page each) or one ZPL stream",
+        "description": "Drawn as they are written (the answer streams, in constant memory). "
+        "Needs the admin token: a label carries the customer's name.",
+        "security": [{"adminToken": []}],
+    }
+    return {
+        LABEL_ROUTE: {
+            "get": {
+                "operationId": "trackingNumberLabel",
+                "summary": "The shipping label of an issued number",
+                "description": "A 4x6 inch (or A6) label drawn from the number's record: the "
+                "number as Code 128 (UPU's module width and height, quiet zones, bars on whole "
+                "printer dots at `dpi`) with the number under it, origin and destination, "
+                "weight, the customer's name and slug, and the date of issue (UTC). Needs the "
+                "admin token: a label carries the customer's name.",
+                "security": [{"adminToken": []}],
+                "parameters": [
+                    correlation,
+                    {
+                        "name": "number",
+                        "in": "path",
+                        "required": True,
+                        "description": "The tracking number; lower case is read as upper case.",
+                        "schema": {"type": "string"},
+                        "example": "MYIDI45OOV7PPDV7",
+                    },
+                    *_label_parameters(label_schema, LABEL_RULES),
+                ],
+                "responses": {
+                    "200": {"description": "The label", "content": one, "headers": request_id},
+                    "400": _json(error, "Bad parameters, every one listed in details"),
+                    "404": _json(error, f"{NO_RECORD}; or: {LABELS_LEDGER_OFF}"),
+                    **refusals,
+                },
+            }
+        },
+        LABELS_ROUTE: {
+            "get": {
+                "operationId": "listedLabels",
+                **many,
+                "description": many["description"]
+                + " The labels of the newest records that match the listing's filters "
+                f"(GET /tracking-numbers), `limit` of them ({MAX_LABELS} when absent).",
+                "parameters": [
+                    correlation,
+                    *_label_parameters(many_schema, LABEL_RULES | {"format": "pdf or zpl"}),
+                    *_listing_parameters(
+                        msgspec.json.schema_components([ListingQuery], ref_template=REF)[1][
+                            "ListingQuery"
+                        ]
+                    ),
+                ],
+                "responses": {
+                    "200": {"description": "The labels", "content": documents},
+                    "400": _json(error, "Bad parameters, every one listed in details"),
+                    "404": _json(error, LABELS_LEDGER_OFF),
+                    **refusals,
+                },
+            },
+            "post": {
+                "operationId": "labelsOfNumbers",
+                **many,
+                "description": many["description"] + " The labels of the numbers in the body, "
+                "in its order.",
+                "parameters": [
+                    correlation,
+                    *_label_parameters(many_schema, LABEL_RULES | {"format": "pdf or zpl"}),
+                ],
+                "requestBody": {"required": True, "content": {JSON: {"schema": numbers}}},
+                "responses": {
+                    "200": {"description": "The labels", "content": documents},
+                    "400": _json(error, "Bad parameters or body, every one listed in details"),
+                    "404": _json(
+                        error,
+                        f"{NO_RECORDS} (details name them); or: {LABELS_LEDGER_OFF}",
+                    ),
+                    **refusals,
+                },
+            },
+        },
+    }
 
 
 DOCUMENT = msgspec.json.encode(build())

@@ -79,6 +79,8 @@ class TrackingRequest(msgspec.Struct, frozen=True):
     # Optional: how many numbers to issue at once. Absent, one, and the answer's shape is the
     # single number's.
     count: Count | None = None
+    # Optional: the new number's label in the answer (service/labels.py), in this format.
+    label: Literal["pdf", "png", "zpl"] | None = None
 
     @property
     def how_many(self) -> int:
@@ -104,6 +106,7 @@ RULES = {
     "customer_slug": "must be kebab case (a-z and 0-9 in words joined by single hyphens), "
     "at most 255 characters, such as redbox-logistics",
     "count": f"must be a whole number from 1 to {MAX_COUNT}, such as 20",
+    "label": "must be pdf, png or zpl",
 }
 MISSING = "is required"
 REPEATED = "must be given only once"
@@ -239,8 +242,9 @@ def validate(raw_query: str, parsed: MultiMapping[str] | None = None) -> Trackin
     """The validated request, or ``Invalid``: every bad or missing field."""
     values, errors = split_query(raw_query, parsed)
     normalise(values, errors)
-    # values holds only our fields: every required one is there when the count adds up.
-    if not errors and len(values) == len(REQUIRED) + ("count" in values):
+    # values holds only our fields: with fewer than the required ones, one is missing. (With as
+    # many or more, the conversion finds any missing one, whatever optional fields there are.)
+    if not errors and len(values) >= len(REQUIRED):
         try:
             request = msgspec.convert(values, TrackingRequest)
         except msgspec.ValidationError:

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from allocator.errors import AllocatorError
 from ledger.errors import LedgerError
-from service import errors, idempotency
+from service import errors, idempotency, labels
 from service.issued import body_for, recorded
 from service.keys import CORRELATION_IDS, ISSUER, METRICS
 from service.observe import ISSUE_ROUTE, UNMATCHED_ROUTE, finish, observed, route_of
@@ -71,6 +71,8 @@ async def next_tracking_number(request: web.Request) -> web.StreamResponse:
             else:
                 numbers = [number for _, number in issued]
                 body = body_for(query, numbers, correlation_id, issued_at_ns)
+                if query.label is not None:
+                    body = await labels.labelled_body(app, query, body, numbers, issued_at_ns)
                 response = JsonAnswer(body, correlation_id)
     return finish(request, response, started, correlation_id, query, numbers)
 

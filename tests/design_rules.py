@@ -163,6 +163,11 @@ def count(value: str) -> Verdict:
     return value.isascii() and value.isdigit() and 1 <= int(value) <= 1000
 
 
+def label(value: str) -> Verdict:
+    """The new number's label in the answer (README, optional): pdf, png or zpl."""
+    return value in ("pdf", "png", "zpl")
+
+
 RULES: dict[str, Callable[[str], Verdict]] = {
     "origin_country_id": country,
     "destination_country_id": country,
@@ -172,9 +177,10 @@ RULES: dict[str, Callable[[str], Verdict]] = {
     "customer_name": customer_name,
     "customer_slug": customer_slug,
     "count": count,
+    "label": label,
 }
 # Fields a request may leave out; every other field of RULES is required.
-OPTIONAL = frozenset({"count"})
+OPTIONAL = frozenset({"count", "label"})
 REQUIRED = tuple(name for name in RULES if name not in OPTIONAL)
 
 
@@ -371,6 +377,9 @@ VALUES: dict[str, st.SearchStrategy[str]] = {
     "customer_name": names,
     "customer_slug": slugs,
     "count": counts,
+    "label": st.one_of(
+        st.sampled_from(["pdf", "png", "zpl", "PDF", "svg", "", " pdf"]), st.text(max_size=4)
+    ),
 }
 
 # Values the rules allow, built from the rules' own terms.
@@ -397,6 +406,7 @@ VALID_VALUES: dict[str, st.SearchStrategy[str]] = {
     .map("-".join)
     .filter(lambda slug: len(slug) <= 255),
     "count": st.integers(1, 1000).map(str),
+    "label": st.sampled_from(["pdf", "png", "zpl"]),
 }
 
 

@@ -19,7 +19,7 @@ from tests.conftest import CANONICAL_QUERY
 
 FIELDS = tuple(design_rules.RULES)
 # A valid value for every field, the optional count included.
-EXAMPLE = {**CANONICAL_QUERY, "count": "3"}
+EXAMPLE = {**CANONICAL_QUERY, "count": "3", "label": "pdf"}
 # The example database and derandomisation come from the profile (tests/conftest.py).
 SETTINGS = settings(
     max_examples=300,
