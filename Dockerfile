@@ -21,6 +21,14 @@ RUN groupadd --system --gid 10001 tracking \
         --home-dir /nonexistent --shell /usr/sbin/nologin tracking \
     && install -d -o tracking -g tracking -m 0700 /var/lib/tracking
 
+# Fonts for the names on shipping labels (labels/text.py): Noto covers nearly every script,
+# CJK included, DejaVu is the fallback; without them a name in another script prints as boxes.
+# About 140 MB. Debian's current versions, not pinned: a font update changes no behaviour.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends fonts-noto-core fonts-noto-cjk fonts-dejavu-core \
+    && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /opt/tracking
 # .dockerignore lets in only the application and its pyproject.toml (no tests, no .venv).
 COPY . .

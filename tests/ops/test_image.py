@@ -183,8 +183,10 @@ def test_the_build_context_lets_in_every_package_and_the_entry_point() -> None:
         for line in (REPO / ".dockerignore").read_text().splitlines()
         if line.startswith("!")
     }
-    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
-    assert {*packages["packages"], "run.py", "pyproject.toml", "README.md"} <= allowed
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    # A subpackage comes in with its top-level package's directory.
+    top_level = {package.partition(".")[0] for package in setuptools["packages"]}
+    assert {*top_level, "run.py", "pyproject.toml", "README.md"} <= allowed
 
 
 def test_the_image_serves_numbers(run: Run) -> None:
@@ -203,6 +205,17 @@ def test_it_runs_as_a_non_root_user(run: Run) -> None:
     ).splitlines()  # fmt: skip
     assert len(processes) >= 5  # supervisor, allocator, two workers, this one
     assert {uid for line in processes for uid in line.split()} == {"10001"}
+
+
+def test_labels_find_a_font_for_latin_thai_and_chinese_names(run: Run) -> None:
+    """The fonts the Dockerfile installs are the ones labels/text.py looks for."""
+    found = run.first.exec(
+        "python", "-c",
+        "from labels.text import _font_for; print([_font_for(c) for c in 'Aก中'])",
+    )  # fmt: skip
+    assert "None" not in found, found
+    assert "NotoSansCJK" in found, found
+    assert "NotoSansThai" in found, found
 
 
 def test_its_healthcheck_passes(run: Run) -> None:
