@@ -77,6 +77,7 @@ class LedgerWriter:
         self._db: sqlite3.Connection | None = None
         self._checkpoints: sqlite3.Connection | None = None
         self._checkpointing: asyncio.Task[None] | None = None
+        self._checkpoint_in_thread: asyncio.Future[bool] | None = None
         self._catch_up = False  # a checkpoint in the thread ended: finish it between commits
         self._expiring: asyncio.Task[None] | None = None
         self._key_ids: dict[bytes, int] = {}
@@ -116,6 +117,10 @@ class LedgerWriter:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self._checkpoint_in_thread is not None:
+            # A thread cannot be cancelled: closing its connection under it crashed the
+            # process (a segmentation fault in SQLite). It ends with its checkpoint.
+            await self._checkpoint_in_thread
         if self._forwarder is not None:
             await self._forwarder.close()
         for writer in list(self._connections):
@@ -173,10 +178,13 @@ class LedgerWriter:
         made while it ran, and the WAL grew without end (200 MB in 8 s of a load test); the
         rest, a few commits' pages, is copied on the writer's own connection, between two.
         """
-        assert self._checkpoints is not None
+        connection = self._checkpoints
+        assert connection is not None
         while True:
             await asyncio.sleep(CHECKPOINT_INTERVAL)
-            if await asyncio.to_thread(self._checkpoint, self._checkpoints):
+            in_thread = asyncio.ensure_future(asyncio.to_thread(self._checkpoint, connection))
+            self._checkpoint_in_thread = in_thread
+            if await asyncio.shield(in_thread):  # close() waits for the thread, not this task
                 self._catch_up = True
 
     async def _retention_loop(self) -> None:

@@ -8,6 +8,8 @@ import logging
 import os
 import sqlite3
 import stat
+import threading
+import time
 
 import msgspec
 import pytest
@@ -239,3 +241,48 @@ async def test_the_wal_starts_again_from_its_beginning_under_unbroken_load(
     finally:
         stop.set()
         await asyncio.gather(*load)
+
+
+async def test_closing_waits_for_a_checkpoint_in_its_thread(
+    config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpointer's thread cannot be cancelled: a close that closed its connection under
+    it crashed the process (a segmentation fault inside SQLite, seen in the test suite)."""
+    monkeypatch.setattr("ledger.writer.CHECKPOINT_INTERVAL", 0.01)
+    entered, left = threading.Event(), threading.Event()
+    failures: list[BaseException] = []
+    real_checkpoint = ledger_sqlite.checkpoint
+
+    def slow_checkpoint(db: sqlite3.Connection) -> None:
+        if threading.current_thread() is threading.main_thread():
+            return real_checkpoint(db)  # the writer's own catch-up, between commits
+        entered.set()
+        # Until close() has closed this connection, or half a second: the first without the
+        # fix, within milliseconds; with it, close() waits for this thread instead.
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline and is_open(db):
+            time.sleep(0.005)
+        try:
+            real_checkpoint(db)
+        except BaseException as exc:
+            failures.append(exc)
+            raise
+        finally:
+            left.set()
+
+    monkeypatch.setattr("ledger.writer.sqlite.checkpoint", slow_checkpoint)
+    writer = LedgerWriter(config.ledger_path, config.ledger_socket)
+    await writer.start()
+    await asyncio.to_thread(entered.wait, 10)
+    await writer.close()
+    assert await asyncio.to_thread(left.wait, 10)
+
+    assert failures == []
+
+
+def is_open(db: sqlite3.Connection) -> bool:
+    try:
+        db.total_changes  # noqa: B018 (raises on a closed connection)
+    except sqlite3.ProgrammingError:
+        return False
+    return True
