@@ -65,6 +65,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     aiohttp_shortcuts: bool = True
     # A child whose event loop shows no progress this long is killed and restarted (supervisor/).
     heartbeat_timeout: Annotated[float, msgspec.Meta(ge=1.0)] = 20.0
+    # For tests only: the size a new S10 series is made with (UPU's is 10**8; see HELP).
+    s10_series_size: Annotated[int, msgspec.Meta(ge=1, le=10**8)] = 10**8
 
     @property
     def allocator_socket(self) -> str:
@@ -124,6 +126,9 @@ HELP: dict[str, str] = {
     "request's cost); false serves on aiohttp's own runner, router and prepare, as documented, "
     "for debugging or while a new aiohttp's fingerprints are reviewed (no request-head "
     "deadline then, and aiohttp's own text answers to malformed request heads)",
+    "s10_series_size": "FOR TESTS ONLY: the number of serials a new S10 series is made with, "
+    "stored with it (UPU's 10**8, the default, is the only right value in production; a small "
+    "one lets tests drive a series to exhaustion)",
     "heartbeat_timeout": "seconds a worker's or the allocator's event loop may show no progress "
     "before the supervisor kills and restarts it (at least 1; 20 by default)",
 }
@@ -314,6 +319,7 @@ RESTART_ONLY = (
     "event_loop",
     "idempotency_ttl",
     "idempotency_max_bytes",
+    "s10_series_size",  # the allocator's, when it makes a series
     "heartbeat_timeout",  # the supervisor sets the children's beat interval from it at start
 )
 
