@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from config.indicators import DEFAULT_S10_INDICATORS, allowed_indicators
 from config.urls import SCHEMES, SQLITE_URL, check_ports, redact_url
 
 DEFAULT_CONFIG_FILE = "config/tracking.toml"
@@ -65,6 +66,10 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     aiohttp_shortcuts: bool = True
     # A child whose event loop shows no progress this long is killed and restarted (supervisor/).
     heartbeat_timeout: Annotated[float, msgspec.Meta(ge=1.0)] = 20.0
+    # UPU S10 (config/indicators.py): checked at start, so a reserved indicator never starts.
+    s10_indicators: tuple[str, ...] = DEFAULT_S10_INDICATORS
+    # A new series' order; a series keeps the order stored with it (docs/operations.md).
+    s10_order: Literal["permuted", "sequential"] = "permuted"
     # For tests only: the size a new S10 series is made with (UPU's is 10**8; see HELP).
     s10_series_size: Annotated[int, msgspec.Meta(ge=1, le=10**8)] = 10**8
 
@@ -131,6 +136,13 @@ HELP: dict[str, str] = {
     "one lets tests drive a series to exhaustion)",
     "heartbeat_timeout": "seconds a worker's or the allocator's event loop may show no progress "
     "before the supervisor kills and restarts it (at least 1; 20 by default)",
+    "s10_indicators": "UPU S10 service indicators issued with scheme=s10, comma-separated: RR, "
+    "R* (a first letter) or QA-QM (a range); by default those for international use; domestic "
+    "or bilateral ones (AV-AZ, B*, D*, GA, GD, N*, P*, Z*) only when listed; one that is "
+    "reserved (J*, K*, S*, T*, W*) or not an indicator stops the start",
+    "s10_order": "order of a new S10 series' serials: permuted (a keyed permutation, so a series "
+    "cannot be enumerated from one number) or sequential (consecutive serials, for operators "
+    "who hand out ranges); a series keeps the order it was created with",
 }
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -240,9 +252,9 @@ def _resolve_paths(values: dict[str, Any], env: Mapping[str, str]) -> None:
 
 def _coerce(values: dict[str, Any]) -> dict[str, Any]:
     """Turn the strings of flags and environment variables into the types TOML gives."""
-    origins = values.get("cors_origins")
-    if isinstance(origins, str):
-        values["cors_origins"] = [o.strip() for o in origins.split(",") if o.strip()]
+    for name in ("cors_origins", "s10_indicators"):
+        if isinstance(values.get(name), str):
+            values[name] = [item.strip() for item in values[name].split(",") if item.strip()]
     for name in BOOLEANS:
         if isinstance(values.get(name), str):
             text = values[name].strip().lower()
@@ -265,6 +277,10 @@ def _check(config: Config) -> Config:
     except ValueError as exc:
         # The message names the bad part, never the URL: it may hold a password.
         raise ConfigError(f"store is not a valid URL: {exc}") from None
+    try:
+        allowed_indicators(config.s10_indicators)
+    except ValueError as exc:
+        raise ConfigError(f"s10_indicators: {exc}") from None
     for socket_path in (config.allocator_socket, config.ledger_socket):
         if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH:
             raise ConfigError(
