@@ -156,9 +156,10 @@ class Reservations:
         latency = time.monotonic() - began
         stats.last_store_error = stats.last_store_error_at = None
         if start == stop:
-            # Only a series ends: the store has nothing left in it, now or ever.
+            # Only a series ends: the store has nothing left in it, now or ever. What is in
+            # hand is still granted; then every lease is refused as exhausted.
             self.exhausted = True
-            log.error("series exhausted", extra={"tracking.series": self.name})
+            log.warning("series fully reserved", extra={"tracking.series": self.name})
             return
         stats.last_checkpoint_at = time.time()
         stats.last_checkpoint_latency_seconds = latency

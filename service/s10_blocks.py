@@ -43,8 +43,8 @@ class SeriesBlocks(Issuer):
     series used now and then holds a few values and asks the allocator seldom."""
 
     min_block = 4
-    max_block = 10_000
-    lease_interval = 10.0
+    max_block = 1000
+    lease_interval = 5.0
 
     def __init__(
         self, client: AllocatorClient, timeout: float, indicator: str, country: str, order: str

@@ -173,3 +173,27 @@ def test_our_own_requests_keep_the_fingerprint_they_had_before_s10() -> None:
     assert fingerprint(query) == hashlib.sha256(msgspec.msgpack.encode(before)).digest()
     s10_query = msgspec.structs.replace(query, scheme="s10", service_indicator="RR")
     assert fingerprint(s10_query) != fingerprint(query)
+
+
+async def test_status_and_metrics_show_each_series_use_and_forecast(
+    allocators: Allocators, config: Config, make_client: ClientFactory
+) -> None:
+    await allocators.start(series_size=100_000)
+    client = await make_client(config)
+    status, body = await issue(client, count="100")
+    assert status == 200, body
+    async with client.get("/allocator/status") as response:
+        assert response.status == 200
+        (series,) = (await response.json())["series"]
+    assert series["name"] == "s10:RR:GB"
+    assert series["size"] == 100_000
+    assert 100 <= series["next"] <= series["reserved"]  # leased: issued, and the block in hand
+    assert series["numbers_left"] == 100_000 - series["next"]
+    assert series["used_ratio"] == series["next"] / 100_000
+    assert series["seconds_to_exhaustion"] > 0
+    async with client.get("/metrics") as response:
+        text = await response.text()
+    used = f'tracking_s10_series_used_ratio{{series="s10:RR:GB"}} {series["next"] / 100_000}'
+    assert used in text
+    assert 'tracking_s10_series_seconds_to_exhaustion{series="s10:RR:GB"}' in text
+    assert 'tracking_s10_series_reservations_total{series="s10:RR:GB"}' in text
