@@ -119,6 +119,11 @@ class Reservations:
     def _step(self) -> int:
         if self.fixed_step:
             return self.fixed_step
+        if self.name:
+            # A series leases small blocks now and then: only a minute's rate is one (a block
+            # just after a reservation would look like a rush, and reserve again at once).
+            rate = self.lease_rate()
+            return int(min(max(self.default_step, rate * RESERVE_SECONDS), MAX_STEP))
         # At least a second: a burst just after a reservation is not a rate.
         elapsed = max(time.monotonic() - self._last_reserve_at, 1.0)
         rate = self._leased_since_reserve / elapsed

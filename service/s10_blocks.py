@@ -23,7 +23,7 @@ from service import s10
 from service.blocks import Issuer
 
 # The series a worker holds blocks of, at most; the least recently used is dropped past it.
-MAX_SERIES_HELD = 256
+MAX_SERIES_HELD = 1024
 
 
 class S10Formatter:
@@ -42,7 +42,7 @@ class SeriesBlocks(Issuer):
     """One series' blocks: smaller than the default counter's, and lasting longer, so that a
     series used now and then holds a few values and asks the allocator seldom."""
 
-    min_block = 4
+    min_block = 32
     max_block = 1000
     lease_interval = 5.0
 

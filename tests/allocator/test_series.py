@@ -148,7 +148,7 @@ async def test_the_status_shows_each_series_use_and_forecast(
     assert (rr_gb.name, rr_gb.order, rr_gb.size, rr_gb.next) == (RR_GB, "permuted", 1000, leased)
     assert rr_gb.numbers_left == 1000 - leased
     assert rr_gb.used_ratio == pytest.approx(leased / 1000)
-    assert rr_gb.reservations_total == series_mark(config, RR_GB) // 100
+    assert rr_gb.reservations_total == rr_gb.reserved // 100
     assert rr_gb.lease_rate_per_second > 0
     assert rr_gb.seconds_to_exhaustion == pytest.approx(
         (1000 - leased) / rr_gb.lease_rate_per_second
