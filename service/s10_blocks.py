@@ -86,7 +86,10 @@ class S10Issuer:
         self._order = config.s10_order
         self._listed = config.s10_indicators
         self._allowed = allowed_indicators(config.s10_indicators)
-        self._series: collections.OrderedDict[str, SeriesBlocks] = collections.OrderedDict()
+        # By (indicator, country), the most recently used last.
+        self._series: collections.OrderedDict[tuple[str, str], SeriesBlocks] = (
+            collections.OrderedDict()
+        )
 
     @property
     def held(self) -> int:
@@ -102,13 +105,19 @@ class S10Issuer:
     async def issue_many(self, indicator: str, country: str, count: int) -> list[Issued]:
         """``count`` numbers of the series of ``indicator`` and ``country`` (an allowed
         indicator); raises AllocatorError, SeriesExhausted once the series is used up."""
-        return await self._blocks(indicator, country).issue_many(country, "", count)
+        blocks = self._blocks(indicator, country)
+        if count == 1:
+            # Most often from the block in hand: no await, no deadline to set up.
+            issued = blocks.issue_nowait(country, "")
+            if issued is not None:
+                return [issued]
+        return await blocks.issue_many(country, "", count)
 
     def _blocks(self, indicator: str, country: str) -> SeriesBlocks:
-        name = s10_series(indicator, country)
-        blocks = self._series.get(name)
+        key = (indicator, country)  # cheaper to look up than the series' name
+        blocks = self._series.get(key)
         if blocks is None:
-            blocks = self._series[name] = SeriesBlocks(
+            blocks = self._series[key] = SeriesBlocks(
                 self._client, self._timeout, indicator, country, self._order
             )
             if len(self._series) > MAX_SERIES_HELD:
@@ -116,7 +125,7 @@ class S10Issuer:
                 # holds is a gap.
                 self._series.popitem(last=False)
         else:
-            self._series.move_to_end(name)
+            self._series.move_to_end(key)
         return blocks
 
     async def close(self) -> None:

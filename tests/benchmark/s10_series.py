@@ -4,6 +4,7 @@ memory costs, beside the same service's own numbers.
 
     python -m tests.benchmark.s10_series          # 5 s a phase
     BENCH_SECONDS=10 python -m tests.benchmark.s10_series
+    BENCH_S10_SERIES=1 python -m tests.benchmark.s10_series   # one series
 
 Light on purpose (the machines are shared): one server, two phases of BENCH_SECONDS, wrk with
 2 threads and 32 connections. Prints one JSON object; docs/performance.md keeps the figures.
@@ -67,7 +68,9 @@ COUNTRIES = (
     "SK",
     "LU",
 )
-SERIES = list(itertools.product(INDICATORS, COUNTRIES))
+# BENCH_S10_SERIES=1: one series only (the issue's first figure: its ratio to our numbers').
+SERIES_COUNT = int(os.environ.get("BENCH_S10_SERIES", "1000"))
+SERIES = list(itertools.product(INDICATORS, COUNTRIES))[:SERIES_COUNT]
 _SAMPLE = re.compile(r'^(tracking_s10_series_reservations_total)\{series="([^"]+)"\} (\S+)$')
 
 
