@@ -192,6 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
         "after restoring a backup, so that no number issued since the backup is issued again; "
         "refuses when there is no store (add --init-store to create one first)",
     )
+    commands.add_argument(
+        "--raise-series-reserved-to",
+        type=series_mark,
+        metavar="SERIES=N",
+        help="raise the reservation mark of the S10 series SERIES (s10:RR:GB) to N if it is "
+        "lower, never above its size: after restoring a backup, as --raise-reserved-to does for "
+        "our own numbers; a series the backup does not hold is made, with s10_order",
+    )
     return parser
 
 
@@ -201,10 +209,24 @@ class Commands(msgspec.Struct, frozen=True):
     init_store: bool = False
     raise_reserved_to: int | None = None
     erase_customer: str | None = None
+    # (series, mark): ``--raise-series-reserved-to s10:RR:GB=N``.
+    raise_series_reserved_to: tuple[str, int] | None = None
 
     @property
     def given(self) -> bool:
-        return self.init_store or self.raise_reserved_to is not None
+        return (
+            self.init_store
+            or self.raise_reserved_to is not None
+            or self.raise_series_reserved_to is not None
+        )
+
+
+def series_mark(text: str) -> tuple[str, int]:
+    """``--raise-series-reserved-to``'s ``SERIES=N``: the series' name and the mark."""
+    name, _, value = text.partition("=")
+    if not (value.isascii() and value.isdigit()) or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not SERIES=N, such as s10:RR:GB=5000000")
+    return name, int(value)
 
 
 def _read_toml(path: str, explicit: bool) -> dict[str, Any]:
@@ -304,6 +326,7 @@ def parse(
     commands = Commands(
         init_store=args.pop("init_store"),
         raise_reserved_to=args.pop("raise_reserved_to"),
+        raise_series_reserved_to=args.pop("raise_series_reserved_to"),
         erase_customer=args.pop("erase_customer"),
     )
     if commands.erase_customer is not None and commands.given:

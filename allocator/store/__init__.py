@@ -91,6 +91,10 @@ class Store(Protocol):
     async def release_series(self, name: str, start: int, stop: int) -> bool:
         """``release`` for a series."""
 
+    async def raise_series_mark(self, name: str, order: str, size: int, value: int) -> Series:
+        """Raise a series' mark to ``value`` (at most its size; never lower it), making the
+        series with ``order`` and ``size`` if the store holds none; the series after."""
+
     # Idempotency keys. Expiry follows the store's own clock (see docs/reliability.md): the
     # database's for PostgreSQL, so hosts with skewed clocks agree; for SQLite, the wall clock
     # read when the store was opened, advanced by the monotonic clock.

@@ -264,6 +264,25 @@ class PostgresStore:
         )
         return status == "UPDATE 1"
 
+    async def raise_series_mark(self, name: str, order: str, size: int, value: int) -> Series:
+        async def make_or_raise(db: asyncpg.Connection) -> asyncpg.Record | None:
+            async with db.transaction():
+                await db.execute(
+                    "INSERT INTO tracking_series (name, reserved, size, ordering)"
+                    " VALUES ($1, 0, $2, $3) ON CONFLICT (name) DO NOTHING",
+                    name,
+                    size,
+                    order,
+                )
+                return await db.fetchrow(
+                    "UPDATE tracking_series SET reserved = GREATEST(reserved, LEAST($2, size))"
+                    " WHERE name = $1 RETURNING ordering, size, reserved",
+                    name,
+                    value,
+                )
+
+        return series_row(await self._run("raise a series' mark", make_or_raise, urgent=True), name)
+
     async def recall(self, key: str, fingerprint: bytes = b"") -> Remembered | None:
         async def read_then_claim(db: asyncpg.Connection) -> Remembered | None:
             row = await db.fetchrow(

@@ -202,6 +202,23 @@ class SQLiteStore:
         )
         return changed == 1
 
+    async def raise_series_mark(self, name: str, order: str, size: int, value: int) -> Series:
+        async def make_or_raise(db: aiosqlite.Connection) -> Any:
+            async with _transaction(db):
+                await db.execute(
+                    "INSERT OR IGNORE INTO series (name, reserved, size, ordering)"
+                    " VALUES (?, 0, ?, ?)",
+                    (name, size, order),
+                )
+                return await _fetchrow(
+                    db,
+                    "UPDATE series SET reserved = MAX(reserved, MIN(?, size)) WHERE name = ?"
+                    " RETURNING ordering, size, reserved",
+                    (value, name),
+                )
+
+        return series_row(await self._run("raise a series' mark", make_or_raise, urgent=True), name)
+
     def _now(self) -> float:
         return time.monotonic() + self._wall_minus_monotonic
 

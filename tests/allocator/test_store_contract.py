@@ -937,3 +937,21 @@ async def test_reserving_in_a_series_never_made_is_an_error(locations: Locations
     store = await locations.open(url)
     with pytest.raises(StoreError, match="no series"):
         await store.reserve_series("s10:RR:GB", 1)
+
+
+async def test_a_series_mark_is_raised_never_lowered_nor_past_its_size(
+    locations: Locations, url: str
+) -> None:
+    store = await locations.open(url)
+    await store.open_series("s10:RR:GB", "sequential", 1000)
+    await store.reserve_series("s10:RR:GB", 100)
+    assert await store.raise_series_mark("s10:RR:GB", "permuted", 10**8, 500) == Series(
+        "s10:RR:GB", "sequential", 1000, 500
+    )
+    assert (await store.raise_series_mark("s10:RR:GB", "permuted", 10**8, 50)).reserved == 500
+    assert (await store.raise_series_mark("s10:RR:GB", "permuted", 10**8, 5000)).reserved == 1000
+    # A series the store does not hold (made after a backup) is made, with the mark.
+    assert await store.raise_series_mark("s10:EE:FR", "permuted", 10**8, 70) == Series(
+        "s10:EE:FR", "permuted", 10**8, 70
+    )
+    assert await store.reserve_series("s10:EE:FR", 1) == (70, 71)

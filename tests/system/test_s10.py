@@ -13,6 +13,8 @@ import contextlib
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import pytest
 
 from service import s10
 from tests.conftest import CANONICAL_QUERY
-from tests.system.conftest import Outcome, Service, check_unsurprising, load
+from tests.system.conftest import REPO, Outcome, Service, check_unsurprising, load
 
 # Three series and our own numbers, at once.
 SERIES = (("RR", "GB"), ("EE", "FR"), ("CP", "MY"))
@@ -207,3 +209,63 @@ def test_a_series_keeps_its_stored_order_after_the_setting_changes(short_tmp: Pa
     assert second[0] >= first[-1]
     _, series = store_state(short_tmp)
     assert series["s10:RR:GB"][0] == "sequential"
+
+
+def test_a_restored_store_reissues_no_s10_number_once_its_series_marks_are_raised(
+    short_tmp: Path,
+) -> None:
+    """A backup holds each series' old mark: raised from the logs' "series reserved" lines
+    (``--raise-series-reserved-to``), nothing issued since the backup is issued again."""
+    store = short_tmp / "tracking.sqlite3"
+    backup = short_tmp / "backup.sqlite3"
+    service = Service(short_tmp, 1, "--reserve-step", "40")
+    query = s10_query("RR", "GB", count="100")
+
+    async def hundred() -> list[str]:
+        async with (
+            aiohttp.ClientSession(service.url) as session,
+            session.get("/next-tracking-number", params=query) as response,
+        ):
+            assert response.status == 200
+            return list((await response.json())["tracking_numbers"])
+
+    try:
+        service.start()
+        first = asyncio.run(hundred())
+        assert service.stop(timeout=30) == 0
+        with (
+            contextlib.closing(sqlite3.connect(store)) as db,
+            contextlib.closing(sqlite3.connect(backup)) as copy,
+        ):
+            db.backup(copy)
+        service.start()
+        since_backup = asyncio.run(hundred())
+        assert service.stop(timeout=30) == 0
+        # The restore: the backup's file back in place, and its series' marks raised above
+        # the highest the logs show.
+        with (
+            contextlib.closing(sqlite3.connect(backup)) as copy,
+            contextlib.closing(sqlite3.connect(store)) as db,
+        ):
+            copy.backup(db)
+        marks = [
+            line["tracking.reserved"]
+            for line in service.log_lines()
+            if line.get("message") == "series reserved"
+            and line.get("tracking.series") == "s10:RR:GB"
+        ]
+        _, series = store_state(short_tmp)
+        assert series["s10:RR:GB"][2] < max(marks)  # without the raise, numbers come again
+        raised = subprocess.run(
+            [sys.executable, "run.py", "--config", "/dev/null", "--state-dir", str(short_tmp),
+             "--raise-series-reserved-to", f"s10:RR:GB={max(marks)}"],
+            cwd=REPO, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert raised.returncode == 0, raised.stderr + raised.stdout
+        service.start()
+        after_restore = asyncio.run(hundred())
+        assert service.stop(timeout=30) == 0
+    finally:
+        service.kill()
+    numbers = first + since_backup + after_restore
+    assert len(set(numbers)) == len(numbers) == 300
