@@ -4,8 +4,10 @@ asked for.
 Each series in use has its own ``SeriesBlocks``: the default counter's ``Issuer`` (a current
 block and a spare, fetched when half the current one is used), leasing from the series'
 counter and formatting S10 numbers. A worker keeps at most ``MAX_SERIES_HELD`` of them, the
-most recently used: a thousand series in use cost a worker at most that many small blocks, and
-the values of a block it drops are a gap, never issued (docs/architecture.md, "S10 series").
+most recently used, and their blocks are small (at most twice ``max_block`` values a series):
+a thousand series in use hold a few hundred thousand values of 10**8 each, not a thousand of
+the default counter's blocks. The values of a block it drops are a gap, never issued
+(docs/architecture.md, "S10 series"; the memory measured in docs/performance.md).
 """
 
 from __future__ import annotations
