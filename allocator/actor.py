@@ -1,55 +1,51 @@
-"""The allocator: the one actor that owns the counter.
+"""The allocator: the one actor that owns the counters.
 
-It leases half-open blocks of counter values to workers. Every value it grants lies inside a
-reservation that the store has already made durable, so no value is ever granted twice: not
-after a crash, not after a restart. Gaps (values reserved but never used) are allowed;
-duplicates never are. ``allocator.server`` serves it over a Unix socket.
+It leases half-open blocks of counter values to workers, from the default counter or from a
+named one (an S10 series: ``allocator.series``), each with its own durable reservations
+(``allocator.reservations``). Gaps (values reserved but never used) are allowed; duplicates
+never are. ``allocator.server`` serves it over a Unix socket.
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import contextlib
+import functools
 import logging
 import time
 
 from allocator.counter import KNOWN_SCHEMES
 from allocator.errors import StoreError
-from allocator.protocol import RESERVATION_BUCKETS, AllocatorStats
+from allocator.protocol import AllocatorStats
+from allocator.reservations import STORE_RETRY_DELAY, GiveBack, Reservations, Take
+from allocator.series import DEFAULT_SERIES, S10_SERIES_SIZE, Series
 from allocator.store import Store, where
-from process.logs import error_fields
 
 log = logging.getLogger("allocator")
 
-# With reserve_step = 0, reserve enough for this many seconds of leases at the recent rate.
-RESERVE_SECONDS = 60.0
-MAX_STEP = 1 << 40
-# After a store failure, wait this long before trying to reserve again.
-STORE_RETRY_DELAY = 1.0
+__all__ = ["STORE_RETRY_DELAY", "Allocator"]
+
+# A series' reservations when the operator sets no reserve_step and the rate asks for less:
+# a series holds only 10**8 values, and a crash skips what was reserved and not leased.
+SERIES_DEFAULT_STEP = 1000
 
 
 class Allocator:
-    """The counter's owner: an actor whose state only changes on its own event loop.
+    """The counters' owner: an actor whose state only changes on its own event loop."""
 
-    ``next`` is the first value not yet leased. ``_ranges`` holds the durable, unleased
-    reservations in order (one range for SQLite; with a shared store they need not touch).
-    """
-
-    def __init__(self, store: Store, reserve_step: int = 0) -> None:
+    def __init__(
+        self, store: Store, reserve_step: int = 0, series_size: int = S10_SERIES_SIZE
+    ) -> None:
         self.store = store
         self.fixed_step = reserve_step
+        # A new series' size: 10**8, smaller only in tests (the s10_series_size setting).
+        self.series_size = series_size
         self.key = b""
         self.scheme = 0
-        self.next = 0
-        self.reserved = 0  # end of the last durable reservation
-        self._ranges: collections.deque[list[int]] = collections.deque()
-        self._reserving: asyncio.Task[None] | None = None
-        self._store_failed_at = 0.0
-        self._leased_since_reserve = 0
-        self._last_reserve_at = time.monotonic()
         # What operators see in /allocator/status and /metrics; the server counts in it too.
         self.stats = AllocatorStats.empty()
+        self.counter: Reservations | None = None  # the default counter, once started
+        # The series in use (made or opened since the start), and how each was made.
+        self.series: dict[str, Reservations] = {}
+        self.series_made: dict[str, Series] = {}
         self.started_at = time.time()
         self._started = time.monotonic()
 
@@ -72,8 +68,15 @@ class Allocator:
             if self.scheme not in KNOWN_SCHEMES:
                 # A newer release's permutation: our workers would issue other numbers than its.
                 raise StoreError(f"the key's permutation scheme {self.scheme} is unknown here")
-            # Everything below the durable mark may have been handed out before: start above it.
-            self.next = self.reserved = await self.store.durable_mark()
+            self.counter = self._reservations(
+                DEFAULT_SERIES,
+                self.store.reserve,
+                self.store.release,
+                await self.store.durable_mark(),
+                self.store.default_step,
+            )
+            for series in await self.store.all_series():
+                self._use(series)
         except BaseException:
             # stop() is never called for a start that failed: close what open() opened.
             await self.store.close()
@@ -84,8 +87,47 @@ class Allocator:
                 "tracking.next": self.next,
                 "tracking.store": self.store.kind,
                 "tracking.scheme": self.scheme,
+                "tracking.series_count": len(self.series),
             },
         )
+
+    def _reservations(
+        self, name: str, take: Take, give_back: GiveBack, mark: int, default_step: int
+    ) -> Reservations:
+        return Reservations(
+            name,
+            take,
+            give_back,
+            mark=mark,
+            default_step=default_step,
+            fixed_step=self.fixed_step,
+            stats=self.stats,
+        )
+
+    def _use(self, series: Series) -> Reservations:
+        """The reservations of a series the store holds, from its stored mark."""
+        store = self.store
+        reservations = self._reservations(
+            series.name,
+            functools.partial(store.reserve_series, series.name),
+            functools.partial(store.release_series, series.name),
+            series.reserved,
+            SERIES_DEFAULT_STEP,
+        )
+        reservations.exhausted = series.reserved >= series.size
+        self.series[series.name] = reservations
+        self.series_made[series.name] = series
+        return reservations
+
+    @property
+    def next(self) -> int:
+        """The default counter's first value not yet leased."""
+        return self.counter.next if self.counter else 0
+
+    @property
+    def reserved(self) -> int:
+        """The default counter's durable mark."""
+        return self.counter.reserved if self.counter else 0
 
     @property
     def uptime(self) -> float:
@@ -93,100 +135,32 @@ class Allocator:
 
     @property
     def available(self) -> int:
-        return sum(stop - start for start, stop in self._ranges)
+        return self.counter.available if self.counter else 0
 
     async def lease(self, count: int) -> tuple[int, int]:
-        """Grant up to ``count`` values as ``(start, stop)``; raises StoreError if none can be."""
-        while not self._ranges:
-            await self._reserve_now()
-        block = self._ranges[0]
-        start = block[0]
-        stop = min(start + count, block[1])
-        if stop == block[1]:
-            self._ranges.popleft()
-        else:
-            block[0] = stop
-        self.next = self._ranges[0][0] if self._ranges else stop
-        self._leased_since_reserve += stop - start
-        self.stats.leases_total += 1
-        self.stats.leased_numbers_total += stop - start
-        if self.available < self._step() // 2:
-            self._reserve_in_background()
-        return start, stop
+        """Grant up to ``count`` values of the default counter as ``(start, stop)``; raises
+        StoreError if none can be."""
+        assert self.counter is not None, "start() first"
+        return await self.counter.lease(count)
 
-    def _step(self) -> int:
-        if self.fixed_step:
-            return self.fixed_step
-        # At least a second: a burst just after a reservation is not a rate.
-        elapsed = max(time.monotonic() - self._last_reserve_at, 1.0)
-        rate = self._leased_since_reserve / elapsed
-        return int(min(max(self.store.default_step, rate * RESERVE_SECONDS), MAX_STEP))
-
-    async def _reserve_now(self) -> None:
-        if self._reserving is None:
-            if time.monotonic() - self._store_failed_at < STORE_RETRY_DELAY:
-                raise StoreError(self.stats.last_store_error or "store unavailable")
-            self._reserve_in_background()
-        assert self._reserving is not None
-        # Shielded: one lease giving up must not cancel the reservation others wait for.
-        await asyncio.shield(self._reserving)
-        if self.stats.last_store_error and not self._ranges:
-            raise StoreError(self.stats.last_store_error)
-
-    def _reserve_in_background(self) -> None:
-        if self._reserving is None or self._reserving.done():
-            self._reserving = asyncio.create_task(self._reserve(self._step()))
-
-    async def _reserve(self, count: int) -> None:
-        stats = self.stats
-        began = time.monotonic()
-        try:
-            start, stop = await self.store.reserve(count)
-        except StoreError as exc:
-            stats.last_store_error = str(exc)
-            stats.last_store_error_at = time.time()
-            self._store_failed_at = time.monotonic()
-            stats.reservation_errors_total += 1
-            log.error("reservation failed", extra=error_fields(exc))
-            return
-        finally:
-            self._reserving = None
-        latency = time.monotonic() - began
-        stats.last_store_error = stats.last_store_error_at = None
-        stats.last_checkpoint_at = time.time()
-        stats.last_checkpoint_latency_seconds = latency
-        stats.reservations_total += 1
-        stats.reservation_seconds.observe(latency, RESERVATION_BUCKETS)
-        self._leased_since_reserve = 0
-        self._last_reserve_at = time.monotonic()
-        if self._ranges and self._ranges[-1][1] == start:
-            self._ranges[-1][1] = stop
-        else:
-            self._ranges.append([start, stop])
-            if len(self._ranges) == 1:
-                self.next = start
-        self.reserved = stop
-        log.info(
-            "reserved",
-            extra={
-                "tracking.reserved": stop,
-                "tracking.step": count,
-                "event.duration": int(latency * 1e9),
-            },
-        )
+    async def lease_series(self, name: str, order: str, count: int) -> tuple[int, int, Series]:
+        """Grant up to ``count`` values of the series ``name``, made with ``order`` at its first
+        use, and how it was made (its order may not be ``order``: it never changes). Raises
+        StoreError if none can be, SeriesExhausted once it is used up."""
+        reservations = self.series.get(name)
+        if reservations is None:
+            made = await self.store.open_series(name, order, self.series_size)
+            # Another lease may have opened it while we waited for the store.
+            reservations = self.series.get(name) or self._use(made)
+        start, stop = await reservations.lease(count)
+        return start, stop, self.series_made[name]
 
     async def stop(self) -> None:
-        """Final checkpoint: give back the unleased tail (a restart skips what workers held)."""
-        if self._reserving is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reserving
+        """Final checkpoint of every counter, then close the store."""
         try:
-            if self._ranges and self._ranges[-1][1] == self.reserved:
-                start = self._ranges[-1][0]
-                if await self.store.release(start, self.reserved):
-                    self.reserved = start
-        except StoreError as exc:
-            log.warning("final checkpoint failed", extra=error_fields(exc))
+            for reservations in self.series.values():
+                await reservations.stop()
+            if self.counter is not None:
+                await self.counter.stop()
         finally:
-            self._ranges.clear()
             await self.store.close()

@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import os
 from collections.abc import AsyncIterator
+from typing import NamedTuple
 
 from allocator import protocol
 from allocator.errors import (
@@ -23,6 +24,7 @@ from allocator.errors import (
     KeyMismatch,
     LeaseRefused,
     ProtocolError,
+    SeriesExhausted,
 )
 from allocator.protocol import (
     Abandon,
@@ -47,6 +49,15 @@ MAX_IDEMPOTENCY_INFLIGHT = 16
 # Abandoned answers kept to tell an allocator that is away; past this the oldest are dropped
 # (their numbers then miss the audit trail if they are replayed: see docs/reliability.md).
 MAX_ABANDONED = 1000
+
+
+class SeriesGrant(NamedTuple):
+    """A block ``[start, stop)`` of a series, and the order and size the series was made with."""
+
+    start: int
+    stop: int
+    order: str
+    size: int
 
 
 class AllocatorClient:
@@ -76,6 +87,26 @@ class AllocatorClient:
         match response:
             case Granted(start=start, stop=stop) if start < stop <= start + count:
                 return start, stop
+            case Refused(reason=reason):
+                raise LeaseRefused(reason)
+        raise ProtocolError(f"unexpected answer to a lease: {response!r}")
+
+    async def lease_series(self, series: str, order: str, count: int) -> SeriesGrant:
+        """A block of at most ``count`` values of the series ``series`` (made with ``order`` at
+        its first lease), durably reserved for us, with the series' stored order and size.
+        Raises SeriesExhausted when it is used up."""
+        async with self._deadline():
+            await self._ensure_connected()
+            response = await self._call(
+                Lease(id=next(self._ids), count=count, series=series, order=order)  # type: ignore[arg-type]
+            )
+        match response:
+            case Granted(start=start, stop=stop, order=made, size=size) if (
+                start < stop <= min(start + count, size)
+            ):
+                return SeriesGrant(start, stop, made, size)
+            case Refused(exhausted=True):
+                raise SeriesExhausted(series)
             case Refused(reason=reason):
                 raise LeaseRefused(reason)
         raise ProtocolError(f"unexpected answer to a lease: {response!r}")
@@ -219,7 +250,9 @@ class AllocatorClient:
     ) -> None:
         error: Exception = AllocatorUnavailable("the allocator closed the connection")
         try:
-            while (payload := await protocol.read_frame(reader)) is not None:
+            while (
+                payload := await protocol.read_frame(reader, protocol.MAX_RESPONSE_FRAME)
+            ) is not None:
                 response = protocol.decode_response(payload)
                 future = self._pending.get(response.id)
                 if future is not None and not future.done():

@@ -1,4 +1,5 @@
-"""The operator's commands: ``--init-store`` and ``--raise-reserved-to``, and the key file.
+"""The operator's commands: ``--init-store``, ``--raise-reserved-to`` and
+``--raise-series-reserved-to``, and the key file.
 
 They run in the supervisor's process (``run.py``) instead of starting the service.
 """
@@ -7,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
 from typing import NamedTuple
 
 from allocator.counter import COUNTER_LIMIT, KEY_BYTES, KNOWN_SCHEMES
 from allocator.errors import AllocatorError, SchemeNotNamed, StoreMissing
+from allocator.series import SERIES_PATTERN
 from allocator.store import Store, open_store, where
 from config.settings import Commands, Config
 from process.logs import error_fields
@@ -54,6 +57,25 @@ def read_key_file(path: str) -> OperatorKey:
     return OperatorKey(key, int(number))
 
 
+async def _raise_series_mark(store: Store, config: Config, name: str, value: int) -> None:
+    """``--raise-series-reserved-to``: a series the store does not hold (made after the backup)
+    is made with the configured order and size, which must be those it had."""
+    known = {series.name: series for series in await store.all_series()}
+    before = known[name].reserved if name in known else None
+    after = await store.raise_series_mark(name, config.s10_order, config.s10_series_size, value)
+    log.info(
+        "series reservation mark raised"
+        if before is None or after.reserved > before
+        else "series reservation mark already high enough",
+        extra={
+            "tracking.series": name,
+            "tracking.series_order": after.order,
+            "tracking.reserved_before": before,
+            "tracking.reserved": after.reserved,
+        },
+    )
+
+
 async def run_commands(config: Config, commands: Commands) -> int:
     """``--init-store`` then ``--raise-reserved-to``; the exit status.
 
@@ -68,6 +90,11 @@ async def run_commands(config: Config, commands: Commands) -> int:
     if value is not None and not 0 <= value <= COUNTER_LIMIT:
         log.error("the mark must be between 0 and 2**56", extra={"tracking.reserved": value})
         return 2
+    if commands.raise_series_reserved_to is not None:
+        name, _ = commands.raise_series_reserved_to
+        if not re.match(SERIES_PATTERN, name) or not name:
+            log.error("not an S10 series, such as s10:RR:GB", extra={"tracking.series": name})
+            return 2
     action = "initialise the store" if commands.init_store else "raise the reservation mark"
     store: Store | None = None
     try:
@@ -93,6 +120,8 @@ async def run_commands(config: Config, commands: Commands) -> int:
                     "tracking.scheme": await store.load_scheme(),
                 },
             )
+        if commands.raise_series_reserved_to is not None:
+            await _raise_series_mark(store, config, *commands.raise_series_reserved_to)
         if value is not None:
             before = await store.durable_mark()
             after = await store.raise_mark(value)

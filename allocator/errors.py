@@ -24,6 +24,15 @@ class LeaseRefused(AllocatorError):
     """The allocator answered but will not grant (for example, its store cannot be written)."""
 
 
+class SeriesExhausted(LeaseRefused):
+    """A series (an S10 indicator and country) has no value left: every one was leased. Never
+    answered with a value of another series."""
+
+    def __init__(self, series: str) -> None:
+        super().__init__(f"series {series} exhausted")
+        self.series = series
+
+
 class IdempotencyFull(AllocatorError):
     """The store keeps as many idempotent answers as it may: a new key cannot be kept now."""
 

@@ -16,12 +16,17 @@ import msgspec
 
 from allocator.counter import COUNTER_LIMIT, KNOWN_SCHEMES, SCHEME_FEISTEL4
 from allocator.errors import ProtocolError
+from allocator.series import DEFAULT_SERIES, Order, SeriesName
 
 # Far above the largest legal message (a Welcome is under 100 bytes), far below anything that
 # could hurt: a peer that announces more is cut off before we read it.
 MAX_FRAME = 64 * 1024
 # The largest block one lease may ask for; the allocator grants at most this many values.
 MAX_LEASE = 10_000_000
+# A response may be larger: the status lists every series in use (about 250 bytes each, and
+# there are at most a few tens of thousands of indicator and country pairs). The allocator is
+# the workers' own process, so a worker reads what it sends up to this cap.
+MAX_RESPONSE_FRAME = 16 * 1024 * 1024
 # The longest idempotency key, in characters (ASCII from our workers: as many bytes).
 MAX_KEY_LENGTH = 255
 
@@ -117,6 +122,23 @@ class AllocatorStats(msgspec.Struct, kw_only=True):
         )
 
 
+class SeriesStatus(msgspec.Struct, kw_only=True):
+    """One S10 series in /allocator/status: how much of it is used, and when it runs out."""
+
+    name: str
+    order: str
+    size: int
+    next: int  # the first value not yet leased: what is used (leased) so far
+    reserved: int
+    numbers_left: int
+    used_ratio: float
+    exhausted: bool
+    lease_rate_per_second: float
+    seconds_to_exhaustion: float | None
+    reservations_total: int
+    leased_numbers_total: int
+
+
 # The stats' fields are keyword-only, so they come after these in the JSON.
 class AllocatorStatus(AllocatorStats):
     """The allocator's state, as /allocator/status shows it."""
@@ -133,6 +155,8 @@ class AllocatorStatus(AllocatorStats):
     uptime_seconds: float
     store_up: bool
     idempotency_max_bytes: int = 0
+    # The S10 series the store holds (an older allocator sends none).
+    series: list[SeriesStatus] = msgspec.field(default_factory=list)
 
 
 class Message(msgspec.Struct, tag=True, frozen=True, array_like=True):
@@ -148,9 +172,12 @@ class Hello(Message):
 
 
 class Lease(Message):
-    """Ask for a block of ``count`` consecutive counter values."""
+    """Ask for a block of ``count`` consecutive counter values, of the default counter or of a
+    named one (an S10 series, made at its first lease with ``order``)."""
 
     count: LeaseCount
+    series: SeriesName = DEFAULT_SERIES
+    order: Order = "permuted"
 
 
 class Report(Message):
@@ -203,10 +230,15 @@ class Granted(Message):
 
     start: Counter
     stop: Counter
+    # A series' own order and size, as stored when it was made (empty for the default counter).
+    order: str = ""
+    size: int = 0
 
 
 class Refused(Message):
     reason: str
+    # The series asked for is used up: no lease of it will ever be granted.
+    exhausted: bool = False
 
 
 class Status(Message):
@@ -234,9 +266,9 @@ _request_decoder = msgspec.msgpack.Decoder(Request)
 _response_decoder = msgspec.msgpack.Decoder(Response)
 
 
-def encode(message: Message) -> bytes:
+def encode(message: Message, limit: int = MAX_FRAME) -> bytes:
     """One complete frame: length prefix and payload."""
-    return frame(_encoder.encode(message))
+    return frame(_encoder.encode(message), limit)
 
 
 def frame(payload: bytes, limit: int = MAX_FRAME) -> bytes:

@@ -21,7 +21,7 @@ from allocator import protocol
 from allocator.actor import Allocator
 from allocator.commands import read_key_file
 from allocator.counter import COUNTER_LIMIT
-from allocator.errors import AllocatorError, ProtocolError
+from allocator.errors import AllocatorError, ProtocolError, SeriesExhausted
 from allocator.idempotency import IdempotencyKeys
 from allocator.protocol import (
     Abandon,
@@ -33,6 +33,7 @@ from allocator.protocol import (
     Refused,
     Remember,
     Report,
+    SeriesStatus,
     Status,
     StatusQuery,
     Welcome,
@@ -202,8 +203,10 @@ class AllocatorServer:
     ) -> None:
         response: protocol.Message
         match request:
-            case Lease(id=request_id, count=count):
+            case Lease(id=request_id, count=count, series=""):
                 response = await self._lease(request_id, count, worker)
+            case Lease(id=request_id, count=count, series=series, order=order):
+                response = await self._lease_series(request_id, series, order, count, worker)
             case Report(counters=counters):
                 self.worker_totals.add(counters)
                 self._count_issued(counters.issued)
@@ -219,7 +222,7 @@ class AllocatorServer:
             case Hello(id=request_id):
                 response = self._welcome(request_id)
         if not writer.is_closing():
-            writer.write(protocol.encode(response))
+            writer.write(protocol.encode(response, protocol.MAX_RESPONSE_FRAME))
 
     def _abandon(self, request: Abandon) -> None:
         """Mark an answer abandoned, in a task of its own that takes no slot: it waits for the
@@ -245,6 +248,46 @@ class AllocatorServer:
             return Refused(id=request_id, reason=str(exc))
         self._leases_by_worker[worker] = self._leases_by_worker.get(worker, 0) + 1
         return Granted(id=request_id, start=start, stop=stop)
+
+    async def _lease_series(
+        self, request_id: int, series: str, order: str, count: int, worker: int
+    ) -> Granted | Refused:
+        try:
+            start, stop, made = await self.allocator.lease_series(series, order, count)
+        except SeriesExhausted as exc:
+            self.allocator.stats.lease_refusals_total += 1
+            return Refused(id=request_id, reason=str(exc), exhausted=True)
+        except AllocatorError as exc:
+            self.allocator.stats.lease_refusals_total += 1
+            log.warning("lease refused", extra={"tracking.series": series, **error_fields(exc)})
+            return Refused(id=request_id, reason=str(exc))
+        self._leases_by_worker[worker] = self._leases_by_worker.get(worker, 0) + 1
+        return Granted(id=request_id, start=start, stop=stop, order=made.order, size=made.size)
+
+    def series_status(self) -> list[SeriesStatus]:
+        """Every series in use: how much is used, and when it runs out at its lease rate."""
+        statuses = []
+        for name, reservations in sorted(self.allocator.series.items()):
+            made = self.allocator.series_made[name]
+            left = made.size - reservations.next
+            rate = reservations.lease_rate()
+            statuses.append(
+                SeriesStatus(
+                    name=name,
+                    order=made.order,
+                    size=made.size,
+                    next=reservations.next,
+                    reserved=reservations.reserved,
+                    numbers_left=left,
+                    used_ratio=reservations.next / made.size,
+                    exhausted=reservations.exhausted and not reservations.available,
+                    lease_rate_per_second=rate,
+                    seconds_to_exhaustion=left / rate if rate > 0 else None,
+                    reservations_total=reservations.reservations_total,
+                    leased_numbers_total=reservations.leased_numbers_total,
+                )
+            )
+        return statuses
 
     def _count_issued(self, count: int) -> None:
         second = int(time.monotonic())
@@ -281,6 +324,7 @@ class AllocatorServer:
             uptime_seconds=allocator.uptime,
             store_up=allocator.stats.last_store_error is None,
             idempotency_max_bytes=self.idempotency.max_bytes,
+            series=self.series_status(),
             **msgspec.structs.asdict(allocator.stats),
         )
 
@@ -291,7 +335,7 @@ async def serve(config: Config, ready: Callable[[], None] = lambda: None) -> Non
     # With the operator's key, a missing store is an error: a new one would issue every number
     # of the lost one again, exactly (see --init-store).
     store = open_store(config.store, create=not config.key_file)
-    allocator = Allocator(store, config.reserve_step)
+    allocator = Allocator(store, config.reserve_step, config.s10_series_size)
     await allocator.start(*(read_key_file(config.key_file) if config.key_file else ()))
     server = AllocatorServer(
         allocator, config.allocator_socket, config.idempotency_ttl, config.idempotency_max_bytes

@@ -70,6 +70,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     s10_indicators: tuple[str, ...] = DEFAULT_S10_INDICATORS
     # A new series' order; a series keeps the order stored with it (docs/operations.md).
     s10_order: Literal["permuted", "sequential"] = "permuted"
+    # For tests only: the size a new S10 series is made with (UPU's is 10**8; see HELP).
+    s10_series_size: Annotated[int, msgspec.Meta(ge=1, le=10**8)] = 10**8
 
     @property
     def allocator_socket(self) -> str:
@@ -129,6 +131,9 @@ HELP: dict[str, str] = {
     "request's cost); false serves on aiohttp's own runner, router and prepare, as documented, "
     "for debugging or while a new aiohttp's fingerprints are reviewed (no request-head "
     "deadline then, and aiohttp's own text answers to malformed request heads)",
+    "s10_series_size": "FOR TESTS ONLY: the number of serials a new S10 series is made with, "
+    "stored with it (UPU's 10**8, the default, is the only right value in production; a small "
+    "one lets tests drive a series to exhaustion)",
     "heartbeat_timeout": "seconds a worker's or the allocator's event loop may show no progress "
     "before the supervisor kills and restarts it (at least 1; 20 by default)",
     "s10_indicators": "UPU S10 service indicators issued with scheme=s10, comma-separated: RR, "
@@ -187,6 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
         "after restoring a backup, so that no number issued since the backup is issued again; "
         "refuses when there is no store (add --init-store to create one first)",
     )
+    commands.add_argument(
+        "--raise-series-reserved-to",
+        type=series_mark,
+        metavar="SERIES=N",
+        help="raise the reservation mark of the S10 series SERIES (s10:RR:GB) to N if it is "
+        "lower, never above its size: after restoring a backup, as --raise-reserved-to does for "
+        "our own numbers; a series the backup does not hold is made, with s10_order",
+    )
     return parser
 
 
@@ -196,10 +209,24 @@ class Commands(msgspec.Struct, frozen=True):
     init_store: bool = False
     raise_reserved_to: int | None = None
     erase_customer: str | None = None
+    # (series, mark): ``--raise-series-reserved-to s10:RR:GB=N``.
+    raise_series_reserved_to: tuple[str, int] | None = None
 
     @property
     def given(self) -> bool:
-        return self.init_store or self.raise_reserved_to is not None
+        return (
+            self.init_store
+            or self.raise_reserved_to is not None
+            or self.raise_series_reserved_to is not None
+        )
+
+
+def series_mark(text: str) -> tuple[str, int]:
+    """``--raise-series-reserved-to``'s ``SERIES=N``: the series' name and the mark."""
+    name, _, value = text.partition("=")
+    if not (value.isascii() and value.isdigit()) or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not SERIES=N, such as s10:RR:GB=5000000")
+    return name, int(value)
 
 
 def _read_toml(path: str, explicit: bool) -> dict[str, Any]:
@@ -299,6 +326,7 @@ def parse(
     commands = Commands(
         init_store=args.pop("init_store"),
         raise_reserved_to=args.pop("raise_reserved_to"),
+        raise_series_reserved_to=args.pop("raise_series_reserved_to"),
         erase_customer=args.pop("erase_customer"),
     )
     if commands.erase_customer is not None and commands.given:
@@ -330,6 +358,7 @@ RESTART_ONLY = (
     "event_loop",
     "idempotency_ttl",
     "idempotency_max_bytes",
+    "s10_series_size",  # the allocator's, when it makes a series
     "heartbeat_timeout",  # the supervisor sets the children's beat interval from it at start
 )
 

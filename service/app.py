@@ -20,10 +20,20 @@ from service.access_log import AccessLog
 from service.blocks import Issuer
 from service.correlation import HEADERS as CORRELATION_HEADERS
 from service.correlation import CorrelationIds
-from service.keys import ACCESS_LOG, CLIENT, CONFIG, CORRELATION_IDS, ISSUER, LEDGER, METRICS
+from service.keys import (
+    ACCESS_LOG,
+    CLIENT,
+    CONFIG,
+    CORRELATION_IDS,
+    ISSUER,
+    LEDGER,
+    METRICS,
+    S10_ISSUER,
+)
 from service.metrics import REPORT_INTERVAL, WorkerMetrics
 from service.observe import ISSUE_ROUTE, aiohttp_error
 from service.openapi import openapi
+from service.s10_blocks import S10Issuer
 from service.server.plain import PlainAppRunner
 from service.server.runner import AppRunner
 
@@ -151,8 +161,11 @@ async def _blocks(app: web.Application) -> AsyncIterator[None]:
     issuer = Issuer(client, config.lease_timeout)
     app[CLIENT] = client
     app[ISSUER] = issuer
+    # S10 series' blocks: none until a series is asked for.
+    app[S10_ISSUER] = s10_issuer = S10Issuer(client, config)
     issuer.prefetch()
     yield
+    await s10_issuer.close()
     await issuer.close()  # and the client with it
 
 

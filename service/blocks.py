@@ -16,11 +16,15 @@ import contextlib
 import logging
 import os
 import time
+from typing import TYPE_CHECKING
 
 from allocator.client import AllocatorClient
 from allocator.errors import AllocatorError, AllocatorUnavailable
 from ledger.records import Issued
 from service.numbers import NumberFormatter
+
+if TYPE_CHECKING:
+    from service.s10_blocks import S10Formatter
 
 # Named for the Issuer: operators filter on this log.logger (docs/operations.md).
 log = logging.getLogger("service.issuer")
@@ -49,10 +53,17 @@ async def _give_way(taken: int) -> None:
 
 
 class Issuer:
+    """The default counter's blocks (``service.s10_blocks`` has a series' own)."""
+
+    # Block sizes: about ``lease_interval`` seconds of the issue rate, within these bounds.
+    min_block = MIN_BLOCK
+    max_block = MAX_BLOCK
+    lease_interval = LEASE_INTERVAL
+
     def __init__(self, client: AllocatorClient, timeout: float) -> None:
         self._client = client
         self._timeout = timeout
-        self._formatter: NumberFormatter | None = None
+        self._formatter: NumberFormatter | S10Formatter | None = None
         self._next = self._stop = 0  # the current block [_next, _stop)
         self._refill_at = 0  # when _next reaches this, fetch the spare
         # The serials of the counters [_chunk_start, _chunk_start + len(_chunk)), all of them
@@ -157,11 +168,22 @@ class Issuer:
         now = time.monotonic()
         rate = self._taken / max(now - self._last_lease_at, 1e-3)
         self._taken, self._last_lease_at = 0, now
-        return int(min(max(rate * LEASE_INTERVAL, MIN_BLOCK), MAX_BLOCK))
+        return int(min(max(rate * self.lease_interval, self.min_block), self.max_block))
+
+    async def _lease(self, size: int) -> tuple[int, int]:
+        """A block of at most ``size`` values from the allocator."""
+        return await self._client.lease(size)
+
+    def _new_formatter(self) -> NumberFormatter:
+        """What turns this issuer's counters into numbers, made with its first block."""
+        # The key and its scheme come with the connection.
+        assert self._client.key is not None
+        assert self._client.scheme is not None
+        return NumberFormatter(self._client.key, self._client.scheme)
 
     async def _fetch(self, size: int) -> None:
         try:
-            start, stop = await self._client.lease(size)
+            start, stop = await self._lease(size)
         except AllocatorError as exc:
             if self.last_error is None or str(exc) != str(self.last_error):
                 log.warning("lease failed", extra={"error.message": str(exc)})
@@ -171,10 +193,7 @@ class Issuer:
             self._refill = None
         self.last_error = None
         if self._formatter is None:
-            # The key and its scheme come with the connection.
-            assert self._client.key is not None
-            assert self._client.scheme is not None
-            self._formatter = NumberFormatter(self._client.key, self._client.scheme)
+            self._formatter = self._new_formatter()
         if self._next >= self._stop:
             self._next, self._stop = start, stop
             self._refill_at = start + (stop - start) // 2

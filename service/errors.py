@@ -1,7 +1,8 @@
 """Everything a client sees when something is wrong: one JSON shape, for every status.
 
 This is the one place where failures become HTTP statuses: validation → 400, unknown path →
-404, wrong method → 405, anything from the allocator → 503 with ``Retry-After``, a bug → 500
+404, wrong method → 405, anything from the allocator → 503 with ``Retry-After`` (a used-up S10
+series, ``SeriesExhausted``, says so by name), a bug → 500
 (the stack trace goes to the log, never to the client). aiohttp's own errors (malformed
 requests, oversized headers) are answered in the same shape by ``json_error``, through
 ``service.observe.aiohttp_error``, which the app hands to its runner (service/server/).
@@ -14,6 +15,8 @@ import msgspec
 from service.server.answers import JsonAnswer
 
 RETRY_AFTER_SECONDS = 1
+# A used-up series stays so until the operator acts: retrying soon helps nobody.
+SERIES_EXHAUSTED_RETRY_AFTER_SECONDS = 3600
 INVALID_PARAMETERS = "Invalid request parameters"
 
 
@@ -49,6 +52,17 @@ def unavailable(correlation_id: str) -> JsonAnswer:
         "No tracking number can be issued right now; retry shortly",
         correlation_id,
         headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+def series_exhausted(series: str, correlation_id: str) -> JsonAnswer:
+    """SeriesExhausted: every number of an S10 series is issued; none comes from another."""
+    return json_error(
+        503,
+        f"Series exhausted: every number of the S10 series {series} has been issued; "
+        "the operator must choose another indicator (docs/operations.md)",
+        correlation_id,
+        headers={"Retry-After": str(SERIES_EXHAUSTED_RETRY_AFTER_SECONDS)},
     )
 
 

@@ -23,11 +23,11 @@ import time
 import msgspec
 from aiohttp import web
 
-from allocator.errors import AllocatorError, IdempotencyFull
+from allocator.errors import AllocatorError, IdempotencyFull, SeriesExhausted
 from ledger.errors import LedgerError
 from service import errors
 from service.issued import body_for, recorded
-from service.keys import CLIENT, ISSUER
+from service.keys import CLIENT, ISSUER, S10_ISSUER
 from service.params import TrackingRequest
 from service.server.answers import JsonAnswer
 
@@ -52,8 +52,16 @@ def key_of(value: str) -> str | None:
 
 
 def fingerprint(query: TrackingRequest) -> bytes:
-    """Identifies the parameters, as validated and normalised (so "my" and "MY" are one)."""
-    return hashlib.sha256(msgspec.msgpack.encode(query)).digest()
+    """Identifies the parameters, as validated and normalised (so "my" and "MY" are one).
+
+    ``label`` is left out: it changes no number, and a replayed answer carries no label. A
+    request for our own numbers is fingerprinted without the S10 fields, as before they
+    existed: a retry across the upgrade still gets its answer."""
+    fields = msgspec.structs.asdict(query)
+    del fields["label"]
+    if query.scheme is None:
+        del fields["scheme"], fields["service_indicator"]
+    return hashlib.sha256(msgspec.msgpack.encode(fields)).digest()
 
 
 async def answer(
@@ -72,9 +80,14 @@ async def answer(
     try:
         kept = await client.recall(key, digest)
         if kept is None:
-            issued = await app[ISSUER].issue_many(
-                query.origin_country_id, query.destination_country_id, query.how_many
-            )
+            if query.service_indicator is None:
+                issued = await app[ISSUER].issue_many(
+                    query.origin_country_id, query.destination_country_id, query.how_many
+                )
+            else:
+                issued = await app[S10_ISSUER].issue_many(
+                    query.service_indicator, query.origin_country_id, query.how_many
+                )
             issued_at_ns = time.time_ns()
             # Recorded before they are kept: a retry may deliver them.
             key_digest = hashlib.sha256(key.encode()).digest()
@@ -96,6 +109,8 @@ async def answer(
     except IdempotencyFull:
         headers = {"Retry-After": str(FULL_RETRY_AFTER_SECONDS)}
         return errors.json_error(503, FULL, correlation_id, headers=headers), None
+    except SeriesExhausted as exc:
+        return errors.series_exhausted(exc.series, correlation_id), None
     except (AllocatorError, LedgerError):
         return errors.unavailable(correlation_id), None
     if kept.fingerprint != digest:

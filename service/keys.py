@@ -11,6 +11,7 @@ from service.access_log import AccessLog
 from service.blocks import Issuer
 from service.correlation import CorrelationIds
 from service.metrics import WorkerMetrics
+from service.s10_blocks import S10Issuer
 
 CONFIG = web.AppKey("config", Config)
 CORRELATION_IDS = web.AppKey("correlation_ids", CorrelationIds)
@@ -18,6 +19,7 @@ ACCESS_LOG = web.AppKey("access_log", AccessLog)
 METRICS = web.AppKey("metrics", WorkerMetrics)
 CLIENT = web.AppKey("allocator_client", AllocatorClient)
 ISSUER = web.AppKey("issuer", Issuer)
+S10_ISSUER = web.AppKey("s10_issuer", S10Issuer)
 # None with the ledger off (``ledger = false``).
 LEDGER = web.AppKey("ledger", LedgerClient | None)
 # The worker's one thread that draws shipping labels (service/labels.py).

@@ -26,6 +26,7 @@ from allocator.protocol import (
     REQUEST_BUCKETS,
     RESERVATION_BUCKETS,
     Histogram,
+    SeriesStatus,
     Status,
     WorkerCounters,
 )
@@ -198,6 +199,61 @@ LEDGER_GAUGES: tuple[tuple[str, str, LedgerGetter], ...] = (
 )
 
 
+# Each S10 series' gauges and counters, labelled with its name (allocator.protocol.SeriesStatus):
+# its name, its help, and where a series' status holds its value.
+SeriesGetter = Callable[[SeriesStatus], float]
+SERIES_GAUGES: tuple[tuple[str, str, SeriesGetter], ...] = (
+    (
+        "tracking_s10_series_used_ratio",
+        "Share of an S10 series' numbers leased so far (1: exhausted)",
+        lambda s: s.used_ratio,
+    ),
+    (
+        "tracking_s10_series_numbers_left",
+        "Numbers of an S10 series not leased yet",
+        lambda s: s.numbers_left,
+    ),
+    ("tracking_s10_series_size", "Numbers an S10 series holds (10^8)", lambda s: s.size),
+)
+SERIES_COUNTERS: tuple[tuple[str, str, SeriesGetter], ...] = (
+    (
+        "tracking_s10_series_leased_numbers",
+        "Numbers of an S10 series leased to workers since the allocator started",
+        lambda s: s.leased_numbers_total,
+    ),
+    (
+        "tracking_s10_series_reservations",
+        "Reservations of an S10 series made durable since the allocator started",
+        lambda s: s.reservations_total,
+    ),
+)
+
+
+def _series(status: Status) -> Iterator[Metric]:
+    """Every S10 series in use, by its ``series`` label; its forecast only while it is used."""
+    series = status.allocator.series
+    for name, documentation, getter in SERIES_GAUGES:
+        gauge = GaugeMetricFamily(name, documentation, labels=("series",))
+        for one in series:
+            gauge.add_metric((one.name,), getter(one))
+        yield gauge
+    for name, documentation, getter in SERIES_COUNTERS:
+        counter = CounterMetricFamily(name, documentation, labels=("series",))
+        for one in series:
+            counter.add_metric((one.name,), getter(one))
+        yield counter
+    forecast = GaugeMetricFamily(
+        "tracking_s10_series_seconds_to_exhaustion",
+        "Seconds until an S10 series is used up at its lease rate of the last minute (absent "
+        "while it leases nothing)",
+        labels=("series",),
+    )
+    for one in series:
+        if one.seconds_to_exhaustion is not None:
+            forecast.add_metric((one.name,), one.seconds_to_exhaustion)
+    yield forecast
+
+
 class _StatusCollector(Collector):
     def __init__(self, status: Status, ledger: LedgerStats | None, ledger_on: bool) -> None:
         self.status = status
@@ -226,6 +282,7 @@ class _StatusCollector(Collector):
         for route, histogram in sorted(status.workers.durations.items()):
             durations.add_metric((route,), _buckets(histogram, REQUEST_BUCKETS), histogram.total)
         yield durations
+        yield from _series(status)
         reservations = status.allocator.reservation_seconds
         reservation = HistogramMetricFamily(
             "tracking_allocator_reservation_duration_seconds",

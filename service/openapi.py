@@ -131,6 +131,19 @@ def _parameters(request_schema: dict[str, Any]) -> list[dict[str, Any]]:
                 "POST /labels's. Not with an Idempotency-Key: fetch a retried number's label "
                 "from /tracking-numbers/{number}/label."
             )
+        if name == "scheme":
+            description += (
+                " With s10, the number is a UPU S10 identifier of 13 characters (two letters of "
+                "service_indicator, an 8-digit serial, the UPU check digit, and "
+                "origin_country_id as the issuing country), from the series of that indicator "
+                "and country; the answer has the same shape."
+            )
+        if name == "service_indicator":
+            schema["pattern"] = "^(?:[A-Z]{2}|[a-z]{2})$"
+            description += (
+                " Lower case is read as upper case. The operator's s10_indicators say which "
+                "are issued: another one is a 400 that says why."
+            )
         if name == "count":
             description = (
                 "How many numbers to issue at once. " + description + " With it, the answer "
@@ -144,11 +157,14 @@ def _parameters(request_schema: dict[str, Any]) -> list[dict[str, Any]]:
                 "required": name in REQUIRED,
                 "description": description,
                 "schema": schema,
-                "example": EXAMPLE.get(name, {"count": "20", "label": "pdf"}.get(name)),
+                "example": EXAMPLE.get(name, PARAMETER_EXAMPLES.get(name, "20")),
             }
         )
     return parameters
 
+
+# Examples of the optional parameters (the required ones' are params.EXAMPLE's).
+PARAMETER_EXAMPLES = {"count": "20", "label": "pdf", "scheme": "s10", "service_indicator": "RR"}
 
 LISTING_EXAMPLES = {
     "customer_id": EXAMPLE["customer_id"],
@@ -340,7 +356,8 @@ def build() -> dict[str, Any]:
                             error,
                             "No number can be issued right now; retry. Also a request with a "
                             "new Idempotency-Key while the store keeps as many answers as it "
-                            "may (Retry-After: 60)",
+                            "may (Retry-After: 60); and with scheme=s10, a series whose every "
+                            "number is issued: the error names it (Retry-After: 3600)",
                             headers=retry,
                         ),
                     },

@@ -66,6 +66,11 @@ CustomerName = Annotated[
 Slug = Annotated[str, msgspec.Meta(max_length=255, pattern=r"^[a-z0-9]+(?:-[a-z0-9]+)*\Z")]
 MAX_COUNT = 1000
 Count = Annotated[str, msgspec.Meta(pattern=r"^(?:[1-9][0-9]{0,2}|1000)\Z")]
+# Which numbers: absent, ours; "s10", UPU S10 numbers of the series ``service_indicator`` and
+# the origin country (service/s10.py).
+Scheme = Literal["s10"]
+# Two letters; whether the operator issues them is the S10 issuer's to say (s10_indicators).
+ServiceIndicator = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2}\Z")]
 
 
 class TrackingRequest(msgspec.Struct, frozen=True):
@@ -81,6 +86,8 @@ class TrackingRequest(msgspec.Struct, frozen=True):
     count: Count | None = None
     # Optional: the new number's label in the answer (service/labels.py), in this format.
     label: Literal["pdf", "png", "zpl"] | None = None
+    scheme: Scheme | None = None
+    service_indicator: ServiceIndicator | None = None
 
     @property
     def how_many(self) -> int:
@@ -107,7 +114,13 @@ RULES = {
     "at most 255 characters, such as redbox-logistics",
     "count": f"must be a whole number from 1 to {MAX_COUNT}, such as 20",
     "label": "must be pdf, png or zpl",
+    "scheme": "must be s10 (UPU S10 numbers), or absent for this service's own numbers",
+    "service_indicator": "must be a UPU S10 service indicator of two letters, such as RR, and "
+    "is given with scheme=s10 only",
 }
+# The S10 request's rules that span fields, checked once both fields are valid on their own.
+S10_INDICATOR_MISSING = "is required with scheme=s10"
+S10_INDICATOR_ALONE = "is given with scheme=s10 only"
 MISSING = "is required"
 REPEATED = "must be given only once"
 BAD_ENCODING = "is not valid percent-encoded UTF-8"
@@ -214,7 +227,7 @@ def _readable(name: str) -> bool:
 def normalise(values: dict[str, str], errors: Errors) -> None:
     """Make equal values equal strings (the module's docstring says which); a customer name
     that shows nothing goes from ``values`` to ``errors``."""
-    for name in ("origin_country_id", "destination_country_id"):
+    for name in ("origin_country_id", "destination_country_id", "service_indicator"):
         code = values.get(name)
         # ASCII only: "\u0131".upper() (dotless i) is "I", and must not make a country.
         if code is not None and code.isascii() and code.islower():
@@ -254,7 +267,9 @@ def validate(raw_query: str, parsed: MultiMapping[str] | None = None) -> Trackin
             weight = request.weight
             if weight[0] == "0" or weight[-1] == "0":  # the cheap test: "10" passes it too
                 request = msgspec.structs.replace(request, weight=_canonical_weight(weight))
-            return request
+            if (request.scheme is None) == (request.service_indicator is None):
+                return request
+            # An S10 request without its indicator, or an indicator without the scheme: below.
     for name in FIELDS:
         if name in errors:
             continue
@@ -266,4 +281,14 @@ def validate(raw_query: str, parsed: MultiMapping[str] | None = None) -> Trackin
             msgspec.convert({**EXAMPLE, name: values[name]}, TrackingRequest)
         except msgspec.ValidationError:
             errors[name] = [RULES[name]]
+    _s10_rules(values, errors)
     return Invalid(errors)
+
+
+def _s10_rules(values: dict[str, str], errors: Errors) -> None:
+    """The rules between the S10 fields: ``scheme=s10`` needs an indicator, and an indicator
+    (a valid one: a bad one is refused as such already) comes with the scheme only."""
+    if "scheme" in values and "service_indicator" not in values:
+        errors.setdefault("service_indicator", [S10_INDICATOR_MISSING])
+    elif "service_indicator" in values and "scheme" not in values:
+        errors.setdefault("service_indicator", [S10_INDICATOR_ALONE])

@@ -138,10 +138,15 @@ class Allocators:
         serve: bool = True,
         idempotency_ttl: float | None = None,
         idempotency_max_bytes: int | None = None,
+        series_size: int | None = None,
     ) -> Allocator:
         """An allocator on ``store`` (the config's by default), serving on the config's
-        socket unless ``serve`` is False."""
-        allocator = Allocator(open_store(store or self.config.store), reserve_step)
+        socket unless ``serve`` is False; ``series_size``: its new S10 series' size."""
+        allocator = Allocator(
+            open_store(store or self.config.store),
+            reserve_step,
+            series_size or self.config.s10_series_size,
+        )
         await allocator.start()
         server = None
         if serve:

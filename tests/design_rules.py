@@ -15,7 +15,7 @@ import calendar
 import string
 import unicodedata
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from urllib.parse import quote, quote_plus
 
@@ -168,6 +168,36 @@ def label(value: str) -> Verdict:
     return value in ("pdf", "png", "zpl")
 
 
+def scheme(value: str) -> Verdict:
+    """Which numbers (issue 20, optional): s10 for UPU S10 numbers."""
+    return value == "s10"
+
+
+def service_indicator(value: str) -> Verdict:
+    """The S10 service indicator (issue 20): two letters, upper or lower case (as countries);
+    whether the operator issues it is not the validator's to say."""
+    return (
+        len(value) == 2
+        and value.isascii()
+        and value.isalpha()
+        and (value.isupper() or value.islower())
+    )
+
+
+def s10_problems(values: Mapping[str, str]) -> dict[str, str]:
+    """The rules between the S10 fields (issue 20): an indicator with the scheme only, the
+    scheme never without one. Field -> which rule (``params``' message names)."""
+    if "scheme" in values and "service_indicator" not in values:
+        return {"service_indicator": "S10_INDICATOR_MISSING"}
+    if (
+        "service_indicator" in values
+        and "scheme" not in values
+        and service_indicator(values["service_indicator"])
+    ):
+        return {"service_indicator": "S10_INDICATOR_ALONE"}
+    return {}
+
+
 RULES: dict[str, Callable[[str], Verdict]] = {
     "origin_country_id": country,
     "destination_country_id": country,
@@ -178,9 +208,11 @@ RULES: dict[str, Callable[[str], Verdict]] = {
     "customer_slug": customer_slug,
     "count": count,
     "label": label,
+    "scheme": scheme,
+    "service_indicator": service_indicator,
 }
 # Fields a request may leave out; every other field of RULES is required.
-OPTIONAL = frozenset({"count", "label"})
+OPTIONAL = frozenset({"count", "label", "scheme", "service_indicator"})
 REQUIRED = tuple(name for name in RULES if name not in OPTIONAL)
 
 
@@ -188,7 +220,7 @@ def normalised(field: str, value: str) -> str:
     """What a valid request carries after validation: countries upper case, names trimmed,
     UUIDs lower case, weights as the shortest decimal of their value (``000001.500`` is
     ``1.5``), so that equal requests are equal."""
-    if field.endswith("_country_id"):
+    if field.endswith("_country_id") or field == "service_indicator":
         return value.upper()
     if field == "customer_name":
         return trim(value)
@@ -380,6 +412,9 @@ VALUES: dict[str, st.SearchStrategy[str]] = {
     "label": st.one_of(
         st.sampled_from(["pdf", "png", "zpl", "PDF", "svg", "", " pdf"]), st.text(max_size=4)
     ),
+    "scheme": st.sampled_from(["s10", "S10", "s1", "", "upu", "s10 "]) | st.text(max_size=4),
+    "service_indicator": st.sampled_from(["RR", "rr", "Rr", "R", "RRR", "R1", "", "\u0131i"])
+    | st.text(max_size=3),
 }
 
 # Values the rules allow, built from the rules' own terms.
@@ -407,6 +442,9 @@ VALID_VALUES: dict[str, st.SearchStrategy[str]] = {
     .filter(lambda slug: len(slug) <= 255),
     "count": st.integers(1, 1000).map(str),
     "label": st.sampled_from(["pdf", "png", "zpl"]),
+    "scheme": st.just("s10"),
+    "service_indicator": st.text(string.ascii_uppercase, min_size=2, max_size=2)
+    | st.text(string.ascii_lowercase, min_size=2, max_size=2),
 }
 
 

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple, Protocol
 
 from allocator.counter import KEY_BYTES, NEW_STORE_SCHEME
 from allocator.errors import KeyMismatch, SchemeNotNamed, StoreError, StoreMissing
+from allocator.series import Series
 from config.urls import POSTGRES_URLS, SCHEMES, SQLITE_URL
 
 
@@ -73,6 +74,26 @@ class Store(Protocol):
 
     async def raise_mark(self, value: int) -> int:
         """Raise the mark to ``value`` if it is lower (never lower it); the mark after."""
+
+    # Named counters: the S10 series (allocator/series.py), each a row of its own.
+
+    async def open_series(self, name: str, order: str, size: int) -> Series:
+        """The series ``name`` as stored, made at its first use with ``order`` and ``size``,
+        which never change for it after (hosts making it at once agree on the first)."""
+
+    async def all_series(self) -> list[Series]:
+        """Every series the store holds, by name."""
+
+    async def reserve_series(self, name: str, count: int) -> tuple[int, int]:
+        """Durably take up to ``count`` values of a series as ``(start, stop)``: fewer at its
+        end, none (``start == stop``) once it is used up."""
+
+    async def release_series(self, name: str, start: int, stop: int) -> bool:
+        """``release`` for a series."""
+
+    async def raise_series_mark(self, name: str, order: str, size: int, value: int) -> Series:
+        """Raise a series' mark to ``value`` (at most its size; never lower it), making the
+        series with ``order`` and ``size`` if the store holds none; the series after."""
 
     # Idempotency keys. Expiry follows the store's own clock (see docs/reliability.md): the
     # database's for PostgreSQL, so hosts with skewed clocks agree; for SQLite, the wall clock
@@ -156,6 +177,13 @@ def reserved_range(stop: int | None, count: int) -> tuple[int, int]:
     if stop is None:
         raise StoreError("the counter space is exhausted")
     return stop - count, stop
+
+
+def series_row(row: Any, name: str) -> Series:
+    """A series read from a store's row ``(ordering, size, reserved)``."""
+    if row is None:
+        raise StoreError(f"the store holds no series {name}")
+    return Series(name, str(row[0]), int(row[1]), int(row[2]))
 
 
 def open_store(url: str, *, create: bool = True) -> Store:

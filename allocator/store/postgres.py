@@ -16,18 +16,21 @@ import asyncpg
 
 from allocator.counter import COUNTER_LIMIT
 from allocator.errors import StoreError, StoreMissing
+from allocator.series import Series
 from allocator.store import (
     Remembered,
     checked_key,
     idempotency_bytes_on_disk,
     offered_row,
     reserved_range,
+    series_row,
 )
 from allocator.store.lock import StoreLock
 from allocator.store.schema import (
     ADD_SCHEME_COLUMN,
     POSTGRES_IDEMPOTENCY,
     POSTGRES_IDEMPOTENCY_EXTRAS,
+    POSTGRES_SERIES,
     POSTGRES_TABLES,
     SCHEMA_VERSION,
     create_or_check,
@@ -197,6 +200,88 @@ class PostgresStore:
         if after is None:
             raise StoreError("the store has no counter yet")
         return after
+
+    async def open_series(self, name: str, order: str, size: int) -> Series:
+        async def insert_once_then_read(db: asyncpg.Connection) -> asyncpg.Record | None:
+            # Hosts making a series at once: the first insert wins and all read it.
+            await db.execute(
+                "INSERT INTO tracking_series (name, reserved, size, ordering)"
+                " VALUES ($1, 0, $2, $3) ON CONFLICT (name) DO NOTHING",
+                name,
+                size,
+                order,
+            )
+            return await db.fetchrow(
+                "SELECT ordering, size, reserved FROM tracking_series WHERE name = $1", name
+            )
+
+        return series_row(await self._run("open a series", insert_once_then_read), name)
+
+    async def all_series(self) -> list[Series]:
+        rows = await self._run(
+            "read the series",
+            lambda db: db.fetch(
+                "SELECT name, ordering, size, reserved FROM tracking_series ORDER BY name"
+            ),
+        )
+        return [Series(n, o, s, r) for n, o, s, r in rows]
+
+    async def reserve_series(self, name: str, count: int) -> tuple[int, int]:
+        async def raise_the_mark(db: asyncpg.Connection) -> tuple[int, int] | None:
+            self._server_warnings.clear()
+            # The row locked, then raised, in one transaction: its start is the mark we read.
+            # The commit returns once durable, as for the default counter (``reserve``).
+            async with db.transaction():
+                row = await db.fetchrow(
+                    "SELECT reserved, size FROM tracking_series WHERE name = $1 FOR UPDATE", name
+                )
+                if row is None:
+                    return None
+                start, stop = row[0], min(row[0] + count, row[1])
+                await db.execute(
+                    "UPDATE tracking_series SET reserved = $2 WHERE name = $1", name, stop
+                )
+            if self._server_warnings:
+                warning = self._server_warnings[0]
+                raise StoreError(f"reservation not granted: the server warned: {warning}")
+            return start, stop
+
+        taken = await self._run("reserve in a series", raise_the_mark, urgent=True)
+        if taken is None:
+            raise StoreError(f"the store holds no series {name}")
+        return taken
+
+    async def release_series(self, name: str, start: int, stop: int) -> bool:
+        status = await self._run(
+            "release in a series",
+            lambda db: db.execute(
+                "UPDATE tracking_series SET reserved = $1 WHERE name = $2 AND reserved = $3",
+                start,
+                name,
+                stop,
+            ),
+            urgent=True,
+        )
+        return status == "UPDATE 1"
+
+    async def raise_series_mark(self, name: str, order: str, size: int, value: int) -> Series:
+        async def make_or_raise(db: asyncpg.Connection) -> asyncpg.Record | None:
+            async with db.transaction():
+                await db.execute(
+                    "INSERT INTO tracking_series (name, reserved, size, ordering)"
+                    " VALUES ($1, 0, $2, $3) ON CONFLICT (name) DO NOTHING",
+                    name,
+                    size,
+                    order,
+                )
+                return await db.fetchrow(
+                    "UPDATE tracking_series SET reserved = GREATEST(reserved, LEAST($2, size))"
+                    " WHERE name = $1 RETURNING ordering, size, reserved",
+                    name,
+                    value,
+                )
+
+        return series_row(await self._run("raise a series' mark", make_or_raise, urgent=True), name)
 
     async def recall(self, key: str, fingerprint: bytes = b"") -> Remembered | None:
         async def read_then_claim(db: asyncpg.Connection) -> Remembered | None:
@@ -391,6 +476,8 @@ async def _create_schema(db: asyncpg.Connection, create: bool, where: str) -> in
             await db.execute(ADD_SCHEME_COLUMN.format(table="tracking_counter", type="smallint"))
         if await db.fetchval("SELECT to_regclass('tracking_idempotency_unaudited') IS NULL"):
             await db.execute(POSTGRES_IDEMPOTENCY_EXTRAS)
+        if await db.fetchval("SELECT to_regclass('tracking_series') IS NULL"):
+            await db.execute(POSTGRES_SERIES)
         if version is not None and version < SCHEMA_VERSION:
             await db.execute("UPDATE tracking_schema SET version = $1 WHERE id = 1", SCHEMA_VERSION)
             version = SCHEMA_VERSION

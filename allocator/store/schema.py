@@ -24,6 +24,17 @@ ADD_SCHEME_COLUMN = (
     " CHECK (scheme >= 1)"
 )
 
+# The S10 series (allocator/series.py), one row each, created when missing in both stores and
+# without a new schema version: an older release never reads this table, and still opens the
+# store (its default counter is where it always was).
+SERIES_COLUMNS = (
+    " name {text} PRIMARY KEY,"
+    " reserved {int} NOT NULL CHECK (reserved >= 0),"
+    " size {int} NOT NULL CHECK (size > 0),"
+    " ordering {text} NOT NULL CHECK (ordering IN ('permuted', 'sequential')),"
+    " CHECK (reserved <= size)"
+)
+
 # SQLite keeps its version in PRAGMA user_version.
 SQLITE_TABLES = (
     "CREATE TABLE IF NOT EXISTS counter ("
@@ -41,6 +52,7 @@ SQLITE_TABLES = (
     "CREATE TABLE IF NOT EXISTS idempotency_unaudited ("
     " key TEXT PRIMARY KEY,"
     " expires_at REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS series (" + SERIES_COLUMNS.format(text="TEXT", int="INTEGER") + ")",
 )
 
 POSTGRES_TABLES = f"""
@@ -73,6 +85,12 @@ CREATE TABLE IF NOT EXISTS tracking_idempotency_unaudited (
     expires_at double precision NOT NULL
 );
 """
+
+POSTGRES_SERIES = (
+    "CREATE TABLE IF NOT EXISTS tracking_series ("
+    + SERIES_COLUMNS.format(text="text", int="bigint")
+    + ")"
+)
 
 
 def check_version(version: int | None, where: str) -> None:

@@ -20,12 +20,14 @@ import aiosqlite
 from allocator.counter import COUNTER_LIMIT
 from allocator.errors import StoreError, StoreMissing
 from allocator.files import private_database_file
+from allocator.series import Series
 from allocator.store import (
     Remembered,
     checked_key,
     idempotency_bytes_on_disk,
     offered_row,
     reserved_range,
+    series_row,
 )
 from allocator.store.faults import fault
 from allocator.store.lock import StoreLock
@@ -147,6 +149,75 @@ class SQLiteStore:
         if after is None:
             raise StoreError("the store has no counter yet")
         return int(after)
+
+    async def open_series(self, name: str, order: str, size: int) -> Series:
+        async def insert_once_then_read(db: aiosqlite.Connection) -> Any:
+            await db.execute(
+                "INSERT OR IGNORE INTO series (name, reserved, size, ordering) VALUES (?, 0, ?, ?)",
+                (name, size, order),
+            )
+            return await _fetchrow(
+                db, "SELECT ordering, size, reserved FROM series WHERE name = ?", (name,)
+            )
+
+        return series_row(await self._run("open a series", insert_once_then_read), name)
+
+    async def all_series(self) -> list[Series]:
+        rows = await self._run(
+            "read the series",
+            lambda db: _fetchall(
+                db, "SELECT name, ordering, size, reserved FROM series ORDER BY name"
+            ),
+        )
+        return [Series(str(n), str(o), int(s), int(r)) for n, o, s, r in rows]
+
+    async def reserve_series(self, name: str, count: int) -> tuple[int, int]:
+        async def raise_the_mark(db: aiosqlite.Connection) -> Any:
+            async with _transaction(db):
+                row = await _fetchrow(
+                    db, "SELECT reserved, size FROM series WHERE name = ?", (name,)
+                )
+                if row is None:
+                    return None
+                start, stop = row[0], min(row[0] + count, row[1])
+                await db.execute("UPDATE series SET reserved = ? WHERE name = ?", (stop, name))
+                fault("reserve-before-commit")
+            fault("reserve-after-commit")
+            return start, stop
+
+        taken = await self._run("reserve in a series", raise_the_mark, urgent=True)
+        if taken is None:
+            raise StoreError(f"the store holds no series {name}")
+        return taken
+
+    async def release_series(self, name: str, start: int, stop: int) -> bool:
+        changed = await self._run(
+            "release in a series",
+            lambda db: _rowcount(
+                db,
+                "UPDATE series SET reserved = ? WHERE name = ? AND reserved = ?",
+                (start, name, stop),
+            ),
+            urgent=True,
+        )
+        return changed == 1
+
+    async def raise_series_mark(self, name: str, order: str, size: int, value: int) -> Series:
+        async def make_or_raise(db: aiosqlite.Connection) -> Any:
+            async with _transaction(db):
+                await db.execute(
+                    "INSERT OR IGNORE INTO series (name, reserved, size, ordering)"
+                    " VALUES (?, 0, ?, ?)",
+                    (name, size, order),
+                )
+                return await _fetchrow(
+                    db,
+                    "UPDATE series SET reserved = MAX(reserved, MIN(?, size)) WHERE name = ?"
+                    " RETURNING ordering, size, reserved",
+                    (value, name),
+                )
+
+        return series_row(await self._run("raise a series' mark", make_or_raise, urgent=True), name)
 
     def _now(self) -> float:
         return time.monotonic() + self._wall_minus_monotonic
@@ -334,6 +405,13 @@ async def _fetchrow(db: aiosqlite.Connection, sql: str, parameters: tuple[Any, .
 async def _fetchval(db: aiosqlite.Connection, sql: str, parameters: tuple[Any, ...] = ()) -> Any:
     row = await _fetchrow(db, sql, parameters)
     return None if row is None else row[0]
+
+
+async def _fetchall(
+    db: aiosqlite.Connection, sql: str, parameters: tuple[Any, ...] = ()
+) -> list[Any]:
+    async with db.execute(sql, parameters) as cursor:
+        return list(await cursor.fetchall())
 
 
 async def _rowcount(db: aiosqlite.Connection, sql: str, parameters: tuple[Any, ...] = ()) -> int:

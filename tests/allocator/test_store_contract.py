@@ -32,6 +32,7 @@ from allocator.counter import (
     SCHEME_FEISTEL10,
 )
 from allocator.errors import KeyMismatch, SchemeNotNamed, StoreError, StoreMissing
+from allocator.series import Series
 from allocator.store import Remembered, Store, idempotency_bytes_on_disk, open_store
 from allocator.store import postgres as store_module
 from allocator.store.postgres import PostgresStore
@@ -861,3 +862,96 @@ def test_without_a_server_postgresql_tests_skip_locally_and_fail_under_ci(
     assert (result.returncode != 0) == (ci is not None), result.stdout
     if ci is not None:
         assert "CI is set but TRACKING_TEST_POSTGRES_URL is not set" in result.stdout
+
+
+# --- Named counters: the S10 series (allocator/series.py) ------------------------------------
+
+
+async def test_a_series_is_a_counter_of_its_own_beside_the_default_one(
+    locations: Locations, url: str
+) -> None:
+    store = await locations.open(url)
+    await store.load_key()
+    await store.reserve(1000)
+    assert await store.open_series("s10:RR:GB", "permuted", 10**8) == Series(
+        "s10:RR:GB", "permuted", 10**8, 0
+    )
+    assert await store.reserve_series("s10:RR:GB", 50) == (0, 50)
+    assert await store.reserve_series("s10:RR:GB", 50) == (50, 100)
+    await store.open_series("s10:EE:FR", "permuted", 10**8)
+    assert await store.reserve_series("s10:EE:FR", 7) == (0, 7)
+    assert await store.durable_mark() == 1000
+    await store.close()
+
+    reopened = await locations.open(url)
+    assert await reopened.all_series() == [
+        Series("s10:EE:FR", "permuted", 10**8, 7),
+        Series("s10:RR:GB", "permuted", 10**8, 100),
+    ]
+    assert await reopened.reserve_series("s10:RR:GB", 1) == (100, 101)
+    assert await reopened.reserve(1) == (1000, 1001)
+
+
+async def test_a_series_keeps_the_order_and_size_it_was_made_with(
+    locations: Locations, url: str
+) -> None:
+    first = await locations.open(url)
+    second = await locations.open(url)  # another host
+    assert (await first.open_series("s10:RR:GB", "sequential", 100)).order == "sequential"
+    assert await second.open_series("s10:RR:GB", "permuted", 10**8) == Series(
+        "s10:RR:GB", "sequential", 100, 0
+    )
+
+
+async def test_a_series_grants_up_to_its_size_then_nothing(locations: Locations, url: str) -> None:
+    store = await locations.open(url)
+    await store.open_series("s10:RR:GB", "permuted", 100)
+    assert await store.reserve_series("s10:RR:GB", 60) == (0, 60)
+    assert await store.reserve_series("s10:RR:GB", 60) == (60, 100)
+    assert await store.reserve_series("s10:RR:GB", 60) == (100, 100)
+    assert (await store.all_series())[0].reserved == 100
+
+
+async def test_reservations_of_a_series_from_two_stores_never_overlap(
+    locations: Locations, url: str
+) -> None:
+    stores = [await locations.open(url) for _ in range(2)]
+    await stores[0].open_series("s10:RR:GB", "permuted", 1000)
+    taken = await asyncio.gather(
+        *(stores[i % 2].reserve_series("s10:RR:GB", 7) for i in range(200))
+    )
+    values = [v for start, stop in taken for v in range(start, stop)]
+    assert sorted(values) == list(range(1000))
+
+
+async def test_a_series_releases_only_an_untouched_tail(locations: Locations, url: str) -> None:
+    store = await locations.open(url)
+    await store.open_series("s10:RR:GB", "permuted", 10**8)
+    await store.reserve_series("s10:RR:GB", 100)
+    assert await store.release_series("s10:RR:GB", 40, 100) is True
+    assert await store.reserve_series("s10:RR:GB", 10) == (40, 50)
+    assert await store.release_series("s10:RR:GB", 0, 40) is False
+
+
+async def test_reserving_in_a_series_never_made_is_an_error(locations: Locations, url: str) -> None:
+    store = await locations.open(url)
+    with pytest.raises(StoreError, match="no series"):
+        await store.reserve_series("s10:RR:GB", 1)
+
+
+async def test_a_series_mark_is_raised_never_lowered_nor_past_its_size(
+    locations: Locations, url: str
+) -> None:
+    store = await locations.open(url)
+    await store.open_series("s10:RR:GB", "sequential", 1000)
+    await store.reserve_series("s10:RR:GB", 100)
+    assert await store.raise_series_mark("s10:RR:GB", "permuted", 10**8, 500) == Series(
+        "s10:RR:GB", "sequential", 1000, 500
+    )
+    assert (await store.raise_series_mark("s10:RR:GB", "permuted", 10**8, 50)).reserved == 500
+    assert (await store.raise_series_mark("s10:RR:GB", "permuted", 10**8, 5000)).reserved == 1000
+    # A series the store does not hold (made after a backup) is made, with the mark.
+    assert await store.raise_series_mark("s10:EE:FR", "permuted", 10**8, 70) == Series(
+        "s10:EE:FR", "permuted", 10**8, 70
+    )
+    assert await store.reserve_series("s10:EE:FR", 1) == (70, 71)

@@ -166,6 +166,9 @@ def stack() -> Iterator[Stack]:
         wait_for("a first scrape", lambda: prometheus.query(f'up{{job="{JOB}"}} == 1'), prometheus)
         for _ in range(ISSUED):
             assert request(service.url, "/next-tracking-number", CANONICAL_QUERY) == 200
+        # An S10 series, so that its series exist (the S10 alerts read them).
+        s10 = {**CANONICAL_QUERY, "scheme": "s10", "service_indicator": "RR"}
+        assert request(service.url, "/next-tracking-number", s10) == 200
         bad_weight = {**CANONICAL_QUERY, "weight": "0"}
         assert request(service.url, "/next-tracking-number", bad_weight) == 400
         assert request(service.url, "/no-such-page") == 404

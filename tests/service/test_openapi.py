@@ -62,14 +62,15 @@ async def test_every_documented_path_is_served(
         assert response.status == 200, path
 
 
-async def test_every_parameter_is_documented_and_only_count_is_optional(
+async def test_every_parameter_is_documented_and_only_count_and_s10_s_are_optional(
     client: TestClient,
 ) -> None:
     document = await fetch_document(client)
     parameters = document["paths"]["/next-tracking-number"]["get"]["parameters"]
     query = {p["name"]: p for p in parameters if p["in"] == "query"}
     assert set(query) == set(FIELDS)
-    assert [name for name, p in query.items() if not p["required"]] == ["count", "label"]
+    optional = [name for name, p in query.items() if not p["required"]]
+    assert optional == ["count", "label", "scheme", "service_indicator"]
 
 
 async def test_documented_examples_are_accepted_and_patterns_are_ecma(client: TestClient) -> None:

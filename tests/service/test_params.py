@@ -67,10 +67,13 @@ def assert_invalid(field: str, value: str) -> None:
     assert rejected(query(**{field: value})) == {field: [RULES[field]]}
 
 
-def test_fields_are_those_of_the_design_and_the_optional_count_and_label() -> None:
-    assert set(FIELDS) == DESIGN_FIELDS | {"count", "label"}
+OPTIONAL_FIELDS = {"count", "label", "scheme", "service_indicator"}
+
+
+def test_fields_are_those_of_the_design_and_the_optional_ones() -> None:
+    assert set(FIELDS) == DESIGN_FIELDS | OPTIONAL_FIELDS
     assert set(REQUIRED) == DESIGN_FIELDS
-    assert set(RULES) == DESIGN_FIELDS | {"count", "label"}
+    assert set(RULES) == DESIGN_FIELDS | OPTIONAL_FIELDS
     assert set(EXAMPLE) == DESIGN_FIELDS
 
 

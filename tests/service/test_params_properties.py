@@ -19,7 +19,13 @@ from tests.conftest import CANONICAL_QUERY
 
 FIELDS = tuple(design_rules.RULES)
 # A valid value for every field, the optional count included.
-EXAMPLE = {**CANONICAL_QUERY, "count": "3", "label": "pdf"}
+EXAMPLE = {
+    **CANONICAL_QUERY,
+    "count": "3",
+    "label": "pdf",
+    "scheme": "s10",
+    "service_indicator": "RR",
+}
 # The example database and derandomisation come from the profile (tests/conftest.py).
 SETTINGS = settings(
     max_examples=300,
@@ -39,18 +45,21 @@ def check_verdict(values: dict[str, str], raw: str) -> None:
     result = validate(raw)
     bad = {name for name, verdict in verdicts.items() if not verdict}
     missing = set(design_rules.REQUIRED) - set(values)
-    if not bad and not missing:
+    across = design_rules.s10_problems(values)
+    if not bad and not missing and not across:
         assert isinstance(result, TrackingRequest), (values, result)
         for name, value in values.items():
             assert getattr(result, name) == design_rules.normalised(name, value), name
     else:
         assert isinstance(result, Invalid), (values, result)
         problems = result.problems
-        assert set(problems) == bad | missing, (values, result)
+        assert set(problems) == bad | missing | set(across), (values, result)
         for name in missing:
             assert problems[name] == [params.MISSING]
         for name in bad:
             assert problems[name] == [params.RULES[name]], (name, values[name])
+        for name, rule in across.items():
+            assert problems[name] == [getattr(params, rule)], (name, values)
 
 
 def assert_a_verdict(raw: str) -> None:
@@ -109,7 +118,9 @@ def test_every_value_the_rules_allow_is_accepted(
 ) -> None:
     value = data.draw(design_rules.VALID_VALUES[field], label=field)
     assert design_rules.RULES[field](value) is True  # the generator keeps to the rules
-    values = {**CANONICAL_QUERY, field: value}
+    # The S10 fields come together (design_rules.s10_problems).
+    partner = {"scheme": "service_indicator", "service_indicator": "scheme"}.get(field)
+    values = {**CANONICAL_QUERY, **({partner: EXAMPLE[partner]} if partner else {}), field: value}
     result = validate(query_of(values, plus))
     assert isinstance(result, TrackingRequest), (field, value, result)
     assert getattr(result, field) == design_rules.normalised(field, value)

@@ -164,6 +164,7 @@ async def load(
     *,
     fresh_connections: bool = False,
     retry_resets: bool = True,
+    params: dict[str, str] = CANONICAL_QUERY,
 ) -> Outcome:
     """``total`` canonical requests from ``concurrency`` clients (or until ``stop`` is set).
 
@@ -171,7 +172,8 @@ async def load(
     ``fresh_connections`` every request has a connection of its own, so that the workers share
     the requests rather than each keeping the connections it happened to accept. Without
     ``retry_resets``, a GET whose connection is reset is counted as a reset, rather than sent
-    again once by aiohttp (RFC 9112's retry of idempotent requests), which hides it.
+    again once by aiohttp (RFC 9112's retry of idempotent requests), which hides it. ``params``:
+    the query, the canonical one by default.
     """
     outcome = Outcome() if outcome is None else outcome
     remaining = total
@@ -185,7 +187,7 @@ async def load(
             while remaining > 0 and not (stop and stop.is_set()):
                 remaining -= 1
                 try:
-                    async with session.get("/next-tracking-number", params=CANONICAL_QUERY) as r:
+                    async with session.get("/next-tracking-number", params=params) as r:
                         body = await r.read()
                         if r.status == 200:
                             outcome.numbers.append(json.loads(body)["tracking_number"])

@@ -22,6 +22,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
+from config.indicators import DEFAULT_S10_INDICATORS, allowed_indicators
 from service.openapi import build
 from tests.system.conftest import Service
 
@@ -92,9 +93,25 @@ def fuzz(running: Service, schema: schemathesis.schemas.BaseSchema, path: str, m
                 case.query.pop("cursor", None)
                 if "issued_from" in case.query:
                     case.query.pop("issued_to", None)
+        if path == "/next-tracking-number" and mode == "positive" and case.query:
+            s10_pair(case.query)
         case.call_and_validate(base_url=running.url, headers=explicit, timeout=10)
 
     call_and_check()
+
+
+# The indicators the fuzzed service issues (its s10_indicators are the default).
+ISSUED_INDICATORS = allowed_indicators(DEFAULT_S10_INDICATORS)
+
+
+def s10_pair(query: dict[str, object]) -> None:
+    """What the document cannot say of an S10 request: scheme and service_indicator come
+    together, and the indicator is one the operator lists (another is a 400 that says so)."""
+    if "scheme" not in query and "service_indicator" not in query:
+        return
+    indicator = str(query.get("service_indicator", "")).upper()
+    query["scheme"] = "s10"
+    query["service_indicator"] = indicator if indicator in ISSUED_INDICATORS else "RR"
 
 
 def token(service: Service) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -27,6 +28,7 @@ import pytest
 
 from tests.system.conftest import Outcome, PostgresServer, Service, counters_of, free_port, load
 from tests.system.test_run import assert_valid
+from tests.system.test_s10 import s10_query, series_counters
 
 # Small, so that the hosts' reservations interleave many times in a few seconds of load.
 RESERVE_STEP = 2000
@@ -492,3 +494,64 @@ def test_a_crashed_primary_and_a_promoted_standby_make_no_duplicate_and_both_hos
             assert host.stop() == 0
         for host in hosts:
             assert FAILOVER_PASSWORD not in host.log()
+
+
+def test_two_hosts_share_each_s10_series_and_never_issue_the_same_number(
+    short_tmp: Path, shared: SharedStore
+) -> None:
+    """Both hosts issue from the same S10 series at once, one of them losing its allocator to
+    SIGKILL meanwhile: one counter per series in the shared store, no number twice."""
+    series = (("RR", "GB"), ("EE", "FR"))
+    queries = [s10_query(indicator, country) for indicator, country in series]
+
+    async def run(hosts: tuple[Service, Service]) -> list[Outcome]:
+        stop = asyncio.Event()
+        outcomes = [Outcome() for _ in range(2 * len(queries))]
+        tasks = [
+            asyncio.create_task(load(host.url, 10**9, 8, stop, outcome, params=query))
+            for (host, query), outcome in zip(
+                itertools.product(hosts, queries), outcomes, strict=True
+            )
+        ]
+        async with asyncio.timeout(RECOVERY_TIMEOUT):
+            while min(len(o.numbers) for o in outcomes) < 200:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        (allocator_pid,) = hosts[0].child_pids("allocator")
+        os.kill(allocator_pid, signal.SIGKILL)
+        before = [len(o.numbers) for o in outcomes]
+        async with asyncio.timeout(RECOVERY_TIMEOUT):
+            while any(  # noqa: ASYNC110
+                len(o.numbers) < n + 200 for o, n in zip(outcomes, before, strict=True)
+            ):
+                await asyncio.sleep(0.1)
+        stop.set()
+        await asyncio.gather(*tasks)
+        return outcomes
+
+    # A series' default step (1,000) with the hosts' small reserve_step: they interleave.
+    with two_hosts(short_tmp, shared.url) as hosts:
+        outcomes = asyncio.run(run(hosts))
+        assert len(hosts[0].child_pids("allocator")) == 2
+    for outcome in outcomes:
+        check_clean(outcome)
+    numbers = [number for outcome in outcomes for number in outcome.numbers]
+    assert len(set(numbers)) == len(numbers), "an S10 number was issued twice"
+    key = asyncio.run(shared.fetchval("SELECT key FROM tracking_counter"))
+    marks = asyncio.run(series_marks(shared.url))
+    assert isinstance(key, bytes)
+    counters = series_counters(key, marks, numbers)
+    for name, values in counters.items():
+        assert len(set(values)) == len(values), name
+    # Each host issued from each series, from one shared counter.
+    for outcome in outcomes:
+        assert len(outcome.numbers) >= 400
+
+
+async def series_marks(url: str) -> dict[str, tuple[str, int, int]]:
+    """Each series' (order, size, mark) in the shared store."""
+    connection = await asyncpg.connect(url, timeout=10)
+    try:
+        rows = await connection.fetch("SELECT name, ordering, size, reserved FROM tracking_series")
+    finally:
+        await connection.close()
+    return {row[0]: (row[1], row[2], row[3]) for row in rows}
