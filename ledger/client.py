@@ -1,7 +1,8 @@
 """The workers' side of the ledger's socket.
 
 Every request's records a worker makes in one turn of its event loop go to the writer in one frame
-(``record`` only queues; the frame leaves at the end of the turn), and each request waits for
+(``record`` only queues; the frame leaves at the end of the turn; one frame for each counter
+whose numbers the turn made, our own and each S10 series'), and each request waits for
 the writer's answer to its turn's frame. One timer per frame bounds the wait: a writer that
 does not answer within the timeout fails every request of that frame with LedgerUnavailable,
 and a lost connection fails every frame in flight at once. The next frame connects again.
@@ -49,33 +50,35 @@ class LedgerClient:
         self.path = path
         self.timeout = timeout
         self._ids = itertools.count()
-        self._turn: _Frame | None = None  # the records of this turn, not yet sent
+        # The records of this turn, not yet sent: a frame for each counter (key and series).
+        self._turn: dict[bytes, _Frame] = {}
         self._in_flight: dict[int, _Frame | asyncio.Future[Stats]] = {}
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._sending: set[asyncio.Task[None]] = set()  # frames waiting for a connection
-        self._key: bytes | None = None
-        self._key_digest = b""
+        self._digests: dict[tuple[bytes, str], bytes] = {}
 
     @property
     def connected(self) -> bool:
         return self._writer is not None and not self._writer.is_closing()
 
-    def record(self, key: bytes, issue: Issue) -> asyncio.Future[None]:
+    def record(self, key: bytes, issue: Issue, series: str = "") -> asyncio.Future[None]:
         """A future that is done once the records of ``issue`` are durable; its exception is a
         LedgerError when they are not (within the timeout). ``key``: the permutation key of
-        its counters."""
+        its counters; ``series``: their S10 series, if any (ledger.records.key_digest)."""
         loop = asyncio.get_running_loop()
-        turn = self._turn
-        if turn is None:
-            if key is not self._key:
-                self._key, self._key_digest = key, key_digest(key)
-            turn = self._turn = _Frame(next(self._ids), self._key_digest)
-            loop.call_soon(self._send_turn)
-        turn.issues.append(issue)
+        digest = self._digests.get((key, series))
+        if digest is None:
+            digest = self._digests[key, series] = key_digest(key, series)
+        frame = self._turn.get(digest)
+        if frame is None:
+            if not self._turn:
+                loop.call_soon(self._send_turn)
+            frame = self._turn[digest] = _Frame(next(self._ids), digest)
+        frame.issues.append(issue)
         waiter = loop.create_future()
-        turn.waiters.append(waiter)
+        frame.waiters.append(waiter)
         return waiter
 
     async def stats(self) -> LedgerStats:
@@ -102,8 +105,11 @@ class LedgerClient:
                     await task
 
     def _send_turn(self) -> None:
-        turn, self._turn = self._turn, None
-        assert turn is not None
+        frames, self._turn = self._turn.values(), {}
+        for frame in frames:
+            self._send(frame)
+
+    def _send(self, turn: _Frame) -> None:
         loop = asyncio.get_running_loop()
         turn.timer = loop.call_later(self.timeout, self._expire, turn)
         self._in_flight[turn.id] = turn

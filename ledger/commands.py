@@ -14,6 +14,7 @@ import sqlite3
 import time
 
 from allocator.errors import StoreMissing
+from allocator.series import DEFAULT_SERIES
 from allocator.store import open_store
 from config.settings import Config
 from config.urls import POSTGRES_URLS
@@ -31,12 +32,16 @@ _CUSTOMER_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9
 SPOOL_WAIT = 60.0
 
 
-async def _key_and_mark(url: str) -> tuple[bytes, int] | None:
-    """The store's key and durable mark; None when there is no store yet (never made here)."""
+async def _key_and_marks(url: str) -> tuple[bytes, dict[str, int]] | None:
+    """The store's key, and the durable mark of each of its counters, by series (our own is
+    ``DEFAULT_SERIES``); None when there is no store yet (never made here)."""
     store = open_store(url, create=False)
     try:
         await store.open()
-        return await store.load_key(), await store.durable_mark()
+        key = await store.load_key()
+        marks = {DEFAULT_SERIES: await store.durable_mark()}
+        marks.update((series.name, series.reserved) for series in await store.all_series())
+        return key, marks
     except StoreMissing:
         return None
     finally:
@@ -107,20 +112,31 @@ def check_below_mark(config: Config) -> None:
     """
     if not config.ledger or not os.path.exists(config.ledger_path):
         return
-    stored = asyncio.run(_key_and_mark(config.store))
+    stored = asyncio.run(_key_and_marks(config.store))
     if stored is None:
         return
-    key, mark = stored
+    key, marks = stored
     db = open_existing(config.ledger_path, read_only=True)
     try:
-        highest = highest_counter(db, key_digest(key))
+        highest = {series: highest_counter(db, key_digest(key, series)) for series in marks}
     finally:
         db.close()
-    if highest is not None and highest >= mark:
+    for series, mark in marks.items():
+        found = highest[series]
+        if found is None or found < mark:
+            continue
+        counter, raise_it = (
+            ("counter", f"--raise-reserved-to N with N > {found}")
+            if series == DEFAULT_SERIES
+            else (
+                f"counter of series {series}",
+                f"--raise-series-reserved-to {series}=N, N > {found}",
+            )
+        )
         raise LedgerAhead(
-            f"the ledger holds a record of counter {highest}, but the store's reservation mark "
+            f"the ledger holds a record of {counter} {found}, but the store's reservation mark "
             f"is {mark}: the allocator would issue counters from {mark} again. The store is "
             "older than the ledger (restored from an older backup?). Raise the mark above the "
-            f"ledger and above every number issued since the store's backup: run.py "
-            f"--raise-reserved-to N with N > {highest} (docs/operations.md, 'Choosing N')"
+            f"ledger and above every number issued since the store's backup: run.py {raise_it} "
+            "(docs/operations.md, 'Choosing N')"
         )

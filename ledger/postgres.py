@@ -219,12 +219,14 @@ async def forward(db: asyncpg.Connection, spool_id: uuid.UUID, batch: Batch) -> 
         ]
 
 
-async def read_record(url: str, path: str, key: bytes, counter: int) -> Record | None:
-    """The record of ``counter`` under permutation ``key`` in the shared ledger, else in this
-    host's file at ``path`` (its spool: a record not forwarded yet). While PostgreSQL cannot
-    be read, a record of this host's file still vouches for its number; without one, no
-    answer can be given: LedgerError."""
-    digest = key_digest(key)
+async def read_record(
+    url: str, path: str, key: bytes, counter: int, series: str = ""
+) -> Record | None:
+    """The record of ``counter`` under permutation ``key`` (of S10 ``series``, if any) in the
+    shared ledger, else in this host's file at ``path`` (its spool: a record not forwarded
+    yet). While PostgreSQL cannot be read, a record of this host's file still vouches for its
+    number; without one, no answer can be given: LedgerError."""
+    digest = key_digest(key, series)
     unreachable: str | None = None
     try:
         db = await connect(url)
@@ -236,7 +238,7 @@ async def read_record(url: str, path: str, key: bytes, counter: int) -> Record |
             return Record(*row)
     except (*DATABASE_ERRORS, ValueError) as exc:
         unreachable = describe(exc)
-    found = await sqlite.read_record(path, key, counter)
+    found = await sqlite.read_record(path, key, counter, series)
     if unreachable is not None:
         where = redact_url(url)
         if found is None:

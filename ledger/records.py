@@ -65,6 +65,10 @@ ISSUE_COLUMNS = tuple(field.name for field in msgspec.structs.fields(Issue))[:-1
 RECORD_COLUMNS = tuple(field.name for field in msgspec.structs.fields(Record))
 
 
-def key_digest(key: bytes) -> bytes:
-    """What the ledger keeps to tell one permutation key's records from another's."""
-    return hashlib.sha256(_DIGEST_LABEL + key).digest()[:16]
+def key_digest(key: bytes, series: str = "") -> bytes:
+    """What the ledger keeps to tell one counter's records from another's: the permutation
+    key's, and with ``series`` (``s10:RR:GB``, allocator/series.py) an S10 series' of that key.
+    Each series counts from 0, so its records need a line of their own against duplicates."""
+    if not series:
+        return hashlib.sha256(_DIGEST_LABEL + key).digest()[:16]
+    return hashlib.sha256(_DIGEST_LABEL + key + b"\0" + series.encode("ascii")).digest()[:16]

@@ -201,9 +201,10 @@ def find(db: sqlite3.Connection, digest: bytes, counter: int) -> Record | None:
     return None if row is None else Record(*row)
 
 
-async def read_record(path: str, key: bytes, counter: int) -> Record | None:
-    """The record of ``counter`` under permutation ``key`` in the ledger file at ``path``, read
-    through a connection of the caller's own; LedgerError when the file cannot be read."""
+async def read_record(path: str, key: bytes, counter: int, series: str = "") -> Record | None:
+    """The record of ``counter`` under permutation ``key`` (of S10 ``series``, if any) in the
+    ledger file at ``path``, read through a connection of the caller's own; LedgerError when
+    the file cannot be read."""
 
     def read() -> Record | None:
         if not os.path.exists(path):
@@ -212,7 +213,7 @@ async def read_record(path: str, key: bytes, counter: int) -> Record | None:
             db = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True)
             try:
                 db.execute("PRAGMA busy_timeout=5000")
-                return find(db, key_digest(key), counter)
+                return find(db, key_digest(key, series), counter)
             finally:
                 db.close()
         except sqlite3.Error as exc:

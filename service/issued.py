@@ -11,6 +11,7 @@ import socket
 import msgspec
 from aiohttp import web
 
+from allocator.series import DEFAULT_SERIES, s10_series
 from ledger.records import Issue, Issued
 from service.keys import CLIENT, LEDGER
 from service.params import TrackingRequest
@@ -104,6 +105,13 @@ def issue_for(
     )
 
 
+def series_of(query: TrackingRequest) -> str:
+    """The counter that made the numbers of ``query``: an S10 series, or our own."""
+    if query.service_indicator is None:
+        return DEFAULT_SERIES
+    return s10_series(query.service_indicator, query.origin_country_id)
+
+
 async def recorded(
     app: web.Application,
     query: TrackingRequest,
@@ -115,10 +123,8 @@ async def recorded(
     """Return once the records of ``issued`` are durable (at once with the ledger off); raises
     LedgerError when they cannot be, and the numbers must not be delivered."""
     ledger = app[LEDGER]
-    # S10 numbers are not recorded yet: the ledger's records are unique by (key, counter), and
-    # a series' counters are its own (issue 20, 5: recording them is still to come).
-    if ledger is not None and query.scheme is None:
+    if ledger is not None:
         key = app[CLIENT].key
         assert key is not None  # the numbers were made with it
         issue = issue_for(query, issued, correlation_id, issued_at_ns, idempotency_key_digest)
-        await ledger.record(key, issue)
+        await ledger.record(key, issue, series_of(query))

@@ -28,7 +28,7 @@ from labels.formats import MEDIA_TYPES, WRITERS, PdfWriter, zpl
 from labels.label import Content, Page, page
 from ledger.errors import LedgerError
 from ledger.records import Record
-from service import errors
+from service import errors, s10
 from service.admin import records_refusal
 from service.keys import CLIENT, CONFIG, LABEL_DRAWER
 from service.listing import pages, permutation_key
@@ -36,7 +36,9 @@ from service.listing_query import validate as validate_filters
 from service.numbers import parse, permutation, serial_limit
 from service.observe import observed
 from service.params import Invalid, TrackingRequest, split_query
-from service.verify import malformed, problems, read_record
+from service.records import read_record
+from service.verify import malformed, problems
+from service.verify_s10 import s10_record
 
 LABEL_ROUTE = "/tracking-numbers/{number}/label"
 LABELS_ROUTE = "/labels"
@@ -125,6 +127,8 @@ async def record_of(app: web.Application, number: str) -> Record | None:
         return None
     client = app[CLIENT]
     key = await permutation_key(client)
+    if len(number) == s10.NUMBER_LENGTH:
+        return await s10_record(app, key, number)
     assert client.scheme is not None  # it comes with the key
     if problems(number, serial_limit(client.scheme)):
         return None

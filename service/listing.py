@@ -6,7 +6,7 @@ bad one listed in one 400 (service/listing_query.py). A JSON answer is one page,
 with the next page's cursor in the body and in a ``Link: <…>; rel="next"`` header (RFC 8288).
 With ``Accept: application/x-ndjson`` or ``text/csv`` the answer streams every matching
 record, read a page at a time (``ledger.listing.STREAM_PAGE``), so memory stays constant.
-Records are read where a lookup reads them (``service.verify.shared_ledger``): with a PostgreSQL
+Records are read where a lookup reads them (``service.records.shared_ledger``): with a PostgreSQL
 store from the shared ledger (``ledger/pg_listing.py``), every host's records, through a
 connection of the request's own; else from this host's file (``ledger/listing.py``), through a
 read-only connection of the request's own, in a thread.
@@ -39,8 +39,8 @@ from service.keys import CLIENT, CONFIG
 from service.listing_query import DEFAULT_LIMIT, FIELDS, RULES, ListingQuery, validate
 from service.observe import observed
 from service.params import Invalid
+from service.records import RecordBody, shared_ledger
 from service.server.answers import JsonAnswer
-from service.verify import RecordBody, shared_ledger
 
 log = logging.getLogger("service.listing")
 

@@ -15,74 +15,25 @@ only to clients presenting the admin token (``admin.reads_records``).
 
 from __future__ import annotations
 
-import datetime
-
 import msgspec
 from aiohttp import web
 
 from allocator.counter import COUNTER_LIMIT
 from allocator.errors import AllocatorError
-from config.settings import Config
-from config.urls import POSTGRES_URLS
-from ledger import postgres, sqlite
 from ledger.errors import LedgerError
-from ledger.records import Record
 from service import errors, s10
-from service.admin import is_operator, reads_records
+from service.admin import is_operator
 from service.countries import COUNTRIES
-from service.issued import microseconds
-from service.keys import CLIENT, CONFIG
+from service.keys import CLIENT
 from service.lookalikes import one_fix
 from service.numbers import ALPHABET, NUMBER_LENGTH, parse, permutation, serial_limit
 from service.observe import observed
+from service.records import RecordBody, vouch
 from service.server.answers import JsonAnswer
 from service.verify_s10 import verify_s10
 
 MALFORMED = "Malformed tracking number"
 _CHARACTERS = frozenset(ALPHABET)
-
-
-class RecordBody(msgspec.Struct):
-    """A ledger record as the API shows it."""
-
-    tracking_number: str
-    counter: int
-    issued_at: datetime.datetime  # server time, UTC
-    origin_country: str
-    destination_country: str
-    weight_kg: str
-    created_at: str  # the client's timestamp, with its offset, as it was sent
-    customer_id: str
-    customer_name: str
-    customer_slug: str
-    correlation_id: str
-    host: str
-    idempotency_key_sha256: str | None  # hex, when the request carried an Idempotency-Key
-
-    @classmethod
-    def of(cls, record: Record) -> RecordBody:
-        digest = record.idempotency_key_digest
-        return cls(
-            record.number,
-            record.counter,
-            datetime.datetime.fromtimestamp(microseconds(record.issued_at_ns) / 1e6, datetime.UTC),
-            record.origin,
-            record.destination,
-            record.weight,
-            record.created_at,
-            record.customer_id,
-            record.customer_name,
-            record.customer_slug,
-            record.correlation_id,
-            record.host,
-            None if digest is None else digest.hex(),
-        )
-
-
-NOT_RECORDED = (
-    "its counter was handed out, but the ledger holds no record of this number: it was issued "
-    "before the ledger was on, its record is past retention, or it was never delivered"
-)
 
 
 class Verdict(msgspec.Struct, omit_defaults=True):
@@ -136,19 +87,6 @@ def suggestion(number: str, serials: int = COUNTER_LIMIT) -> str | None:
     return one_fix(number, lambda candidate: not problems(candidate, serials))
 
 
-async def read_record(config: Config, key: bytes, counter: int) -> Record | None:
-    """The record of ``counter``: from the shared ledger with a PostgreSQL store (any host's
-    numbers), else from this host's ledger file."""
-    if shared_ledger(config):
-        return await postgres.read_record(config.store, config.ledger_path, key, counter)
-    return await sqlite.read_record(config.ledger_path, key, counter)
-
-
-def shared_ledger(config: Config) -> bool:
-    """Whether the hosts of this store share one ledger (a PostgreSQL store)."""
-    return config.store.startswith(POSTGRES_URLS)
-
-
 @observed()
 async def verify(request: web.Request, correlation_id: str) -> web.StreamResponse:
     typed = request.match_info["number"]
@@ -173,21 +111,9 @@ async def verify(request: web.Request, correlation_id: str) -> web.StreamRespons
             assert client.scheme is not None
             counter = permutation(client.key, client.scheme).invert(parts.serial)
             # FF1's inverse of a serial never issued may be beyond the counters: not leased.
-            config = app[CONFIG]
             leased = verdict.valid and counter < status.allocator.next
-            if not config.ledger:
-                verdict.issued = leased
-            # ``next`` is this host's: another host's counters may lie above it, and only the
-            # shared ledger knows them.
-            elif leased or (verdict.valid and shared_ledger(config)):
-                found = await read_record(config, client.key, counter)
-                verdict.issued = found is not None and found.number == number
-                if not verdict.issued and leased:
-                    verdict.note = NOT_RECORDED
-                elif found is not None and reads_records(request):
-                    verdict.record = RecordBody.of(found)
-            else:
-                verdict.issued = False
+            vouched = await vouch(request, client.key, counter, "", number, leased, verdict.valid)
+            verdict.issued, verdict.note, verdict.record = vouched
         except (AllocatorError, LedgerError):
             return errors.unavailable(correlation_id)
     return JsonAnswer(msgspec.json.encode(verdict), correlation_id)

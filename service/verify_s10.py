@@ -5,7 +5,8 @@ letters, a service indicator among ``s10_indicators`` (and what UPU gives it to:
 domestic, reserved or unknown), an assigned ISO 3166-1 country code and the right check digit;
 and, as for our own numbers, the one lookalike fix when exactly one makes it valid. Operators
 also learn whether it was issued: its serial is turned back into its series' counter with the
-series' own order, and that counter must be below the series' ``next``.
+series' own order, and the ledger's record of that counter in that series must hold this very
+number (with the ledger off, the counter must be below the series' ``next``).
 """
 
 from __future__ import annotations
@@ -18,12 +19,16 @@ from aiohttp import web
 
 from allocator.errors import AllocatorError
 from allocator.protocol import AllocatorStatus
+from allocator.series import s10_series
 from config.indicators import IndicatorKind, allowed_indicators, classify
+from ledger.errors import LedgerError
+from ledger.records import Record
 from service import errors
 from service.admin import is_operator
 from service.countries import COUNTRIES
 from service.keys import CLIENT, CONFIG
 from service.lookalikes import one_fix
+from service.records import RecordBody, read_record, vouch
 from service.s10 import SeriesPermutation, check_digit, refusal
 from service.server.answers import JsonAnswer
 
@@ -69,9 +74,16 @@ class S10Verdict(msgspec.Struct, omit_defaults=True):
     issued: Annotated[
         bool | None,
         _about(
-            "Operators only: whether this service issued it (its series' counter was "
-            "handed out past it)"
+            "Operators only: whether this service issued it: its record in the ledger holds "
+            "this very number (with the ledger off: its series' counter was handed out past it)"
         ),
+    ] = None
+    note: Annotated[
+        str | None,
+        _about("Operators only, when its counter was handed out but no record holds it"),
+    ] = None
+    record: Annotated[
+        RecordBody | None, _about("Clients with the admin token only: its record in the ledger")
     ] = None
 
 
@@ -121,17 +133,28 @@ def series_mark(status: AllocatorStatus, indicator: str, country: str) -> Series
     return None
 
 
-def issued(key: bytes, number: str, mark: SeriesMark | None) -> bool:
-    """Whether the series' counter was handed out past a valid ``number``'s serial.
-
-    Like our numbers with the ledger off: a counter leased counts as issued. The series'
-    records in the ledger, once they exist, plug in here as the ledger's do for our numbers.
-    """
+def series_counter(key: bytes, number: str, mark: SeriesMark | None) -> int | None:
+    """The counter of its series whose serial a valid ``number`` has, in the series' own order;
+    None when the store holds no such series or the serial is beyond its size."""
     serial = int(number[2:10])
     if mark is None or serial >= mark.size:
-        return False
-    order = SeriesPermutation(key, number[:2], number[11:], mark.order, mark.size)
-    return order.invert(serial) < mark.next
+        return None
+    return SeriesPermutation(key, number[:2], number[11:], mark.order, mark.size).invert(serial)
+
+
+async def s10_record(app: web.Application, key: bytes, number: str) -> Record | None:
+    """The ledger's record of a 13-character ``number`` when this service issued it (a
+    label's, ``service.labels``); raises AllocatorError or LedgerError when the allocator or
+    the ledger cannot be asked."""
+    if problems(number, app[CONFIG].s10_indicators):
+        return None
+    status = await app[CLIENT].status()
+    indicator, country = number[:2], number[11:]
+    counter = series_counter(key, number, series_mark(status.allocator, indicator, country))
+    if counter is None:
+        return None
+    found = await read_record(app[CONFIG], key, counter, s10_series(indicator, country))
+    return found if found is not None and found.number == number else None
 
 
 async def verify_s10(request: web.Request, number: str, correlation_id: str) -> web.Response:
@@ -157,10 +180,19 @@ async def verify_s10(request: web.Request, number: str, correlation_id: str) -> 
         client = app[CLIENT]
         try:
             status = await client.status()
-        except AllocatorError:
+            # A status answer comes after the key: the series' orders are keyed by the store's.
+            assert client.key is not None
+            mark = series_mark(status.allocator, indicator, country)
+            counter = series_counter(client.key, number, mark) if verdict.valid else None
+            if counter is None:  # not a series of this store: never issued
+                verdict.issued = False
+            else:
+                assert mark is not None
+                series = s10_series(indicator, country)
+                vouched = await vouch(
+                    request, client.key, counter, series, number, counter < mark.next, True
+                )
+                verdict.issued, verdict.note, verdict.record = vouched
+        except (AllocatorError, LedgerError):
             return errors.unavailable(correlation_id)
-        # A status answer comes after the key: the series' orders are keyed by the store's.
-        assert client.key is not None
-        mark = series_mark(status.allocator, indicator, country)
-        verdict.issued = verdict.valid and issued(client.key, number, mark)
     return JsonAnswer(msgspec.json.encode(verdict), correlation_id)

@@ -32,7 +32,7 @@ from ledger import sqlite as ledger_sqlite
 from ledger.records import Issue, Issued
 from service.cursor import Cursors
 from service.listing import Page
-from service.verify import RecordBody
+from service.records import RecordBody
 
 NUMBERS = int(os.environ.get("LEDGER_BENCH_NUMBERS", "300000"))
 LOOKUPS = int(os.environ.get("LEDGER_BENCH_LOOKUPS", "2000"))

@@ -31,10 +31,22 @@ async def store_with_mark(config: Config, mark: int) -> bytes:
         await store.close()
 
 
-def record_counters(config: Config, key: bytes, *counters: int) -> None:
+async def store_with_series_mark(config: Config, series: str, mark: int) -> bytes:
+    """A real store holding ``series`` with its durable mark at ``mark``; its key."""
+    store = open_store(config.store)
+    await store.open()
+    try:
+        key = await store.load_key()
+        await store.raise_series_mark(series, "permuted", 10**8, mark)
+        return key
+    finally:
+        await store.close()
+
+
+def record_counters(config: Config, key: bytes, *counters: int, series: str = "") -> None:
     db = ledger_sqlite.open_for_writing(config.ledger_path)
     with contextlib.closing(db), ledger_sqlite.transaction(db):
-        key_id = ledger_sqlite.key_id(db, key_digest(key))
+        key_id = ledger_sqlite.key_id(db, key_digest(key, series))
         first = ledger_sqlite.next_issue_id(db)
         ledger_sqlite.insert(db, key_id, first, [issue(c) for c in counters])
 
@@ -69,3 +81,21 @@ def test_another_keys_records_and_a_missing_store_or_ledger_are_no_claim(
     check_below_mark(make_config("--no-ledger"))  # the ledger off: nothing to protect
     with pytest.raises(LedgerAhead):
         check_below_mark(config)
+
+
+def test_a_ledger_that_claims_a_series_mark_or_above_is_refused(config: Config) -> None:
+    """Each S10 series is a counter of its own, with its own mark (issue 20)."""
+    key = asyncio.run(store_with_series_mark(config, "s10:RR:GB", 50))
+    asyncio.run(store_with_mark(config, 1000))
+    record_counters(config, key, 100, 999)  # our counter: below its own mark
+    record_counters(config, key, 0, 49, series="s10:RR:GB")
+    check_below_mark(config)
+
+    record_counters(config, key, 50, series="s10:RR:GB")
+    with pytest.raises(LedgerAhead) as ahead:
+        check_below_mark(config)
+    assert "counter of series s10:RR:GB 50" in str(ahead.value)
+    assert "--raise-series-reserved-to s10:RR:GB=N, N > 50" in str(ahead.value)
+
+    asyncio.run(store_with_series_mark(config, "s10:RR:GB", 51))
+    check_below_mark(config)

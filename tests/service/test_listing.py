@@ -25,7 +25,7 @@ from service.cursor import Cursors
 from service.listing import media_type
 from service.listing_query import RULES, timestamp_ns
 from service.openapi import build
-from service.verify import RecordBody
+from service.records import RecordBody
 from tests.conftest import CANONICAL_QUERY
 from tests.service.conftest import ClientFactory
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+from collections.abc import Callable
 from urllib.parse import urlencode
 
 import msgspec
@@ -199,3 +200,58 @@ async def test_status_and_metrics_show_each_series_use_and_forecast(
     assert used in text
     assert 'tracking_s10_series_seconds_to_exhaustion{series="s10:RR:GB"}' in text
     assert 'tracking_s10_series_reservations_total{series="s10:RR:GB"}' in text
+
+
+# --- the ledger: S10 numbers are recorded like ours, each series a counter of its own --------
+
+
+async def test_s10_numbers_are_recorded_and_vouched_for_beside_ours(
+    make_config: Callable[..., Config], allocator: Allocator, make_client: ClientFactory
+) -> None:
+    """A series counts from 0 like our own counter: without a line of its own in the ledger,
+    its records collided with ours (a uniqueness violation, a 503)."""
+    client = await make_client(make_config("--admin-token", "s3cret", "--ledger"))
+    token = {"Authorization": "Bearer s3cret"}
+    ours = await client.get("/next-tracking-number", params={**CANONICAL_QUERY, "count": "20"})
+    assert ours.status == 200, await ours.text()
+    answers = [await issue(client, count="20"), await issue(client, "EE", count="20")]
+    assert [status for status, _ in answers] == [200, 200], answers
+    rr, ee = answers[0][1]["tracking_numbers"], answers[1][1]["tracking_numbers"]
+
+    async with client.get(f"/tracking-numbers/{rr[3]}", headers=token) as response:
+        verdict = await response.json()
+    assert verdict["issued"] is True, verdict
+    permute = s10.SeriesPermutation(allocator.key, "RR", "GB", "permuted")
+    assert verdict["record"]["tracking_number"] == rr[3]
+    assert verdict["record"]["counter"] == permute.invert(serial_of(rr[3]))
+    assert verdict["record"]["origin_country"] == "GB"
+    # The same serial in a series of another indicator: valid, and never issued.
+    other = "CC" + rr[3][2:]
+    async with client.get(f"/tracking-numbers/{other}", headers=token) as response:
+        verdict = await response.json()
+    assert verdict["valid"] is True
+    assert verdict["issued"] is False
+    assert "record" not in verdict
+    # Every S10 number is in the listing, with ours.
+    async with client.get("/tracking-numbers", params={"limit": "100"}, headers=token) as listed:
+        numbers = {item["tracking_number"] for item in (await listed.json())["items"]}
+    assert set(rr) | set(ee) <= numbers
+    assert len(numbers) == 60
+
+
+async def test_an_s10_label_is_drawn_from_its_record(
+    make_config: Callable[..., Config], allocator: Allocator, make_client: ClientFactory
+) -> None:
+    client = await make_client(make_config("--admin-token", "s3cret", "--ledger"))
+    status, body = await issue(client)
+    assert status == 200, body
+    number = body["tracking_number"]
+    token = {"Authorization": "Bearer s3cret"}
+    async with client.get(f"/tracking-numbers/{number}/label", headers=token) as response:
+        assert response.status == 200, await response.text()
+        assert response.content_type == "application/pdf"
+        assert (await response.read()).startswith(b"%PDF-")
+    # A valid S10 number of the same series that was not issued has no label.
+    unissued = s10.format_number("RR", (serial_of(number) + 1) % s10.SERIES_SIZE, "GB")
+    async with client.get(f"/tracking-numbers/{unissued}/label", headers=token) as response:
+        assert response.status == 404

@@ -12,7 +12,7 @@ from allocator.actor import Allocator
 from config.indicators import DEFAULT_S10_INDICATORS
 from config.settings import Config
 from service.s10 import SeriesPermutation, format_number
-from service.verify_s10 import SeriesMark, issued, problems, series_mark, suggestion
+from service.verify_s10 import SeriesMark, problems, series_counter, series_mark, suggestion
 from tests.conftest import CANONICAL_QUERY
 from tests.service.conftest import ClientFactory
 from tests.service.test_openapi import fetch_document, response_schema
@@ -138,19 +138,19 @@ def test_problems_of_a_valid_number_are_none() -> None:
 
 
 @pytest.mark.parametrize("order", ["permuted", "sequential"])
-def test_a_number_is_issued_when_its_series_counter_was_handed_out(order: str) -> None:
+def test_a_number_is_turned_back_into_its_series_counter_in_the_series_order(order: str) -> None:
     permutation = SeriesPermutation(KEY, "RR", "GB", order, size=1000)
     mark = SeriesMark(order, 1000, next=10)
     numbers = [format_number("RR", permutation(counter), "GB") for counter in range(1000)]
 
-    assert [issued(KEY, number, mark) for number in numbers] == [True] * 10 + [False] * 990
+    assert [series_counter(KEY, number, mark) for number in numbers] == list(range(1000))
 
 
-def test_a_serial_beyond_the_series_or_a_series_never_leased_was_never_issued() -> None:
+def test_a_serial_beyond_the_series_or_a_series_never_leased_has_no_counter() -> None:
     mark = SeriesMark("permuted", 1000, next=1000)
 
-    assert issued(KEY, format_number("RR", 1000, "GB"), mark) is False
-    assert issued(KEY, format_number("RR", 0, "GB"), None) is False
+    assert series_counter(KEY, format_number("RR", 1000, "GB"), mark) is None
+    assert series_counter(KEY, format_number("RR", 0, "GB"), None) is None
 
 
 def test_the_series_mark_is_read_from_the_allocator_status() -> None:
