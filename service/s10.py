@@ -42,17 +42,36 @@ _SERIES_PERSON = b"upu-s10-series"
 
 def check_digit(serial8: str) -> str:
     """The UPU S10 check digit of 8 digits: 11 - (weighted sum mod 11); 10 -> 0, 11 -> 5."""
-    total = sum(int(digit) * weight for digit, weight in zip(serial8, WEIGHTS, strict=True))
+    return _check_of(
+        sum(int(digit) * weight for digit, weight in zip(serial8, WEIGHTS, strict=True))
+    )
+
+
+def _check_of(total: int) -> str:
+    """The check digit of a serial whose digits' weighted sum is ``total``."""
     check = 11 - total % 11
     return "0" if check == 10 else "5" if check == 11 else str(check)
+
+
+def _weighted(weights: Sequence[int]) -> list[int]:
+    """The weighted sum of the digits of every four-digit value, as ``check_digit`` sums."""
+    return [sum(int(d) * w for d, w in zip(f"{n:04d}", weights, strict=True)) for n in range(10**4)]
+
+
+# The hot path's check digit (``format_number``): the weighted sums of a serial's first and
+# last four digits looked up, not summed digit by digit (0.8 against 2.8 µs a number); the
+# check digit of every remainder mod 11.
+_FIRST, _LAST = _weighted(WEIGHTS[:4]), _weighted(WEIGHTS[4:])
+_CHECK = [_check_of(remainder) for remainder in range(11)]
 
 
 def format_number(indicator: str, serial: int, country: str) -> str:
     """The 13-character S10 number of ``serial`` (below 10**8) in a series."""
     if not 0 <= serial < SERIES_SIZE:
         raise ValueError(f"an S10 serial is 8 digits, not {serial}")
-    digits = f"{serial:08d}"
-    return indicator + digits + check_digit(digits) + country
+    first, last = divmod(serial, 10**4)
+    check = _CHECK[(_FIRST[first] + _LAST[last]) % 11]
+    return f"{indicator}{serial:08d}{check}{country}"
 
 
 def allows(allowed: frozenset[str], indicator: str) -> bool:

@@ -42,6 +42,8 @@ QUERY = "&".join(
     f"{k}={v.replace('+', '%2B').replace(' ', '%20')}" for k, v in CANONICAL_QUERY.items()
 )
 PATH = "/next-tracking-number?" + QUERY
+# The same request for a UPU S10 number of one series (issue 20: the same ratio as ours).
+S10_PATH = PATH + "&scheme=s10&service_indicator=RR"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 WRK_REPORT = """
@@ -66,6 +68,11 @@ class Scenario:
     access_log: bool = True
     ledger: bool = False  # the default (docs/performance.md says why)
     sweep: str = "main"
+    s10: bool = False  # UPU S10 numbers of one series instead of ours
+
+    @property
+    def path(self) -> str:
+        return S10_PATH if self.s10 else PATH
 
 
 @dataclass
@@ -235,11 +242,11 @@ def measure(wrk: str, scenario: Scenario, body_size: int, script: Path) -> Resul
     with tempfile.TemporaryDirectory(prefix="tn-bench-", dir="/tmp") as state:
         server = Server(scenario, body_size, Path(state))
         try:
-            run_wrk(wrk, server.url + PATH, scenario.connections, WARMUP, script)
+            run_wrk(wrk, server.url + scenario.path, scenario.connections, WARMUP, script)
             names = server.names()
             issued0, leases0, reservations0 = server.counters()
             cpu0 = {pid: cpu_seconds(pid) for pid in names}
-            report = run_wrk(wrk, server.url + PATH, scenario.connections, SECONDS, script)
+            report = run_wrk(wrk, server.url + scenario.path, scenario.connections, SECONDS, script)
             cpu1 = {pid: cpu_seconds(pid) for pid in names}
             rss = {names[pid]: round(rss_mb(pid), 1) for pid in names}
             issued1, leases1, reservations1 = server.counters()
@@ -303,6 +310,7 @@ SCENARIOS = [
     Scenario("service", "service"),
     Scenario("service, access log off", "service", access_log=False),
     Scenario("service, ledger on", "service", ledger=True),
+    Scenario("service, S10 numbers (one series)", "service", s10=True),
     *(
         Scenario(f"{server}, {w} worker{'s' * (w > 1)}", server, workers=w, sweep="workers")
         for w in (1, 4)

@@ -246,10 +246,16 @@ async def test_without_label_the_answer_is_unchanged(admin_client: TestClient) -
 
 
 async def test_200_issued_numbers_read_back_from_every_format(admin_client: TestClient) -> None:
-    """Each of 200 issued numbers, drawn from its record: PNG (its bars and spaces whole
-    modules of 3 dots at 203 dpi, the narrowest 3), SVG, one PDF page and one ZPL label each,
-    read back exactly."""
-    numbers = await issue(admin_client, count=200)
+    """Each of 200 issued numbers, ours and UPU S10, drawn from its record: PNG (its bars and
+    spaces whole modules of 3 dots at 203 dpi, the narrowest 3), SVG, one PDF page and one ZPL
+    label each, read back exactly."""
+    numbers = await issue(admin_client, count=150)
+    for indicator, country in (("RR", "GB"), ("EE", "FR")):
+        s10 = {"scheme": "s10", "service_indicator": indicator, "count": "25"}
+        query = {**CANONICAL_QUERY, "origin_country_id": country, **s10}
+        async with admin_client.get("/next-tracking-number", params=query) as response:
+            numbers += (await response.json())["tracking_numbers"]
+    assert sum(len(number) == 13 for number in numbers) == 50
     drawn = []
     for number in numbers:
         for kind in ("png", "svg"):

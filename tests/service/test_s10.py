@@ -152,3 +152,11 @@ def test_counter_outside_the_series_is_refused(counter: int) -> None:
 def test_unknown_order_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown S10 order"):
         SeriesPermutation(KEY, "RR", "GB", "shuffled")
+
+
+def test_the_numbers_check_digit_is_the_one_summed_digit_by_digit() -> None:
+    """format_number looks the weighted sums up by halves (the hot path); check_digit sums."""
+    serials = [*range(0, SERIES_SIZE, 9_973), *range(9_990, 10_010), SERIES_SIZE - 1]
+    for serial in serials:
+        number = format_number("RR", serial, "GB")
+        assert number[10] == check_digit(number[2:10]), serial
