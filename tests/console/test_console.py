@@ -76,6 +76,16 @@ def test_a_looked_up_number_shows_its_verdict_and_record(console: Console) -> No
     assert shown["Weight (kg)"] == CANONICAL_QUERY["weight"]
     assert console.axe() == [], "the find view"
     console.screenshots("find")
+    # A UPU S10 number (13 characters) is found the same way, with its record.
+    s10 = {"origin_country_id": "GB", "scheme": "s10", "service_indicator": "RR"}
+    (upu,) = issue(console.service, 1, **s10)
+    console.type_into("#number", upu)
+    console.wait(lambda: upu in console.text("#find-result .verdict"))
+    console.wait(lambda: console.elements("#find-result dl"))
+    assert console.text("#find-result .verdict") == f"{upu} is valid"
+    assert "Issued by this service." in console.text("#find-result")
+    assert record_shown(console)["Number"] == upu
+    assert record_shown(console)["Origin"] == "GB"
     assert console.problems(allowed=(REFUSED,)) == []
     # The console's own requests are logged like any other.
     paths = {line["url.path"] for line in console.service.access_lines()}
