@@ -93,6 +93,10 @@ def journals() -> Iterator[tuple[str, str, int]]:
         for _ in range(5):
             with urlopen(f"{service.url}/next-tracking-number?{query}&count=100") as answer:
                 assert answer.status == 200
+        # An S10 series' reservations too (the restore's per-series command reads them).
+        s10 = "scheme=s10&service_indicator=RR&count=100"
+        with urlopen(f"{service.url}/next-tracking-number?{query}&{s10}") as answer:
+            assert answer.status == 200
         assert service.stop() == 0
     finally:
         service.kill()
