@@ -74,6 +74,12 @@ _SCHEMA_LOCK = int.from_bytes(b"tracking", "big")
 
 # The idempotency clock: the database's, one for every host.
 _PG_NOW = "date_part('epoch', now())"
+# A series made at its first use, with its order and size; a series already made keeps its own
+# (hosts making one at once: the first insert wins).
+_MAKE_SERIES = (
+    "INSERT INTO tracking_series (name, reserved, size, ordering)"
+    " VALUES ($1, 0, $2, $3) ON CONFLICT (name) DO NOTHING"
+)
 
 _T = TypeVar("_T")
 
@@ -205,8 +211,7 @@ class PostgresStore:
         async def insert_once_then_read(db: asyncpg.Connection) -> asyncpg.Record | None:
             # Hosts making a series at once: the first insert wins and all read it.
             await db.execute(
-                "INSERT INTO tracking_series (name, reserved, size, ordering)"
-                " VALUES ($1, 0, $2, $3) ON CONFLICT (name) DO NOTHING",
+                _MAKE_SERIES,
                 name,
                 size,
                 order,
@@ -268,8 +273,7 @@ class PostgresStore:
         async def make_or_raise(db: asyncpg.Connection) -> asyncpg.Record | None:
             async with db.transaction():
                 await db.execute(
-                    "INSERT INTO tracking_series (name, reserved, size, ordering)"
-                    " VALUES ($1, 0, $2, $3) ON CONFLICT (name) DO NOTHING",
+                    _MAKE_SERIES,
                     name,
                     size,
                     order,
