@@ -29,12 +29,12 @@ from allocator.store.postgres import DATABASE_ERRORS, describe
 from config.settings import redact_url
 from ledger.errors import LedgerError
 from ledger.listing import EQUALS, Filters, Listed, Position
-from ledger.postgres import RECORD_SELECT, connect
+from ledger.postgres import RECORD_SELECT, SharedReads
 from ledger.records import Record
 
 # A page must follow the indexes whatever the planner estimates: for a customer of few records
 # below the cursor it would fetch them all and sort them (a bitmap scan), and a generic plan
-# keeps that choice for a customer of millions. The listing's connections are its own.
+# keeps that choice for a customer of millions. Set while a listing holds its connection.
 _WALK = {"enable_sort": "off", "enable_bitmapscan": "off"}
 
 
@@ -71,17 +71,15 @@ def query(filters: Filters, after: Position | None, limit: int) -> tuple[str, li
 
 
 @contextlib.asynccontextmanager
-async def reading(url: str) -> AsyncIterator[asyncpg.Connection]:
-    """A connection of the caller's own to the shared ledger at ``url``; LedgerError when
-    PostgreSQL cannot be reached."""
-    try:
-        db = await connect(url, _WALK)
-    except (*DATABASE_ERRORS, ValueError) as exc:
-        raise _unreadable(url, exc) from exc
-    try:
+async def reading(reads: SharedReads) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of the worker's reading pool, held for a listing's pages, its walk set by
+    ``_WALK``; LedgerError when PostgreSQL cannot be reached."""
+    async with contextlib.AsyncExitStack() as held:
+        try:
+            db = await held.enter_async_context(reads.connection(_WALK))
+        except (*DATABASE_ERRORS, ValueError) as exc:
+            raise _unreadable(reads.url, exc) from exc
         yield db
-    finally:
-        db.terminate()  # nothing to wait for: a listing only reads
 
 
 async def read_page(

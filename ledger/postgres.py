@@ -13,8 +13,10 @@ list records (``ledger/pg_listing.py``); the writer's retention task deletes old
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
+from collections.abc import AsyncIterator
 from typing import NamedTuple
 
 import asyncpg
@@ -38,6 +40,13 @@ log = logging.getLogger("ledger")
 # Hosts starting at once take turns creating the tables (as the store's schema does).
 _SCHEMA_LOCK = int.from_bytes(b"tnledger", "big")
 _SESSION = {**SESSION_SETTINGS, "application_name": "tracking-ledger"}
+# A worker's connections for lookups, listings and labels: at most this many at once (more
+# requests wait for one, up to CONNECT_TIMEOUT), whatever the requests' number, so that a burst
+# of lookups cannot use up PostgreSQL's connections, which the allocators and forwarders need.
+READ_CONNECTIONS = 4
+# An idle reading connection is closed after this long.
+READ_IDLE_SECONDS = 60.0
+_READS_SESSION = {**SESSION_SETTINGS, "application_name": "tracking-ledger-reads"}
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS ledger_issue (
@@ -111,7 +120,7 @@ _RECORD = ", ".join(f"n.{c}" if c in ("counter", "number") else f"i.{c}" for c i
 RECORD_SELECT = (
     f"SELECT i.id, {_RECORD} FROM ledger_issue i JOIN ledger_number n ON n.issue_id = i.id"
 )
-_SELECT_ONE = (
+SELECT_ONE = (
     f"SELECT {_RECORD} FROM ledger_number n JOIN ledger_issue i ON i.id = n.issue_id"
     " WHERE n.key_digest = $1 AND n.counter = $2"
 )
@@ -144,15 +153,64 @@ class Duplicate(NamedTuple):
     correlation_id: str
 
 
-async def connect(url: str, settings: dict[str, str] | None = None) -> asyncpg.Connection:
-    """A connection with the store's session settings (``synchronous_commit=on``), and
-    ``settings``."""
+async def connect(url: str) -> asyncpg.Connection:
+    """A connection with the store's session settings (``synchronous_commit=on``)."""
     return await asyncpg.connect(
-        url,
-        timeout=CONNECT_TIMEOUT,
-        command_timeout=STATEMENT_TIMEOUT,
-        server_settings={**_SESSION, **(settings or {})},
+        url, timeout=CONNECT_TIMEOUT, command_timeout=STATEMENT_TIMEOUT, server_settings=_SESSION
     )
+
+
+class SharedReads:
+    """A worker's connections to the shared ledger for reading: opened when first needed, at
+    most READ_CONNECTIONS, and kept for the next request, since a connection of its own cost
+    each lookup a connection and an authentication (docs/performance.md)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._pool: asyncpg.Pool | None = None
+
+    async def start(self) -> None:
+        """Make the pool: no connection yet, so that a PostgreSQL away at start is no error."""
+        self._pool = await asyncpg.create_pool(
+            self.url,
+            min_size=0,
+            max_size=READ_CONNECTIONS,
+            max_inactive_connection_lifetime=READ_IDLE_SECONDS,
+            timeout=CONNECT_TIMEOUT,
+            command_timeout=STATEMENT_TIMEOUT,
+            server_settings=_READS_SESSION,
+        )
+
+    @contextlib.asynccontextmanager
+    async def connection(
+        self, settings: dict[str, str] | None = None
+    ) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of the pool, with ``settings`` (names and values of ours, never a
+        client's) for as long as it is held (the pool resets a connection it gets back).
+        DATABASE_ERRORS when none can be had.
+
+        A kept connection may have been closed by PostgreSQL meanwhile (a restart, a
+        failover, ``pg_terminate_backend``), which the pool notices only if the close reached
+        it first: a first statement checks, and on failure another connection is tried once
+        (tests/ledger/test_shared_reads.py failed now and then without)."""
+        if self._pool is None:
+            raise asyncpg.InterfaceError("the shared ledger's reading connections are closed")
+        first = "; ".join(f"SET {name} = {value}" for name, value in (settings or {}).items())
+        for last_try in (False, True):
+            async with self._pool.acquire(timeout=CONNECT_TIMEOUT) as db:
+                try:
+                    await db.execute(first or "SELECT 1")
+                except DATABASE_ERRORS:
+                    if last_try:
+                        raise
+                    continue  # given back broken: the pool replaces it
+                yield db
+                return
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()  # nothing to wait for: readers only read
+            self._pool = None
 
 
 async def create_tables(db: asyncpg.Connection) -> None:
@@ -220,7 +278,7 @@ async def forward(db: asyncpg.Connection, spool_id: uuid.UUID, batch: Batch) -> 
 
 
 async def read_record(
-    url: str, path: str, key: bytes, counter: int, series: str = ""
+    reads: SharedReads, path: str, key: bytes, counter: int, series: str = ""
 ) -> Record | None:
     """The record of ``counter`` under permutation ``key`` (of S10 ``series``, if any) in the
     shared ledger, else in this host's file at ``path`` (its spool: a record not forwarded
@@ -229,18 +287,15 @@ async def read_record(
     digest = key_digest(key, series)
     unreachable: str | None = None
     try:
-        db = await connect(url)
-        try:
-            row = await db.fetchrow(_SELECT_ONE, digest, counter)
-        finally:
-            await db.close()
+        async with reads.connection() as db:
+            row = await db.fetchrow(SELECT_ONE, digest, counter)
         if row is not None:
             return Record(*row)
     except (*DATABASE_ERRORS, ValueError) as exc:
         unreachable = describe(exc)
     found = await sqlite.read_record(path, key, counter, series)
     if unreachable is not None:
-        where = redact_url(url)
+        where = redact_url(reads.url)
         if found is None:
             raise LedgerError(f"cannot read the shared ledger at {where}: {unreachable}")
         log.warning(

@@ -15,6 +15,7 @@ from aiohttp_cors.urldispatcher_router_adapter import ResourcesUrlDispatcherRout
 from allocator.client import AllocatorClient
 from config.settings import Config
 from ledger.client import LedgerClient
+from ledger.postgres import SharedReads
 from service import admin, console, labels, listing, verify, views
 from service.access_log import AccessLog
 from service.blocks import Issuer
@@ -29,10 +30,12 @@ from service.keys import (
     LEDGER,
     METRICS,
     S10_ISSUER,
+    SHARED_READS,
 )
 from service.metrics import REPORT_INTERVAL, WorkerMetrics
 from service.observe import ISSUE_ROUTE, aiohttp_error
 from service.openapi import openapi
+from service.records import shared_ledger
 from service.s10_blocks import S10Issuer
 from service.server.plain import PlainAppRunner
 from service.server.runner import AppRunner
@@ -170,11 +173,19 @@ async def _blocks(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _ledger(app: web.Application) -> AsyncIterator[None]:
-    """The ledger's client, or None with the ledger off."""
+    """The ledger's client, or None with the ledger off; and with a PostgreSQL store, the
+    connections that read the shared ledger."""
     config = app[CONFIG]
     client = LedgerClient(config.ledger_socket, config.ledger_timeout) if config.ledger else None
     app[LEDGER] = client
+    shared = None
+    if config.ledger and shared_ledger(config):
+        shared = SharedReads(config.store)
+        await shared.start()
+    app[SHARED_READS] = shared
     yield
+    if shared is not None:
+        await shared.close()
     if client is not None:
         await client.close()
 

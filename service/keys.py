@@ -7,6 +7,7 @@ from aiohttp import web
 from allocator.client import AllocatorClient
 from config.settings import Config
 from ledger.client import LedgerClient
+from ledger.postgres import SharedReads
 from service.access_log import AccessLog
 from service.blocks import Issuer
 from service.correlation import CorrelationIds
@@ -22,5 +23,8 @@ ISSUER = web.AppKey("issuer", Issuer)
 S10_ISSUER = web.AppKey("s10_issuer", S10Issuer)
 # None with the ledger off (``ledger = false``).
 LEDGER = web.AppKey("ledger", LedgerClient | None)
+# The worker's connections for reading the shared ledger: None unless the ledger is on with a
+# PostgreSQL store.
+SHARED_READS = web.AppKey("shared_reads", SharedReads | None)
 # The worker's one thread that draws shipping labels (service/labels.py).
 LABEL_DRAWER = web.AppKey("label_drawer", concurrent.futures.ThreadPoolExecutor)

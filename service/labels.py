@@ -133,7 +133,7 @@ async def record_of(app: web.Application, number: str) -> Record | None:
     if problems(number, serial_limit(client.scheme)):
         return None
     counter = permutation(key, client.scheme).invert(parse(number).serial)
-    found = await read_record(app[CONFIG], key, counter)
+    found = await read_record(app, key, counter)
     return found if found is not None and found.number == number else None
 
 
@@ -199,7 +199,7 @@ async def listed_labels(request: web.Request, correlation_id: str) -> web.Stream
     assert not isinstance(filters, Invalid)
     limit = MAX_LABELS if filters.limit is None else int(filters.limit)
     try:
-        async with pages(request.app[CONFIG]) as read_page:
+        async with pages(request.app) as read_page:
             records = [listed.record for listed in await read_page(filters.filters(), None, limit)]
     except LedgerError:
         return errors.ledger_unreadable(correlation_id)

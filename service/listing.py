@@ -27,7 +27,6 @@ from aiohttp import web
 
 from allocator.client import AllocatorClient
 from allocator.errors import AllocatorError
-from config.settings import Config
 from ledger import listing, pg_listing
 from ledger.errors import LedgerError
 from ledger.listing import STREAM_PAGE, Filters, Listed, Position
@@ -35,11 +34,11 @@ from process.logs import error_fields
 from service import errors
 from service.admin import records_refusal
 from service.cursor import Cursors
-from service.keys import CLIENT, CONFIG
+from service.keys import CLIENT, CONFIG, SHARED_READS
 from service.listing_query import DEFAULT_LIMIT, FIELDS, RULES, ListingQuery, validate
 from service.observe import observed
 from service.params import Invalid
-from service.records import RecordBody, shared_ledger
+from service.records import RecordBody
 from service.server.answers import JsonAnswer
 
 log = logging.getLogger("service.listing")
@@ -106,7 +105,7 @@ async def list_records(request: web.Request, correlation_id: str) -> web.StreamR
             return errors.invalid_parameters({"cursor": [RULES["cursor"]]}, correlation_id)
     kind = media_type(request.headers.get("Accept", ""))
     try:
-        async with pages(app[CONFIG]) as read_page:
+        async with pages(app) as read_page:
             if kind == JSON:
                 limit = DEFAULT_LIMIT if query.limit is None else int(query.limit)
                 # One more than the page: whether there is a next page, without a query more.
@@ -129,14 +128,15 @@ PageReader = Callable[[Filters, Position | None, int], Awaitable[list[Listed]]]
 
 
 @contextlib.asynccontextmanager
-async def pages(config: Config) -> AsyncIterator[PageReader]:
+async def pages(app: web.Application) -> AsyncIterator[PageReader]:
     """Reads pages of the ledger that a lookup reads: the shared one with a PostgreSQL store,
     else this host's file; LedgerError when it cannot be read."""
-    if shared_ledger(config):
-        async with pg_listing.reading(config.store) as shared:
-            yield functools.partial(pg_listing.read_page, shared)
+    shared = app[SHARED_READS]
+    if shared is not None:
+        async with pg_listing.reading(shared) as db:
+            yield functools.partial(pg_listing.read_page, db)
     else:
-        async with listing.reading(config.ledger_path) as db:
+        async with listing.reading(app[CONFIG].ledger_path) as db:
             yield functools.partial(listing.read_page, db)
 
 

@@ -17,7 +17,7 @@ from ledger import postgres, sqlite
 from ledger.records import Record
 from service.admin import reads_records
 from service.issued import microseconds
-from service.keys import CONFIG
+from service.keys import CONFIG, SHARED_READS
 
 
 class RecordBody(msgspec.Struct):
@@ -63,11 +63,14 @@ NOT_RECORDED = (
 )
 
 
-async def read_record(config: Config, key: bytes, counter: int, series: str = "") -> Record | None:
+async def read_record(
+    app: web.Application, key: bytes, counter: int, series: str = ""
+) -> Record | None:
     """The record of ``counter`` (of S10 ``series``, if any): from the shared ledger with a
     PostgreSQL store (any host's numbers), else from this host's ledger file."""
-    if shared_ledger(config):
-        return await postgres.read_record(config.store, config.ledger_path, key, counter, series)
+    config, shared = app[CONFIG], app[SHARED_READS]
+    if shared is not None:
+        return await postgres.read_record(shared, config.ledger_path, key, counter, series)
     return await sqlite.read_record(config.ledger_path, key, counter, series)
 
 
@@ -105,7 +108,7 @@ async def vouch(
     # ledger knows them.
     if not (leased or (valid and shared_ledger(config))):
         return Vouched(False)
-    found = await read_record(config, key, counter, series)
+    found = await read_record(request.app, key, counter, series)
     if found is None or found.number != number:
         return Vouched(False, NOT_RECORDED if leased else None)
     return Vouched(True, None, RecordBody.of(found) if reads_records(request) else None)

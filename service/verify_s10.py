@@ -153,7 +153,7 @@ async def s10_record(app: web.Application, key: bytes, number: str) -> Record | 
     counter = series_counter(key, number, series_mark(status.allocator, indicator, country))
     if counter is None:
         return None
-    found = await read_record(app[CONFIG], key, counter, s10_series(indicator, country))
+    found = await read_record(app, key, counter, s10_series(indicator, country))
     return found if found is not None and found.number == number else None
 
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from config.settings import Config
+from ledger.postgres import SharedReads
 from tests.ledger.test_forwarder import Forwarding
 from tests.system.conftest import PostgresServer
 
@@ -23,6 +24,15 @@ async def database(server: PostgresServer) -> AsyncIterator[str]:
     name = await server.create_database()
     yield server.database_url(name)
     await server.drop_database(name)
+
+
+@pytest.fixture
+async def reads(database: str) -> AsyncIterator[SharedReads]:
+    """A worker's connections for reading the fresh database's shared ledger."""
+    shared = SharedReads(database)
+    await shared.start()
+    yield shared
+    await shared.close()
 
 
 @pytest.fixture

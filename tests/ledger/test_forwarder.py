@@ -22,6 +22,7 @@ import pytest
 from config.settings import Config
 from ledger import postgres
 from ledger.client import LedgerClient
+from ledger.postgres import SharedReads
 from ledger.records import Issue, Record, key_digest
 from ledger.writer import LedgerWriter
 from tests.ledger.test_writer import KEY, OTHER_KEY, issue
@@ -108,7 +109,7 @@ def recent(*counters: int, **fields: object) -> Issue:
 
 
 async def test_committed_records_reach_postgresql_once_each_with_every_field(
-    forwarding: Forwarding, database: str, config: Config
+    forwarding: Forwarding, database: str, config: Config, reads: SharedReads
 ) -> None:
     batch = issue(7, 8, 9, idempotency_key_digest=b"\x01" * 32, customer_name="Zoë 物流")
     others = [issue(n) for n in range(10, 2_510)]  # more issues than one forwarded batch
@@ -118,7 +119,7 @@ async def test_committed_records_reach_postgresql_once_each_with_every_field(
     assert await shared_rows(database) == sorted(
         expected(KEY, batch, *others) + expected(OTHER_KEY, issue(7))
     )
-    found = await postgres.read_record(database, config.ledger_path, KEY, 8)
+    found = await postgres.read_record(reads, config.ledger_path, KEY, 8)
     assert found == Record(8, batch.numbers[1].number, *msgspec.structs.astuple(batch)[:-1])
     assert forwarding.writer is not None
     assert forwarding.writer.stats.uniqueness_violations_total == 0

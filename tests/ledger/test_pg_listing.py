@@ -12,6 +12,7 @@ import pytest
 from ledger import pg_listing, postgres
 from ledger.errors import LedgerError
 from ledger.listing import Filters, Position
+from ledger.postgres import SharedReads
 from ledger.records import Issue
 from tests.ledger.test_forwarder import Forwarding
 from tests.ledger.test_writer import issue
@@ -34,7 +35,7 @@ async def counters(
 
 
 async def test_a_walk_of_one_customers_pages_while_records_are_forwarded_sees_each_once(
-    forwarding: Forwarding, database: str
+    forwarding: Forwarding, reads: SharedReads
 ) -> None:
     other = issue(0).customer_id
     # Requests of 1 to 3 numbers, every other one ACME's: pages end inside requests.
@@ -48,7 +49,7 @@ async def test_a_walk_of_one_customers_pages_while_records_are_forwarded_sees_ea
     ]
     seen: list[int] = []
     later = 10_000
-    async with pg_listing.reading(database) as db:
+    async with pg_listing.reading(reads) as db:
         after, pages = None, 0
         # Bounded: a walk that went round in circles would fail, not hang.
         while pages < 50 and (
@@ -66,7 +67,7 @@ async def test_a_walk_of_one_customers_pages_while_records_are_forwarded_sees_ea
         assert (await counters(db, Filters(customer_id=ACME)))[:2] == [later - 2, later - 3]
 
 
-async def test_each_filter_selects_its_records(forwarding: Forwarding, database: str) -> None:
+async def test_each_filter_selects_its_records(forwarding: Forwarding, reads: SharedReads) -> None:
     await forward(
         forwarding,
         issue(1, issued_at_ns=1_000),
@@ -89,7 +90,7 @@ async def test_each_filter_selects_its_records(forwarding: Forwarding, database:
         Filters(origin="MY", destination="ID", issued_from_ns=3_000): [7, 6, 3],
         Filters(customer_id=ACME, origin="SG"): [],
     }
-    async with pg_listing.reading(database) as db:
+    async with pg_listing.reading(reads) as db:
         for filters, expected in cases.items():
             assert await counters(db, filters) == expected, filters
         # A position inside a request: the rest of that request, then the older ones.
@@ -100,13 +101,18 @@ async def test_each_filter_selects_its_records(forwarding: Forwarding, database:
 
 
 async def test_nothing_forwarded_yet_lists_nothing_and_an_unreachable_server_is_an_error(
-    server: PostgresServer, database: str
+    server: PostgresServer, reads: SharedReads
 ) -> None:
-    async with pg_listing.reading(database) as db:  # no table yet
+    async with pg_listing.reading(reads) as db:  # no table yet
         assert await pg_listing.read_page(db, Filters(), None, 10) == []
-    with pytest.raises(LedgerError, match="cannot read the shared ledger"):
-        async with pg_listing.reading(server.database_url("tn_missing_database")):
-            pass
+    missing = SharedReads(server.database_url("tn_missing_database"))
+    await missing.start()
+    try:
+        with pytest.raises(LedgerError, match="cannot read the shared ledger"):
+            async with pg_listing.reading(missing):
+                pass
+    finally:
+        await missing.close()
 
 
 # A shared ledger big enough for the planner to choose as in production: 1,000 customers'
@@ -123,7 +129,7 @@ _FILL = (
 
 
 @pytest.fixture
-async def filled(database: str) -> AsyncIterator[asyncpg.Connection]:
+async def filled(database: str, reads: SharedReads) -> AsyncIterator[asyncpg.Connection]:
     """A listing's connection to the filled shared ledger."""
     db = await asyncpg.connect(database, timeout=10)
     try:
@@ -131,7 +137,7 @@ async def filled(database: str) -> AsyncIterator[asyncpg.Connection]:
         await db.execute(_FILL)
     finally:
         await db.close()
-    async with pg_listing.reading(database) as listing:
+    async with pg_listing.reading(reads) as listing:
         yield listing
 
 
