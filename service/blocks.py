@@ -31,7 +31,7 @@ log = logging.getLogger("service.issuer")
 
 MIN_BLOCK = 16
 # A batch gives way to the worker's other requests after every BATCH_SLICE numbers, and to the
-# processes woken on its core after every YIELD_CPU_EVERY (``_give_way``): 1000 numbers are
+# processes woken on its core after every YIELD_CPU_EVERY (``give_way``): 1000 numbers are
 # about 2 ms of CPU with scheme 3, 256 about 0.5 ms (docs/architecture.md, "Batches").
 BATCH_SLICE = 16
 YIELD_CPU_EVERY = 256  # a multiple of BATCH_SLICE
@@ -39,7 +39,7 @@ MAX_BLOCK = 100_000
 LEASE_INTERVAL = 1.0  # seconds one block should last at the current rate
 
 
-async def _give_way(taken: int) -> None:
+async def give_way(taken: int) -> None:
     """After ``taken`` numbers of a batch, at a slice's end: let in this worker's other
     requests, and now and then the processes woken on this core."""
     # A process the kernel wakes on this core (a client on the same host, the allocator, the
@@ -120,7 +120,7 @@ class Issuer:
                     if issued is not None:
                         numbers.append(issued)
                         if len(numbers) % BATCH_SLICE == 0 and len(numbers) < count:
-                            await _give_way(len(numbers))
+                            await give_way(len(numbers))
                         continue
                     refill = self._refill
                     if refill is None:  # the last refill failed and none is running

@@ -19,6 +19,7 @@ from service import ff1
 
 __all__ = [
     "NUMBER_LENGTH",
+    "ONE_AT_A_TIME_BELOW",
     "SERIES_SIZE",
     "IndicatorKind",
     "SeriesPermutation",
@@ -34,6 +35,11 @@ SERIAL_DIGITS = 8
 SERIES_SIZE = 10**SERIAL_DIGITS
 NUMBER_LENGTH = 2 + SERIAL_DIGITS + 1 + 2
 WEIGHTS = (8, 6, 4, 2, 3, 5, 9, 7)
+
+# Fewer serials than this are computed one by one in Python's integers (``FF1Blocks.encrypt_one``,
+# about 8 µs each), more in one numpy call (about 80 µs however few): a cold series' request
+# (service/s10_blocks.py) takes one to a few.
+ONE_AT_A_TIME_BELOW = 8
 
 # BLAKE2b's personalisation of the S10 key, derived from the store's so that no FF1 key serves
 # two purposes; FF1's tweak then carries the series, so that series differ.
@@ -154,6 +160,8 @@ class SeriesPermutation:
             raise ValueError(f"counters {start} to {stop} are outside the series")
         if self._blocks is None:
             return list(range(start, stop))
+        if stop - start < ONE_AT_A_TIME_BELOW:
+            return [self._encrypt_one(counter) for counter in range(start, stop)]
         return self._encrypt(np.arange(start, stop, dtype=np.uint64)).tolist()
 
     def invert(self, serial: int) -> int:
@@ -168,6 +176,13 @@ class SeriesPermutation:
             value = ff1.num(ff1.decrypt(self._key, self._tweak, 10, digits), 10)
             if value < self.size:
                 return value
+
+    def _encrypt_one(self, counter: int) -> int:
+        assert self._blocks is not None
+        value = self._blocks.encrypt_one(counter)
+        while value >= self.size:  # cycle walking, as in ``_encrypt``
+            value = self._blocks.encrypt_one(value)
+        return value
 
     def _encrypt(self, counters: np.ndarray) -> np.ndarray:
         assert self._blocks is not None

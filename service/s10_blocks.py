@@ -1,13 +1,19 @@
-"""A worker's blocks of S10 series (issue 20): small, per series, and only for the series it is
-asked for.
+"""A worker's S10 numbers (issue 20): blocks only for the few series that are busy here.
 
-Each series in use has its own ``SeriesBlocks``: the default counter's ``Issuer`` (a current
-block and a spare, fetched when half the current one is used), leasing from the series'
-counter and formatting S10 numbers. A worker keeps at most ``MAX_SERIES_HELD`` of them, the
-most recently used, and their blocks are small (at most twice ``max_block`` values a series):
-a thousand series in use hold a few hundred thousand values of 10**8 each, not a thousand of
-the default counter's blocks. The values of a block it drops are a gap, never issued
-(docs/architecture.md, "S10 series"; the memory measured in docs/performance.md).
+A series is HOT in a worker once it gets ``HOT_REQUESTS`` requests within ``HOT_WINDOW``
+seconds, while fewer than ``MAX_HOT`` are. Only hot series hold blocks (``SeriesBlocks``: the
+default counter's ``Issuer``, a current block and a spare of 32 to 1,000 values, about 5 s of
+the series' rate), so most of their requests take a number without an await. Every other
+series is COLD and holds no values: a request leases exactly the values it needs. That costs
+a round trip to the allocator each time (the price of holding nothing, measured in
+docs/performance.md), but not a durable reservation: the allocator reserves a minute of each
+series' rate ahead (``allocator.reservations``). A thousand series in use thus cost a worker
+at most ``MAX_HOT`` blocks. What a cold request must not pay again is its series' FF1 setup:
+the permutations of the ``MAX_KNOWN`` series used last are kept apart from the blocks.
+
+A hot series that turns quiet, the least recently used first, loses its blocks; their unused
+values are a gap, never issued (docs/architecture.md, "S10 series"; the figures in
+docs/performance.md).
 """
 
 from __future__ import annotations
@@ -15,17 +21,30 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
+import time
+from collections.abc import Callable
 
 from allocator.client import AllocatorClient, SeriesGrant
+from allocator.errors import AllocatorUnavailable
 from allocator.series import s10_series
 from config.indicators import allowed_indicators
 from config.settings import Config
 from ledger.records import Issued
 from service import s10
-from service.blocks import Issuer
+from service.blocks import BATCH_SLICE, Issuer, give_way
 
-# The series a worker holds blocks of, at most; the least recently used is dropped past it.
-MAX_SERIES_HELD = 1024
+log = logging.getLogger("service.issuer")
+
+# A series turns hot after this many requests within HOT_WINDOW seconds: at that rate its
+# smallest block (SeriesBlocks.min_block) lasts 4 s, and a request in its window that finds
+# it cold costs one lease.
+HOT_WINDOW = 1.0
+HOT_REQUESTS = 8
+# The series a worker holds blocks of, at most.
+MAX_HOT = 64
+# The series whose permutation a worker keeps (about 3 KB each), the most recently used.
+MAX_KNOWN = 2048
 
 
 class S10Formatter:
@@ -41,19 +60,26 @@ class S10Formatter:
 
 
 class SeriesBlocks(Issuer):
-    """One series' blocks: smaller than the default counter's, and lasting longer, so that a
-    series used now and then holds a few values and asks the allocator seldom."""
+    """A hot series' blocks: smaller than the default counter's, and lasting longer, so that
+    a series that turns quiet leaves a small gap."""
 
     min_block = 32
     max_block = 1000
     lease_interval = 5.0
 
     def __init__(
-        self, client: AllocatorClient, timeout: float, indicator: str, country: str, order: str
+        self,
+        client: AllocatorClient,
+        timeout: float,
+        indicator: str,
+        country: str,
+        order: str,
+        permute: s10.SeriesPermutation | None = None,
     ) -> None:
         super().__init__(client, timeout)
         self.series = s10_series(indicator, country)
         self._indicator, self._country, self._order = indicator, country, order
+        self._permute = permute  # the series' order, when a cold request learnt it first
         self._made: SeriesGrant | None = None  # the first grant: the series' order and size
 
     async def _lease(self, size: int) -> tuple[int, int]:
@@ -62,12 +88,14 @@ class SeriesBlocks(Issuer):
         return grant.start, grant.stop
 
     def _new_formatter(self) -> S10Formatter:  # type: ignore[override]
-        assert self._client.key is not None
-        assert self._made is not None
-        # The series' own order and size, as stored when it was made: never the setting's.
-        permute = s10.SeriesPermutation(
-            self._client.key, self._indicator, self._country, self._made.order, self._made.size
-        )
+        permute = self._permute
+        if permute is None:
+            assert self._client.key is not None
+            assert self._made is not None
+            # The series' own order and size, as stored when it was made: never the setting's.
+            permute = s10.SeriesPermutation(
+                self._client.key, self._indicator, self._country, self._made.order, self._made.size
+            )
         return S10Formatter(permute, self._indicator)
 
     async def close(self) -> None:
@@ -78,25 +106,61 @@ class SeriesBlocks(Issuer):
                 await self._refill
 
 
-class S10Issuer:
-    """The worker's S10 numbers: the operator's indicators, and the blocks of the series in use
-    (at most MAX_SERIES_HELD, the most recently used)."""
+class _Series:
+    """What a worker keeps of a series it was asked for: its order once the allocator has
+    told it, its blocks while it is hot, and how many requests it got lately."""
 
-    def __init__(self, client: AllocatorClient, config: Config) -> None:
+    __slots__ = ("blocks", "last_window", "name", "permute", "requests", "window_start")
+
+    def __init__(self, name: str, now: float) -> None:
+        self.name = name
+        self.permute: s10.SeriesPermutation | None = None
+        self.blocks: SeriesBlocks | None = None
+        self.window_start = now
+        self.requests = 0  # since window_start
+        self.last_window = 0  # in the window before it
+
+    def count(self, now: float) -> None:
+        """One more request; a new window once HOT_WINDOW has passed."""
+        elapsed = now - self.window_start
+        if elapsed >= HOT_WINDOW:
+            # A request-less window between them: the last one had none.
+            self.last_window = self.requests if elapsed < 2 * HOT_WINDOW else 0
+            self.window_start, self.requests = now, 0
+        self.requests += 1
+
+    def quiet(self, now: float) -> bool:
+        """Fewer than HOT_REQUESTS requests in the last whole window."""
+        elapsed = now - self.window_start
+        if elapsed >= 2 * HOT_WINDOW:
+            return True  # a whole window without one
+        if elapsed >= HOT_WINDOW:
+            return self.requests < HOT_REQUESTS
+        return self.last_window < HOT_REQUESTS
+
+
+class S10Issuer:
+    """The worker's S10 numbers: the operator's indicators, blocks for the hot series (at most
+    MAX_HOT), exact leases for the others."""
+
+    def __init__(
+        self, client: AllocatorClient, config: Config, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._client = client
         self._timeout = config.lease_timeout
         self._order = config.s10_order
         self._listed = config.s10_indicators
         self._allowed = allowed_indicators(config.s10_indicators)
-        # By (indicator, country), the most recently used last.
-        self._series: collections.OrderedDict[tuple[str, str], SeriesBlocks] = (
-            collections.OrderedDict()
-        )
+        self._clock = clock
+        # By (indicator, country), the most recently used last: every series known (at most
+        # MAX_KNOWN), and those of them that are hot (at most MAX_HOT).
+        self._known: collections.OrderedDict[tuple[str, str], _Series] = collections.OrderedDict()
+        self._hot: collections.OrderedDict[tuple[str, str], _Series] = collections.OrderedDict()
 
     @property
     def held(self) -> int:
-        """How many series this worker holds blocks of."""
-        return len(self._series)
+        """How many series this worker holds blocks of: its hot series."""
+        return len(self._hot)
 
     def refusal(self, indicator: str) -> str | None:
         """Why ``indicator`` is not issued here (a 400's message), or None if it is."""
@@ -107,7 +171,18 @@ class S10Issuer:
     async def issue_many(self, indicator: str, country: str, count: int) -> list[Issued]:
         """``count`` numbers of the series of ``indicator`` and ``country`` (an allowed
         indicator); raises AllocatorError, SeriesExhausted once the series is used up."""
-        blocks = self._blocks(indicator, country)
+        now = self._clock()
+        key = (indicator, country)  # cheaper to look up than the series' name
+        series = self._series(key, now)
+        series.count(now)
+        blocks = series.blocks
+        if blocks is not None:
+            self._hot.move_to_end(key)  # so not the one shed, unless the only one
+        self._shed_quiet(key, now)
+        if blocks is None and series.requests >= HOT_REQUESTS and len(self._hot) < MAX_HOT:
+            blocks = self._make_hot(key, series)
+        if blocks is None:
+            return await self._lease_exactly(series, indicator, country, count)
         if count == 1:
             # Most often from the block in hand: no await, no deadline to set up.
             issued = blocks.issue_nowait(country, "")
@@ -115,22 +190,82 @@ class S10Issuer:
                 return [issued]
         return await blocks.issue_many(country, "", count)
 
-    def _blocks(self, indicator: str, country: str) -> SeriesBlocks:
-        key = (indicator, country)  # cheaper to look up than the series' name
-        blocks = self._series.get(key)
-        if blocks is None:
-            blocks = self._series[key] = SeriesBlocks(
-                self._client, self._timeout, indicator, country, self._order
-            )
-            if len(self._series) > MAX_SERIES_HELD:
-                # Dropped, not cancelled: a request may be waiting for its block. What it
-                # holds is a gap.
-                self._series.popitem(last=False)
+    def _series(self, key: tuple[str, str], now: float) -> _Series:
+        series = self._known.get(key)
+        if series is None:
+            series = self._known[key] = _Series(s10_series(*key), now)
+            if len(self._known) > MAX_KNOWN:
+                forgotten_key, forgotten = self._known.popitem(last=False)
+                if forgotten.blocks is not None:
+                    self._make_cold(forgotten_key, forgotten)
         else:
-            self._series.move_to_end(key)
+            self._known.move_to_end(key)
+        return series
+
+    def _shed_quiet(self, asking: tuple[str, str], now: float) -> None:
+        """The least recently used hot series loses its blocks if it turned quiet: one look a
+        request keeps the hot set to the series busy now. Never the series ``asking``."""
+        if self._hot:
+            key, series = next(iter(self._hot.items()))
+            if key != asking and series.quiet(now):
+                self._make_cold(key, series)
+
+    def _make_hot(self, key: tuple[str, str], series: _Series) -> SeriesBlocks:
+        indicator, country = key
+        blocks = series.blocks = SeriesBlocks(
+            self._client, self._timeout, indicator, country, self._order, series.permute
+        )
+        # Busy in this window: not quiet before a whole window has passed.
+        series.last_window = series.requests
+        self._hot[key] = series
         return blocks
 
+    def _make_cold(self, key: tuple[str, str], series: _Series) -> None:
+        # Dropped, not cancelled: a request may be waiting for its block. What it holds is
+        # a gap.
+        series.blocks = None
+        del self._hot[key]
+
+    async def _lease_exactly(
+        self, series: _Series, indicator: str, country: str, count: int
+    ) -> list[Issued]:
+        """``count`` numbers leased for this request alone, within one lease timeout (the
+        allocator may grant fewer than asked: a reservation's end)."""
+        issued: list[Issued] = []
+        try:
+            # One number is one lease, within the client's own deadline (the same timeout):
+            # no timer of ours to set and cancel.
+            async with asyncio.timeout(self._timeout if count > 1 else None):
+                while len(issued) < count:
+                    grant = await self._client.lease_series(
+                        series.name, self._order, count - len(issued)
+                    )
+                    permute = series.permute or self._permutation(series, indicator, country, grant)
+                    serials = permute.serials(grant.start, grant.stop)
+                    for counter, serial in enumerate(serials, grant.start):
+                        number = s10.format_number(indicator, serial, country)
+                        issued.append(Issued(counter, number))
+                        if len(issued) % BATCH_SLICE == 0 and len(issued) < count:
+                            await give_way(len(issued))
+        except TimeoutError:
+            raise AllocatorUnavailable("no values from the allocator in time") from None
+        return issued
+
+    def _permutation(
+        self, series: _Series, indicator: str, country: str, grant: SeriesGrant
+    ) -> s10.SeriesPermutation:
+        """The series' order and size as stored when it was made (never the setting's), kept."""
+        assert self._client.key is not None
+        series.permute = s10.SeriesPermutation(
+            self._client.key, indicator, country, grant.order, grant.size
+        )
+        return series.permute
+
     async def close(self) -> None:
-        for blocks in self._series.values():
-            await blocks.close()
-        self._series.clear()
+        # Said at the stop: the values these blocks hold become gaps.
+        log.info("s10 blocks dropped", extra={"tracking.s10_hot_series": len(self._hot)})
+        for series in self._hot.values():
+            assert series.blocks is not None
+            await series.blocks.close()
+        self._hot.clear()
+        self._known.clear()

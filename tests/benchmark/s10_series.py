@@ -1,6 +1,6 @@
 """Issue 20's figure: 1,000 S10 series in use at once, round-robin over indicators and
-countries. How often each busy series reserves, how often workers lease, and what the workers'
-memory costs, beside the same service's own numbers.
+countries. How often each busy series reserves, how often workers lease, what the workers'
+memory costs and how many series hold blocks in each, beside the same service's own numbers.
 
     python -m tests.benchmark.s10_series          # 5 s a phase
     BENCH_SECONDS=10 python -m tests.benchmark.s10_series
@@ -12,6 +12,7 @@ Light on purpose (the machines are shared): one server, two phases of BENCH_SECO
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -110,6 +111,17 @@ def metric(url: str, name: str) -> float:
     raise KeyError(name)
 
 
+def hot_series_at_stop(log: Path) -> dict[int, int]:
+    """By worker, the S10 series it held blocks of when it stopped (its last line)."""
+    held = {}
+    for line in log.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            event = json.loads(line)
+            if event.get("message") == "s10 blocks dropped":
+                held[event["process.pid"]] = event["tracking.s10_hot_series"]
+    return held
+
+
 def main() -> None:
     wrk = ensure_wrk()
     with tempfile.TemporaryDirectory(prefix="tn-s10-", dir="/tmp") as state:
@@ -141,6 +153,7 @@ def main() -> None:
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(30)
+        held = hot_series_at_stop(directory / "service.log")
     seconds = s10["duration_us"] / 1e6
     per_series = [(after.get(name, 0) - before.get(name, 0)) / seconds for name in after]
     print(
@@ -158,6 +171,7 @@ def main() -> None:
                     sum(per_series) / max(len(per_series), 1), 4
                 ),
                 "leases_per_second": round((leases1 - leases0) / seconds),
+                "s10_series_holding_blocks_per_worker": held,
                 "rss_mb_processes_after_ours": rss_ours,
                 "rss_mb_processes_after_s10": rss_s10,
             },

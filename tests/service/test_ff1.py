@@ -101,6 +101,22 @@ def test_the_block_path_equals_the_reference_for_other_radixes_and_lengths(
     assert out == [reference(KEY, b"", value, radix, length) for value in values]
 
 
+@pytest.mark.parametrize(
+    ("radix", "length", "tweak"),
+    [(10, 8, b"RRGB"), (10, 2, b"EEFR"), (10, 6, b""), (36, 11, b""), (2, 64, b""), (16, 15, b"")],
+)
+def test_one_value_in_python_integers_equals_the_block_path_and_the_reference(
+    radix: int, length: int, tweak: bytes
+) -> None:
+    """``encrypt_one``, a cold S10 series' path (service/s10.py), and ``encrypt`` agree."""
+    rng = random.Random(radix * 1000 + length)
+    values = [0, 1, radix**length - 1, *(rng.randrange(radix**length) for _ in range(200))]
+    blocks = ff1.FF1Blocks(KEY, radix, length, tweak)
+    one_by_one = [blocks.encrypt_one(value) for value in values]
+    assert one_by_one == blocks.encrypt(np.array(values, dtype=np.uint64)).tolist()
+    assert one_by_one[:20] == [reference(KEY, tweak, v, radix, length) for v in values[:20]]
+
+
 def test_the_block_path_refuses_halves_beyond_32_bits() -> None:
     with pytest.raises(ValueError, match="32 bits"):
         ff1.FF1Blocks(KEY, 36, 19)  # NIST's radix-36 samples

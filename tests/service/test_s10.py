@@ -10,6 +10,7 @@ import pytest
 from service import ff1
 from service.s10 import (
     NUMBER_LENGTH,
+    ONE_AT_A_TIME_BELOW,
     SERIES_SIZE,
     SeriesPermutation,
     check_digit,
@@ -137,6 +138,19 @@ def test_call_in_any_order_agrees_with_serials() -> None:
     counters = random.Random(7).sample(range(10_000), 2_000)
 
     assert [permutation(counter) for counter in counters] == [expected[c] for c in counters]
+
+
+@pytest.mark.parametrize("size", [7, 1001, SERIES_SIZE])
+def test_a_few_serials_one_by_one_agree_with_many_at_once(size: int) -> None:
+    """Below ONE_AT_A_TIME_BELOW serials (a cold series' request) are computed in Python's
+    integers, cycle walking included; more in one numpy call: the same serials."""
+    permutation = SeriesPermutation(KEY, "LZ", "NL", "permuted", size=size)
+    many = min(size, 200)
+    expected = permutation.serials(0, many)
+    for start in range(many):
+        for count in range(1, ONE_AT_A_TIME_BELOW):
+            stop = min(start + count, many)
+            assert permutation.serials(start, stop) == expected[start:stop]
 
 
 @pytest.mark.parametrize("counter", [-1, 1000])

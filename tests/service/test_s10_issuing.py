@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from allocator.actor import Allocator
 from config.settings import Config
-from service import s10, s10_blocks
+from service import s10
 from service.idempotency import fingerprint
 from service.keys import S10_ISSUER
 from service.params import TrackingRequest, validate
@@ -154,15 +154,16 @@ async def test_an_idempotent_s10_request_is_answered_again_from_its_series(
     assert S10_NUMBER.match(number)
 
 
-async def test_a_worker_holds_blocks_of_a_bounded_number_of_series(
-    client: TestClient, monkeypatch: pytest.MonkeyPatch
+async def test_a_worker_holds_no_blocks_of_series_asked_for_now_and_then(
+    client: TestClient,
 ) -> None:
-    monkeypatch.setattr(s10_blocks, "MAX_SERIES_HELD", 3)
+    """Each series once: leased exactly, no block held (tests/service/test_s10_blocks.py has
+    the hot series')."""
     for country in ("GB", "FR", "DE", "NL", "IT"):
-        status, body = await issue(client, origin_country_id=country)
+        status, body = await issue(client, origin_country_id=country, count="2")
         assert status == 200, body
-        assert body["tracking_number"].endswith(country)
-    assert client.app[S10_ISSUER].held == 3
+        assert all(number.endswith(country) for number in body["tracking_numbers"])
+    assert client.app[S10_ISSUER].held == 0
 
 
 def test_our_own_requests_keep_the_fingerprint_they_had_before_s10() -> None:
