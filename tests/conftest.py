@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import settings as hypothesis_settings
@@ -20,6 +21,9 @@ from allocator.store import open_store
 from config import settings
 from config.settings import Config
 from ledger.writer import LedgerWriter
+
+if TYPE_CHECKING:  # tests.system.conftest imports this module
+    from tests.system.conftest import PostgresServer
 
 CANONICAL_QUERY = {
     "origin_country_id": "MY",
@@ -198,3 +202,20 @@ async def ledger_writer(config: Config) -> AsyncIterator[LedgerWriter]:
     await writer.start()
     yield writer
     await writer.close()
+
+
+@pytest.fixture
+def server() -> PostgresServer:
+    """The PostgreSQL server ``.ci/postgres.sh`` started: the test is skipped without one (a
+    failure under CI)."""
+    from tests.system.conftest import PostgresServer
+
+    return PostgresServer.from_environment()
+
+
+@pytest.fixture
+async def database(server: PostgresServer) -> AsyncIterator[str]:
+    """A fresh database's URL, dropped after the test."""
+    name = await server.create_database()
+    yield server.database_url(name)
+    await server.drop_database(name)

@@ -523,11 +523,6 @@ def test_open_store_chooses_the_store_by_url() -> None:
 
 
 @pytest.fixture
-def server() -> PostgresServer:
-    return PostgresServer.from_environment()
-
-
-@pytest.fixture
 async def database(server: PostgresServer) -> AsyncIterator[str]:
     """A fresh database's name."""
     name = await server.create_database()

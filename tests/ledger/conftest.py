@@ -10,20 +10,6 @@ import pytest
 from config.settings import Config
 from ledger.postgres import SharedReads
 from tests.ledger.test_forwarder import Forwarding
-from tests.system.conftest import PostgresServer
-
-
-@pytest.fixture
-def server() -> PostgresServer:
-    return PostgresServer.from_environment()
-
-
-@pytest.fixture
-async def database(server: PostgresServer) -> AsyncIterator[str]:
-    """A fresh database's URL."""
-    name = await server.create_database()
-    yield server.database_url(name)
-    await server.drop_database(name)
 
 
 @pytest.fixture

@@ -22,18 +22,6 @@ from tests.system.conftest import PostgresServer
 ANOTHER_HOSTS_NUMBER = "CAUS00000000042Y"
 
 
-@pytest.fixture
-def server() -> PostgresServer:
-    return PostgresServer.from_environment()
-
-
-@pytest.fixture
-async def database(server: PostgresServer) -> AsyncIterator[str]:
-    name = await server.create_database()
-    yield server.database_url(name)
-    await server.drop_database(name)
-
-
 Serve = Callable[[Config], Awaitable[TestClient]]
 
 

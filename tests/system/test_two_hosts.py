@@ -62,11 +62,6 @@ class SharedStore:
 
 
 @pytest.fixture
-def server() -> PostgresServer:
-    return PostgresServer.from_environment()
-
-
-@pytest.fixture
 def shared(server: PostgresServer) -> Iterator[SharedStore]:
     name = asyncio.run(server.create_database())
     yield SharedStore(server.database_url(name))
