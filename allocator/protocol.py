@@ -278,6 +278,29 @@ def frame(payload: bytes, limit: int = MAX_FRAME) -> bytes:
     return _HEADER.pack(len(payload)) + payload
 
 
+class Outbox:
+    """The frames for one stream, written together once per turn of the event loop: one
+    write (one system call, one wakeup of the peer) for every request or answer of the turn,
+    in the order they were sent. A frame sent once the stream is closing is dropped, as a
+    write to it would be."""
+
+    __slots__ = ("_frames", "_writer")
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._frames: list[bytes] = []
+
+    def send(self, frame: bytes) -> None:
+        if not self._frames:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._frames.append(frame)
+
+    def _flush(self) -> None:
+        frames, self._frames = self._frames, []
+        if not self._writer.is_closing():
+            self._writer.write(frames[0] if len(frames) == 1 else b"".join(frames))
+
+
 async def read_frame(reader: asyncio.StreamReader, limit: int = MAX_FRAME) -> bytes | None:
     """The next frame's payload, or None at a clean end of stream between frames; a frame
     announced longer than ``limit`` is a ProtocolError."""

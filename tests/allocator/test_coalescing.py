@@ -1,0 +1,126 @@
+"""A cold S10 request is one lease, a round trip to the allocator: what one turn of a worker's
+event loop asks for travels in one write, the allocator answers what it read at once in one
+write, and a lease that the reservation in hand covers is answered without a task or a slot.
+
+Real allocator, real Unix socket, real SQLite; only the writes are counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from allocator import protocol
+from allocator.actor import Allocator
+from allocator.client import AllocatorClient
+from allocator.protocol import Granted, Hello, Lease, Welcome
+from allocator.series import Series
+from allocator.server import MAX_INFLIGHT_PER_CONNECTION
+from config.settings import Config
+from tests.conftest import Allocators
+
+LEASES = 50
+
+
+def count_writes(writer: asyncio.StreamWriter, monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every chunk written to ``writer`` from now on, one entry per write."""
+    chunks: list[bytes] = []
+    write: Callable[[bytes], None] = writer.write
+
+    def counting(data: bytes) -> None:
+        chunks.append(bytes(data))
+        write(data)
+
+    monkeypatch.setattr(writer, "write", counting)
+    return chunks
+
+
+async def read_response(reader: asyncio.StreamReader) -> protocol.Response:
+    payload = await protocol.read_frame(reader, protocol.MAX_RESPONSE_FRAME)
+    assert payload is not None
+    return protocol.decode_response(payload)
+
+
+async def test_the_leases_of_one_turn_reach_the_allocator_in_one_write(
+    allocator: Allocator, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = AllocatorClient(config.allocator_socket, timeout=5)
+    await client.connect()
+    assert client._writer is not None
+    chunks = count_writes(client._writer, monkeypatch)
+
+    grants = await asyncio.gather(*(client.lease(1) for _ in range(LEASES)))
+
+    # Without the outbox, one write (and one wakeup of the allocator) per lease.
+    assert len(chunks) == 1
+    assert len(b"".join(chunks)) == sum(
+        len(protocol.encode(Lease(id=i, count=1))) for i in range(2, 2 + LEASES)
+    )
+    values = [v for start, stop in grants for v in range(start, stop)]
+    assert len(set(values)) == LEASES
+    await client.close()
+
+
+async def test_the_answers_to_what_the_allocator_read_at_once_leave_in_one_write(
+    allocators: Allocators, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    allocator = await allocators.start()
+    await allocator.lease(1)  # values reserved: every lease below is answered from them
+    server = allocators.server(allocator)
+    reader, writer = await asyncio.open_unix_connection(config.allocator_socket)
+    writer.write(protocol.encode(Hello(id=1, pid=1)))
+    assert isinstance(await read_response(reader), Welcome)
+    (answering,) = server._connections.values()
+    chunks = count_writes(answering, monkeypatch)
+
+    writer.write(b"".join(protocol.encode(Lease(id=i, count=2)) for i in range(2, 2 + LEASES)))
+    granted = [await read_response(reader) for _ in range(LEASES)]
+
+    # Without the outbox, one write per answer.
+    assert len(chunks) == 1
+    assert all(isinstance(g, Granted) and g.stop - g.start == 2 for g in granted)
+    assert sorted(g.id for g in granted) == list(range(2, 2 + LEASES))
+    writer.close()
+
+
+async def test_a_lease_the_reservation_covers_is_answered_while_the_slots_wait_for_the_store(
+    allocator: Allocator, config: Config
+) -> None:
+    # Leases of a series not made yet wait for the store (here at a gate of ours) and hold
+    # every slot of the connection; a lease of a counter with values in hand needs neither.
+    gate = asyncio.Event()
+    waiting = 0
+    open_series = allocator.store.open_series
+
+    async def gated_open_series(name: str, order: str, size: int) -> Series:
+        nonlocal waiting
+        waiting += 1
+        await gate.wait()
+        return await open_series(name, order, size)
+
+    allocator.store.open_series = gated_open_series  # type: ignore[method-assign]
+    await allocator.lease(1)
+    reader, writer = await asyncio.open_unix_connection(config.allocator_socket)
+    writer.write(protocol.encode(Hello(id=1, pid=1)))
+    assert isinstance(await read_response(reader), Welcome)
+    slow = range(2, 2 + MAX_INFLIGHT_PER_CONNECTION)
+    for request_id in slow:
+        writer.write(protocol.encode(Lease(id=request_id, count=1, series="s10:RR:GB")))
+    writer.write(protocol.encode(Lease(id=100, count=3)))
+    try:
+        async with asyncio.timeout(5):
+            # Without the answer from the reservation in hand, the server reads nothing past
+            # the slots' waiting leases, and this times out.
+            quick = await read_response(reader)
+        assert isinstance(quick, Granted)
+        assert (quick.id, quick.stop - quick.start) == (100, 3)
+        assert waiting == MAX_INFLIGHT_PER_CONNECTION  # the others did wait for the store
+    finally:
+        gate.set()
+    async with asyncio.timeout(5):
+        answers = [await read_response(reader) for _ in slow]
+    assert sorted(a.id for a in answers) == list(slow)
+    assert all(isinstance(a, Granted) for a in answers)
+    writer.close()
