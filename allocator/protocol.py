@@ -284,15 +284,17 @@ class Outbox:
     in the order they were sent. A frame sent once the stream is closing is dropped, as a
     write to it would be."""
 
-    __slots__ = ("_frames", "_writer")
+    __slots__ = ("_frames", "_loop", "_writer")
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self._writer = writer
         self._frames: list[bytes] = []
+        # Taken once: each get_running_loop() asks the kernel for our pid.
+        self._loop = asyncio.get_running_loop()
 
     def send(self, frame: bytes) -> None:
         if not self._frames:
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop.call_soon(self._flush)
         self._frames.append(frame)
 
     def _flush(self) -> None:

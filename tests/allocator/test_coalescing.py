@@ -15,6 +15,7 @@ import pytest
 from allocator import protocol
 from allocator.actor import Allocator
 from allocator.client import AllocatorClient
+from allocator.errors import AllocatorUnavailable
 from allocator.protocol import Granted, Hello, Lease, Welcome
 from allocator.series import Series
 from allocator.server import MAX_INFLIGHT_PER_CONNECTION
@@ -124,3 +125,55 @@ async def test_a_lease_the_reservation_covers_is_answered_while_the_slots_wait_f
     assert sorted(a.id for a in answers) == list(slow)
     assert all(isinstance(a, Granted) for a in answers)
     writer.close()
+
+
+async def test_calls_in_flight_share_one_timer_and_each_keeps_its_deadline(
+    allocator: Allocator, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Leases of series not made yet wait for the store for ever (a gate of ours); leases of
+    # the default counter are answered at once.
+    gate = asyncio.Event()
+    open_series = allocator.store.open_series
+
+    async def gated_open_series(name: str, order: str, size: int) -> Series:
+        await gate.wait()
+        return await open_series(name, order, size)
+
+    allocator.store.open_series = gated_open_series  # type: ignore[method-assign]
+    client = AllocatorClient(config.allocator_socket, timeout=0.5)
+    await client.connect()
+    loop = asyncio.get_running_loop()
+    timers = 0
+    call_at = loop.call_at
+
+    def counting_call_at(*args: object) -> asyncio.TimerHandle:
+        nonlocal timers
+        timers += 1
+        return call_at(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "call_at", counting_call_at)
+    countries = ["GB", "FR", "DE", "NL", "IT", "ES", "PT", "BE", "AT", "CH"]
+    try:
+        async with asyncio.timeout(10):  # a bound for a hang only
+            results = await asyncio.gather(
+                *(client.lease_series(f"s10:RR:{c}", "permuted", 1) for c in countries),
+                *(client.lease(1) for _ in countries),
+                return_exceptions=True,
+            )
+            waited, answered = results[: len(countries)], results[len(countries) :]
+            assert all(isinstance(r, tuple) for r in answered)
+            for failure in waited:
+                assert isinstance(failure, AllocatorUnavailable)
+                assert "did not answer" in str(failure)
+            # One timer, and one more for each call still waiting when the one before it
+            # expired; a timer per call was 20 here.
+            assert 1 <= timers <= len(countries) + 1
+
+            # Later calls get a deadline of their own too, the timer gone in between.
+            with pytest.raises(AllocatorUnavailable, match="did not answer"):
+                await client.lease_series("s10:EE:GB", "permuted", 1)
+            start, stop = await client.lease(2)
+            assert stop - start == 2
+    finally:
+        gate.set()
+        await client.close()
