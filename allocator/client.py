@@ -307,9 +307,9 @@ class AllocatorClient:
                 self._disconnect(error)
 
     def _disconnect(self, error: Exception) -> None:
-        writer, self._writer, self._outbox = self._writer, None, None
-        if writer is not None:
-            writer.close()
+        outbox, self._writer, self._outbox = self._outbox, None, None
+        if outbox is not None:
+            outbox.close()  # a last report or Abandon sent just before close() goes out too
         pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():

@@ -89,7 +89,7 @@ class AllocatorServer:
         self._keeping_socket: asyncio.Task[None] | None = None
         # Abandons being written: they belong to the server, not to their connection.
         self._abandoning: set[asyncio.Task[None]] = set()
-        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._connections: dict[asyncio.Task[None], protocol.Outbox] = {}
         self._leases_by_worker: dict[int, int] = {}  # connected workers, by pid
         self.worker_totals = WorkerCounters()
         # Numbers issued per second of the monotonic clock, over the last RATE_WINDOW seconds:
@@ -125,8 +125,8 @@ class AllocatorServer:
         if self._server is not None:
             self._server.close()
         # Hang up rather than cancel: each connection's task then ends on its own.
-        for writer in self._connections.values():
-            writer.close()
+        for outbox in self._connections.values():
+            outbox.close()
         await asyncio.gather(*self._connections, return_exceptions=True)
         # Told before they hung up: heard before the store closes.
         await asyncio.gather(*self._abandoning, return_exceptions=True)
@@ -153,8 +153,7 @@ class AllocatorServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._connections[task] = writer
-        outbox = protocol.Outbox(writer)
+        outbox = self._connections[task] = protocol.Outbox(writer)
         slots = asyncio.Semaphore(MAX_INFLIGHT_PER_CONNECTION)
         idempotency_slots = asyncio.Semaphore(MAX_IDEMPOTENCY_INFLIGHT_PER_CONNECTION)
         pending: set[asyncio.Task[None]] = set()
@@ -199,7 +198,7 @@ class AllocatorServer:
         finally:
             for answer in pending:
                 answer.cancel()
-            writer.close()
+            outbox.close()  # answers of the last frames read go out first
             del self._connections[task]
             if worker is not None:
                 self._leases_by_worker.pop(worker, None)

@@ -16,7 +16,7 @@ from allocator import protocol
 from allocator.actor import Allocator
 from allocator.client import AllocatorClient
 from allocator.errors import AllocatorUnavailable
-from allocator.protocol import Granted, Hello, Lease, Welcome
+from allocator.protocol import Granted, Hello, Lease, Welcome, WorkerCounters
 from allocator.series import Series
 from allocator.server import MAX_INFLIGHT_PER_CONNECTION
 from config.settings import Config
@@ -74,7 +74,7 @@ async def test_the_answers_to_what_the_allocator_read_at_once_leave_in_one_write
     writer.write(protocol.encode(Hello(id=1, pid=1)))
     assert isinstance(await read_response(reader), Welcome)
     (answering,) = server._connections.values()
-    chunks = count_writes(answering, monkeypatch)
+    chunks = count_writes(answering.writer, monkeypatch)
 
     writer.write(b"".join(protocol.encode(Lease(id=i, count=2)) for i in range(2, 2 + LEASES)))
     granted = [await read_response(reader) for _ in range(LEASES)]
@@ -177,3 +177,34 @@ async def test_calls_in_flight_share_one_timer_and_each_keeps_its_deadline(
     finally:
         gate.set()
         await client.close()
+
+
+async def test_a_report_sent_just_before_the_client_closes_reaches_the_allocator(
+    allocators: Allocators, config: Config
+) -> None:
+    # A worker's last report (and an Abandon) go out as it stops: close() in the same turn.
+    allocator = await allocators.start()
+    server = allocators.server(allocator)
+    client = AllocatorClient(config.allocator_socket, timeout=5)
+    await client.connect()
+    assert client.report(WorkerCounters(issued=7))
+    await client.close()
+    async with asyncio.timeout(5):
+        while server.worker_totals.issued != 7:  # noqa: ASYNC110 - the allocator's own state
+            await asyncio.sleep(0.01)
+
+
+async def test_answers_to_the_frames_read_before_a_bad_one_leave_before_the_hang_up(
+    allocator: Allocator, config: Config
+) -> None:
+    await allocator.lease(1)  # values reserved: the lease below is answered as it is read
+    reader, writer = await asyncio.open_unix_connection(config.allocator_socket)
+    hello, lease = protocol.encode(Hello(id=1, pid=1)), protocol.encode(Lease(id=2, count=5))
+    writer.write(hello + lease + b"\x00\x00\x00\x02\xc1\xc1")  # then a frame of garbage
+    async with asyncio.timeout(5):
+        assert isinstance(await read_response(reader), Welcome)
+        granted = await read_response(reader)
+        assert await reader.read() == b""  # hung up
+    assert isinstance(granted, Granted)
+    assert (granted.id, granted.stop - granted.start) == (2, 5)
+    writer.close()
