@@ -8,6 +8,7 @@ Real allocator, real Unix socket, real SQLite; only the writes are counted.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import pytest
@@ -17,6 +18,7 @@ from allocator.actor import Allocator
 from allocator.client import AllocatorClient
 from allocator.errors import AllocatorUnavailable
 from allocator.protocol import Granted, Hello, Lease, Welcome, WorkerCounters
+from allocator.reservations import RATE_WINDOW
 from allocator.series import Series
 from allocator.server import MAX_INFLIGHT_PER_CONNECTION
 from config.settings import Config
@@ -208,3 +210,19 @@ async def test_answers_to_the_frames_read_before_a_bad_one_leave_before_the_hang
     assert isinstance(granted, Granted)
     assert (granted.id, granted.stop - granted.start) == (2, 5)
     writer.close()
+
+
+async def test_a_series_rate_kept_as_a_running_sum_forgets_what_left_its_window(
+    allocator: Allocator,
+) -> None:
+    # The rate is read at every lease, so its sum is kept as leases come and go.
+    for count in (3, 4, 5):
+        await allocator.lease_series("s10:RR:GB", "permuted", count)
+    reservations = allocator.series["s10:RR:GB"]
+    assert reservations._leased_in_window == 12 == sum(n for _, n in reservations._leased)
+    assert reservations.lease_rate() > 0
+    reservations._forget_old_leases(time.monotonic() + RATE_WINDOW + 2)
+    assert reservations._leased_in_window == 0
+    assert reservations.lease_rate() == 0
+    await allocator.lease_series("s10:RR:GB", "permuted", 2)
+    assert reservations._leased_in_window == 2
