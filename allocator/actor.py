@@ -155,6 +155,19 @@ class Allocator:
         start, stop = await reservations.lease(count)
         return start, stop, self.series_made[name]
 
+    def grant_now(self, name: str, count: int) -> tuple[int, int, Series | None] | None:
+        """Grant up to ``count`` values of the counter ``name`` (the default counter's or a
+        series' in use) from what it holds reserved, with how the series was made; None when
+        that needs the store (a new series, nothing reserved, used up): ``lease`` or
+        ``lease_series`` then."""
+        reservations = self.series.get(name) if name else self.counter
+        if reservations is None:
+            return None
+        granted = reservations.grant_now(count)
+        if granted is None:
+            return None
+        return *granted, self.series_made.get(name)
+
     async def stop(self) -> None:
         """Final checkpoint of every counter, then close the store."""
         try:

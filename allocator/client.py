@@ -69,8 +69,17 @@ class AllocatorClient:
         self.scheme: int | None = None
         self._ids = itertools.count()
         self._writer: asyncio.StreamWriter | None = None
+        # The connection's frames of one turn of the event loop go in one write: the cold S10
+        # requests of a turn cost the allocator one wakeup, not one each.
+        self._outbox: protocol.Outbox | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._pending: dict[int, asyncio.Future[protocol.Response]] = {}
+        # The deadlines of the calls sent, (when, id), in the order sent: with one timeout for
+        # all, the oldest is the first to pass, so one timer (``_expiring``) serves them all.
+        # A timer of its own cost a cold S10 request more than the rest of its call.
+        self._deadlines: collections.deque[tuple[float, int]] = collections.deque()
+        self._expiring: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the connection's
         self._connecting = asyncio.Lock()
         self._idempotency_slots = asyncio.Semaphore(MAX_IDEMPOTENCY_INFLIGHT)
         self._abandoned: collections.deque[Abandon] = collections.deque(maxlen=MAX_ABANDONED)
@@ -81,9 +90,7 @@ class AllocatorClient:
 
     async def lease(self, count: int) -> tuple[int, int]:
         """A block ``(start, stop)`` of at most ``count`` values, durably reserved for us."""
-        async with self._deadline():
-            await self._ensure_connected()
-            response = await self._call(Lease(id=next(self._ids), count=count))
+        response = await self._request(Lease(id=next(self._ids), count=count))
         match response:
             case Granted(start=start, stop=stop) if start < stop <= start + count:
                 return start, stop
@@ -95,11 +102,9 @@ class AllocatorClient:
         """A block of at most ``count`` values of the series ``series`` (made with ``order`` at
         its first lease), durably reserved for us, with the series' stored order and size.
         Raises SeriesExhausted when it is used up."""
-        async with self._deadline():
-            await self._ensure_connected()
-            response = await self._call(
-                Lease(id=next(self._ids), count=count, series=series, order=order)  # type: ignore[arg-type]
-            )
+        response = await self._request(
+            Lease(id=next(self._ids), count=count, series=series, order=order)  # type: ignore[arg-type]
+        )
         match response:
             case Granted(start=start, stop=stop, order=made, size=size) if (
                 start < stop <= min(start + count, size)
@@ -113,9 +118,7 @@ class AllocatorClient:
 
     async def status(self) -> Status:
         """The allocator's state and every worker's counters, summed."""
-        async with self._deadline():
-            await self._ensure_connected()
-            response = await self._call(StatusQuery(id=next(self._ids)))
+        response = await self._request(StatusQuery(id=next(self._ids)))
         if not isinstance(response, Status):
             raise ProtocolError(f"unexpected answer to a status query: {response!r}")
         return response
@@ -164,16 +167,16 @@ class AllocatorClient:
         self._send_abandoned()
 
     def _send_abandoned(self) -> None:
-        writer = self._writer
-        while self._abandoned and writer is not None and not writer.is_closing():
-            writer.write(protocol.encode(self._abandoned.popleft()))
+        while self._abandoned and self.connected:
+            assert self._outbox is not None
+            self._outbox.send(protocol.encode(self._abandoned.popleft()))
 
     def report(self, counters: WorkerCounters) -> bool:
         """Send counters without waiting; False (nothing sent) while not connected."""
-        writer = self._writer
-        if writer is None or writer.is_closing():
+        if not self.connected:
             return False
-        writer.write(protocol.encode(Report(id=next(self._ids), counters=counters)))
+        assert self._outbox is not None
+        self._outbox.send(protocol.encode(Report(id=next(self._ids), counters=counters)))
         return True
 
     async def connect(self) -> bytes:
@@ -185,11 +188,24 @@ class AllocatorClient:
 
     async def close(self) -> None:
         self._disconnect(AllocatorUnavailable("client closed"))
+        if self._expiring is not None:
+            self._expiring.cancel()
+            self._expiring = None
+        self._deadlines.clear()
         if self._reader_task is not None:
             self._reader_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader_task
             self._reader_task = None
+
+    async def _request(self, request: Lease | StatusQuery) -> protocol.Response:
+        """The answer to ``request`` within the timeout, connecting first if need be (the
+        whole within the timeout)."""
+        if self.connected:
+            return await self._call(request)
+        async with self._deadline():
+            await self._ensure_connected()
+            return await self._call(request)
 
     @contextlib.asynccontextmanager
     async def _deadline(self) -> AsyncIterator[None]:
@@ -211,7 +227,8 @@ class AllocatorClient:
                 reader, writer = await asyncio.open_unix_connection(self.path)
             except OSError as exc:
                 raise AllocatorUnavailable(f"cannot connect to {self.path}: {exc}") from exc
-            self._writer = writer
+            self._loop = asyncio.get_running_loop()
+            self._writer, self._outbox = writer, protocol.Outbox(writer)
             self._reader_task = asyncio.create_task(self._read_responses(reader, writer))
             try:
                 welcome = await self._call(Hello(id=next(self._ids), pid=os.getpid()))
@@ -234,16 +251,40 @@ class AllocatorClient:
     async def _call(
         self, request: Lease | Hello | StatusQuery | Recall | Remember
     ) -> protocol.Response:
-        writer = self._writer
-        if writer is None or writer.is_closing():
+        """Send ``request`` and wait for its answer, within the timeout."""
+        outbox, loop = self._outbox, self._loop
+        if outbox is None or loop is None or not self.connected:
             raise AllocatorUnavailable("not connected to the allocator")
-        future: asyncio.Future[protocol.Response] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[protocol.Response] = loop.create_future()
         self._pending[request.id] = future
+        self._deadlines.append((loop.time() + self.timeout, request.id))
+        if self._expiring is None:
+            self._expiring = loop.call_at(self._deadlines[0][0], self._expire)
         try:
-            writer.write(protocol.encode(request))
+            outbox.send(protocol.encode(request))
             return await future
         finally:
             self._pending.pop(request.id, None)
+
+    def _expire(self) -> None:
+        """Fail the calls whose deadline has passed, forget those answered, and set the timer
+        for the oldest call still waiting."""
+        assert self._loop is not None
+        self._expiring = None
+        # A timer may fire up to a millisecond early (libuv's resolution).
+        now = self._loop.time() + 0.001
+        deadlines = self._deadlines
+        while deadlines:
+            when, request_id = deadlines[0]
+            future = self._pending.get(request_id)
+            if future is not None and not future.done():
+                if when > now:
+                    self._expiring = self._loop.call_at(when, self._expire)
+                    return
+                future.set_exception(
+                    AllocatorUnavailable(f"the allocator did not answer within {self.timeout} s")
+                )
+            deadlines.popleft()
 
     async def _read_responses(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -266,9 +307,9 @@ class AllocatorClient:
                 self._disconnect(error)
 
     def _disconnect(self, error: Exception) -> None:
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.close()
+        outbox, self._writer, self._outbox = self._outbox, None, None
+        if outbox is not None:
+            outbox.close()  # a last report or Abandon sent just before close() goes out too
         pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():

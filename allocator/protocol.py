@@ -278,6 +278,36 @@ def frame(payload: bytes, limit: int = MAX_FRAME) -> bytes:
     return _HEADER.pack(len(payload)) + payload
 
 
+class Outbox:
+    """The frames for one stream, written together once per turn of the event loop: one
+    write (one system call, one wakeup of the peer) for every request or answer of the turn,
+    in the order they were sent. A frame sent once the stream is closing is dropped, as a
+    write to it would be; ``close`` writes what is waiting first."""
+
+    __slots__ = ("_frames", "_loop", "writer")
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self._frames: list[bytes] = []
+        # Taken once: each get_running_loop() asks the kernel for our pid.
+        self._loop = asyncio.get_running_loop()
+
+    def send(self, frame: bytes) -> None:
+        if not self._frames:
+            self._loop.call_soon(self.flush)
+        self._frames.append(frame)
+
+    def flush(self) -> None:
+        frames, self._frames = self._frames, []
+        if frames and not self.writer.is_closing():
+            self.writer.write(frames[0] if len(frames) == 1 else b"".join(frames))
+
+    def close(self) -> None:
+        """Write what is waiting, then close the stream (which sends what it buffered)."""
+        self.flush()
+        self.writer.close()
+
+
 async def read_frame(reader: asyncio.StreamReader, limit: int = MAX_FRAME) -> bytes | None:
     """The next frame's payload, or None at a clean end of stream between frames; a frame
     announced longer than ``limit`` is a ProtocolError."""

@@ -65,8 +65,10 @@ class Reservations:
         self._store_failed_at = 0.0
         self._leased_since_reserve = 0
         self._last_reserve_at = time.monotonic()
-        # Values leased per second of the monotonic clock, over the last RATE_WINDOW seconds.
+        # Values leased per second of the monotonic clock, over the last RATE_WINDOW seconds,
+        # and their sum (kept as they come and go: a series reads its rate at every lease).
         self._leased: collections.deque[list[int]] = collections.deque()
+        self._leased_in_window = 0
         self._created = time.monotonic()
 
     @property
@@ -76,10 +78,17 @@ class Reservations:
     async def lease(self, count: int) -> tuple[int, int]:
         """Grant up to ``count`` values as ``(start, stop)``; raises StoreError if none can be
         (SeriesExhausted once a series is used up)."""
-        while not self._ranges:
+        while (granted := self.grant_now(count)) is None:
             if self.exhausted:
                 raise SeriesExhausted(self.name)
             await self._reserve_now()
+        return granted
+
+    def grant_now(self, count: int) -> tuple[int, int] | None:
+        """Grant up to ``count`` values from what is reserved already, or None if nothing is
+        (``lease`` then waits for the store): the server answers these without a task."""
+        if not self._ranges:
+            return None
         block = self._ranges[0]
         start = block[0]
         stop = min(start + count, block[1])
@@ -102,7 +111,7 @@ class Reservations:
         now = time.monotonic()
         self._forget_old_leases(now)
         window = min(RATE_WINDOW, now - self._created)
-        return sum(n for _, n in self._leased) / max(window, 1.0)
+        return self._leased_in_window / max(window, 1.0)
 
     def _count_leased(self, count: int) -> None:
         second = int(time.monotonic())
@@ -110,11 +119,12 @@ class Reservations:
             self._leased[-1][1] += count
         else:
             self._leased.append([second, count])
+        self._leased_in_window += count
         self._forget_old_leases(second)
 
     def _forget_old_leases(self, now: float) -> None:
         while self._leased and self._leased[0][0] < now - RATE_WINDOW:
-            self._leased.popleft()
+            self._leased_in_window -= self._leased.popleft()[1]
 
     def _step(self) -> int:
         if self.fixed_step:

@@ -89,7 +89,7 @@ class AllocatorServer:
         self._keeping_socket: asyncio.Task[None] | None = None
         # Abandons being written: they belong to the server, not to their connection.
         self._abandoning: set[asyncio.Task[None]] = set()
-        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._connections: dict[asyncio.Task[None], protocol.Outbox] = {}
         self._leases_by_worker: dict[int, int] = {}  # connected workers, by pid
         self.worker_totals = WorkerCounters()
         # Numbers issued per second of the monotonic clock, over the last RATE_WINDOW seconds:
@@ -125,8 +125,8 @@ class AllocatorServer:
         if self._server is not None:
             self._server.close()
         # Hang up rather than cancel: each connection's task then ends on its own.
-        for writer in self._connections.values():
-            writer.close()
+        for outbox in self._connections.values():
+            outbox.close()
         await asyncio.gather(*self._connections, return_exceptions=True)
         # Told before they hung up: heard before the store closes.
         await asyncio.gather(*self._abandoning, return_exceptions=True)
@@ -153,7 +153,7 @@ class AllocatorServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._connections[task] = writer
+        outbox = self._connections[task] = protocol.Outbox(writer)
         slots = asyncio.Semaphore(MAX_INFLIGHT_PER_CONNECTION)
         idempotency_slots = asyncio.Semaphore(MAX_IDEMPOTENCY_INFLIGHT_PER_CONNECTION)
         pending: set[asyncio.Task[None]] = set()
@@ -165,24 +165,29 @@ class AllocatorServer:
             hello = protocol.decode_request(first)
             if not isinstance(hello, Hello):
                 raise ProtocolError("a connection must start with Hello")
-            writer.write(protocol.encode(self._welcome(hello.id)))
+            outbox.send(protocol.encode(self._welcome(hello.id)))
             worker = hello.pid
             self._leases_by_worker[worker] = 0
             log.info("worker connected", extra={"tracking.worker_pid": worker})
             while (payload := await protocol.read_frame(reader)) is not None:
                 request = protocol.decode_request(payload)
+                if isinstance(request, Lease):
+                    granted = self._grant_now(request, worker)
+                    if granted is not None:
+                        outbox.send(protocol.encode(granted))
+                        continue
                 if isinstance(request, Abandon):
                     self._abandon(request)
                     continue
                 if isinstance(request, Recall | Remember):
                     if idempotency_slots.locked():
-                        writer.write(protocol.encode(Refused(id=request.id, reason=BUSY)))
+                        outbox.send(protocol.encode(Refused(id=request.id, reason=BUSY)))
                         continue
                     mine = idempotency_slots
                 else:
                     mine = slots
                 await mine.acquire()
-                answer = asyncio.create_task(self._answer(request, writer, worker))
+                answer = asyncio.create_task(self._answer(request, outbox, worker))
                 pending.add(answer)
                 answer.add_done_callback(pending.discard)
                 answer.add_done_callback(lambda _, mine=mine: mine.release())
@@ -193,13 +198,13 @@ class AllocatorServer:
         finally:
             for answer in pending:
                 answer.cancel()
-            writer.close()
+            outbox.close()  # answers of the last frames read go out first
             del self._connections[task]
             if worker is not None:
                 self._leases_by_worker.pop(worker, None)
 
     async def _answer(
-        self, request: protocol.Request, writer: asyncio.StreamWriter, worker: int
+        self, request: protocol.Request, outbox: protocol.Outbox, worker: int
     ) -> None:
         response: protocol.Message
         match request:
@@ -221,8 +226,7 @@ class AllocatorServer:
                 )
             case Hello(id=request_id):
                 response = self._welcome(request_id)
-        if not writer.is_closing():
-            writer.write(protocol.encode(response, protocol.MAX_RESPONSE_FRAME))
+        outbox.send(protocol.encode(response, protocol.MAX_RESPONSE_FRAME))
 
     def _abandon(self, request: Abandon) -> None:
         """Mark an answer abandoned, in a task of its own that takes no slot: it waits for the
@@ -238,6 +242,18 @@ class AllocatorServer:
 
     def _welcome(self, request_id: int) -> Welcome:
         return Welcome(id=request_id, key=self.allocator.key, scheme=self.allocator.scheme)
+
+    def _grant_now(self, lease: Lease, worker: int) -> Granted | None:
+        """The answer to a lease that holds no slot and needs no task (most: what the counter
+        holds reserved covers it), or None if it must wait for the store."""
+        granted = self.allocator.grant_now(lease.series, lease.count)
+        if granted is None:
+            return None
+        start, stop, made = granted
+        self._leases_by_worker[worker] = self._leases_by_worker.get(worker, 0) + 1
+        if made is None:
+            return Granted(id=lease.id, start=start, stop=stop)
+        return Granted(id=lease.id, start=start, stop=stop, order=made.order, size=made.size)
 
     async def _lease(self, request_id: int, count: int, worker: int) -> Granted | Refused:
         try:
