@@ -19,7 +19,7 @@ from service import errors, idempotency, labels
 from service.issued import body_for, recorded
 from service.keys import CORRELATION_IDS, ISSUER, METRICS, S10_ISSUER
 from service.observe import ISSUE_ROUTE, UNMATCHED_ROUTE, finish, observed, route_of
-from service.params import Invalid, TrackingRequest, validate
+from service.params import Invalid, validate
 from service.server.answers import JsonAnswer
 
 
@@ -46,21 +46,31 @@ async def next_tracking_number(request: web.Request) -> web.StreamResponse:
     # its metaclass on every valid request (docs/performance.md).
     if isinstance(query, Invalid):
         response = errors.invalid_parameters(query.problems, correlation_id)
+    elif query.service_indicator is not None and (
+        refused := app[S10_ISSUER].refusal(query.service_indicator)
+    ):
+        # Before the Idempotency-Key's path too: an indicator the operator does not issue
+        # gets no number, whichever path would issue it.
+        response = errors.invalid_parameters({"service_indicator": [refused]}, correlation_id)
     elif idempotency.HEADER in request.headers:
         response, numbers = await idempotency.answer(request, query, correlation_id)
-    elif query.service_indicator is not None:
-        response, numbers = await s10_answer(request, query, correlation_id)
     else:
-        issuer = app[ISSUER]
         origin, destination = query.origin_country_id, query.destination_country_id
-        # One number, most often from the blocks in hand: no await.
-        one = issuer.issue_nowait(origin, destination) if query.count is None else None
+        indicator = query.service_indicator
         try:
-            issued = (
-                [one]
-                if one is not None
-                else await issuer.issue_many(origin, destination, query.how_many)
-            )
+            if indicator is None:
+                issuer = app[ISSUER]
+                # One number, most often from the blocks in hand: no await.
+                one = issuer.issue_nowait(origin, destination) if query.count is None else None
+                issued = (
+                    [one]
+                    if one is not None
+                    else await issuer.issue_many(origin, destination, query.how_many)
+                )
+            else:  # UPU S10: the series of the indicator and the origin country
+                issued = await app[S10_ISSUER].issue_many(indicator, origin, query.how_many)
+        except SeriesExhausted as exc:
+            response = errors.series_exhausted(exc.series, correlation_id)
         except AllocatorError:
             app[METRICS].lease_failed()
             response = errors.unavailable(correlation_id)
@@ -77,35 +87,6 @@ async def next_tracking_number(request: web.Request) -> web.StreamResponse:
                     body = await labels.labelled_body(app, query, body, numbers, issued_at_ns)
                 response = JsonAnswer(body, correlation_id)
     return finish(request, response, started, correlation_id, query, numbers)
-
-
-async def s10_answer(
-    request: web.Request, query: TrackingRequest, correlation_id: str
-) -> tuple[JsonAnswer, list[str] | None]:
-    """The answer to a valid S10 request (``scheme=s10``), and the numbers it delivers: the
-    same steps and shape as ours, from the series of the indicator and the origin country."""
-    app = request.app
-    s10_issuer = app[S10_ISSUER]
-    indicator = query.service_indicator
-    assert indicator is not None
-    refused = s10_issuer.refusal(indicator)
-    if refused is not None:
-        return errors.invalid_parameters({"service_indicator": [refused]}, correlation_id), None
-    try:
-        issued = await s10_issuer.issue_many(indicator, query.origin_country_id, query.how_many)
-    except SeriesExhausted as exc:
-        return errors.series_exhausted(exc.series, correlation_id), None
-    except AllocatorError:
-        app[METRICS].lease_failed()
-        return errors.unavailable(correlation_id), None
-    issued_at_ns = time.time_ns()
-    try:
-        await recorded(app, query, issued, correlation_id, issued_at_ns)
-    except LedgerError:
-        return errors.unavailable(correlation_id), None  # the numbers become gaps
-    numbers = [number for _, number in issued]
-    body = body_for(query, numbers, correlation_id, issued_at_ns)
-    return JsonAnswer(body, correlation_id), numbers
 
 
 @observed()

@@ -217,6 +217,17 @@ async def test_the_issuing_route_hands_back_the_label_at_once(
         assert read(kind, document) == [number]
 
 
+async def test_an_s10_number_issued_with_a_label_gets_it_too(admin_client: TestClient) -> None:
+    query = {**CANONICAL_QUERY, "origin_country_id": "GB", "scheme": "s10"}
+    response = await admin_client.get(
+        "/next-tracking-number", params={**query, "service_indicator": "RR", "label": "png"}
+    )
+    assert response.status == 200
+    body = await response.json()
+    assert re.match(r"^RR[0-9]{9}GB\Z", body["tracking_number"])
+    assert read("png", base64.b64decode(body["label"]["data"])) == [body["tracking_number"]]
+
+
 async def test_a_label_comes_with_one_number_only(admin_client: TestClient) -> None:
     """A batch's labels are POST /labels's, not a JSON answer's."""
     response = await admin_client.get(

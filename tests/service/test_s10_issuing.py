@@ -154,6 +154,18 @@ async def test_an_idempotent_s10_request_is_answered_again_from_its_series(
     assert S10_NUMBER.match(number)
 
 
+@pytest.mark.parametrize("indicator", ["JA", "BA"])
+async def test_an_idempotent_request_for_an_indicator_not_issued_here_is_a_400_too(
+    client: TestClient, allocator: Allocator, indicator: str
+) -> None:
+    headers = {"Idempotency-Key": f"s10-{indicator}"}
+    query = {**S10_QUERY, "service_indicator": indicator}
+    async with client.get("/next-tracking-number", params=query, headers=headers) as response:
+        assert response.status == 400, await response.text()
+        assert "service_indicator" in (await response.json())["details"]
+    assert f"s10:{indicator}:GB" not in allocator.series  # no series made, no number taken
+
+
 async def test_a_worker_holds_no_blocks_of_series_asked_for_now_and_then(
     client: TestClient,
 ) -> None:
