@@ -9,6 +9,7 @@ handlers get the same through the ``observed`` decorator.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import msgspec
 from aiohttp import web
@@ -21,6 +22,10 @@ from service.keys import CORRELATION_IDS, ISSUER, METRICS, S10_ISSUER
 from service.observe import ISSUE_ROUTE, UNMATCHED_ROUTE, finish, observed, route_of
 from service.params import Invalid, validate
 from service.server.answers import JsonAnswer
+
+if TYPE_CHECKING:
+    from service.blocks import Issuer
+    from service.s10_blocks import S10Issuer
 
 
 class Health(msgspec.Struct, omit_defaults=True):
@@ -55,20 +60,19 @@ async def next_tracking_number(request: web.Request) -> web.StreamResponse:
     elif idempotency.HEADER in request.headers:
         response, numbers = await idempotency.answer(request, query, correlation_id)
     else:
-        origin, destination = query.origin_country_id, query.destination_country_id
-        indicator = query.service_indicator
+        origin, indicator = query.origin_country_id, query.service_indicator
+        # Ours, of the two countries; or UPU S10's, of the indicator and the origin country.
+        issuer: Issuer | S10Issuer
+        if indicator is None:
+            issuer, numbers_of = app[ISSUER], (origin, query.destination_country_id)
+        else:
+            issuer, numbers_of = app[S10_ISSUER], (indicator, origin)
         try:
-            if indicator is None:
-                issuer = app[ISSUER]
-                # One number, most often from the blocks in hand: no await.
-                one = issuer.issue_nowait(origin, destination) if query.count is None else None
-                issued = (
-                    [one]
-                    if one is not None
-                    else await issuer.issue_many(origin, destination, query.how_many)
-                )
-            else:  # UPU S10: the series of the indicator and the origin country
-                issued = await app[S10_ISSUER].issue_many(indicator, origin, query.how_many)
+            # One number, most often from the blocks in hand: no await.
+            one = issuer.issue_nowait(*numbers_of) if query.count is None else None
+            issued = (
+                [one] if one is not None else await issuer.issue_many(*numbers_of, query.how_many)
+            )
         except SeriesExhausted as exc:
             response = errors.series_exhausted(exc.series, correlation_id)
         except AllocatorError:

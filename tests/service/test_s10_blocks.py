@@ -45,7 +45,10 @@ class Worker:
         self.issued: dict[tuple[str, str], list[Issued]] = {}
 
     async def issue(self, indicator: str, country: str, count: int = 1) -> list[Issued]:
-        issued = await self.issuer.issue_many(indicator, country, count)
+        """As the handler does: one number from a hot series' block in hand if it can."""
+        issuer = self.issuer
+        one = issuer.issue_nowait(indicator, country) if count == 1 else None
+        issued = [one] if one is not None else await issuer.issue_many(indicator, country, count)
         assert len(issued) == count
         self.issued.setdefault((indicator, country), []).extend(issued)
         return issued
@@ -121,6 +124,25 @@ async def test_a_series_turning_busy_gets_blocks_and_loses_them_when_idle(
     # The block's unused values are a gap: what the series issues next comes after them.
     (after,) = await worker.issue("RR", "GB")
     assert after.counter == held_until
+    assert_unique_numbers_of_their_series(allocator, worker)
+
+
+async def test_a_hot_series_served_from_its_block_in_hand_stays_hot(
+    allocator: Allocator, worker: Worker
+) -> None:
+    for _ in range(HOT_REQUESTS):
+        await worker.issue("RR", "GB")
+    assert worker.issuer.held == 1
+    for _ in range(3):
+        # A window later, another series' request looks through the hot set: RR had as many
+        # requests in the last window, all served without a lease, and is not quiet.
+        worker.clock.now += HOT_WINDOW
+        await worker.issue("EE", "FR")
+        assert worker.issuer.held == 1
+        leases = allocator.stats.leases_total
+        for _ in range(HOT_REQUESTS):
+            await worker.issue("RR", "GB")
+    assert allocator.stats.leases_total == leases  # the last window's, from the block in hand
     assert_unique_numbers_of_their_series(allocator, worker)
 
 
