@@ -6,6 +6,10 @@ protocol (a real allocator and SQLite file behind it) and times the worker's CPU
 with one part replaced by a stub returning its usual result. Rounds with and without the stub
 alternate in one process, so the machine's noise falls on both alike; it prints the median
 difference. No socket, no wrk: what a part costs beyond the ceiling's work, not a throughput.
+
+``python -m tests.benchmark.parts s10`` times, the same way, the request of ``make bench``'s
+S10 scenario (one series) against the canonical one: what an S10 number costs a worker
+beyond ours (issue 20 asks for the same ratio).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
+import sys
 import tempfile
 import time
 import types
@@ -32,9 +37,10 @@ from service import numbers, params, views
 from service.access_log import AccessLog
 from service.app import app_runner, create_app
 from service.keys import ACCESS_LOG
-from tests.benchmark.bench import PATH, QUERY
+from tests.benchmark.bench import PATH, QUERY, S10_PATH
 
 REQUEST = f"GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+S10_REQUEST = f"GET {S10_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
 REQUESTS = int(os.environ.get("PARTS_REQUESTS", "20000"))
 ROUNDS = int(os.environ.get("PARTS_ROUNDS", "12"))
 
@@ -117,20 +123,61 @@ def stubs(access_log: AccessLog) -> dict[str, tuple[Callable[[], None], Callable
     }
 
 
-async def answer_requests(runner: web.AppRunner, count: int) -> None:
+async def answer_requests(runner: web.AppRunner, count: int, request: bytes = REQUEST) -> None:
     protocol = runner.server()  # type: ignore[misc]
     transport = MemoryTransport()
     protocol.connection_made(transport)
     loop = asyncio.get_running_loop()
     for _ in range(count):
         transport.answer = loop.create_future()
-        protocol.data_received(REQUEST)
+        protocol.data_received(request)
         head = await transport.answer
         assert head.startswith(b"HTTP/1.1 200 "), head[:200]
     protocol.connection_lost(None)
 
 
-async def main() -> None:
+async def cpu_per_request(runner: web.AppRunner, request: bytes) -> float:
+    """The worker's CPU, in µs, for each of REQUESTS requests."""
+    started = time.process_time()
+    await answer_requests(runner, REQUESTS, request)
+    return (time.process_time() - started) / REQUESTS * 1e6
+
+
+async def time_parts(runner: web.AppRunner, access_log: AccessLog) -> None:
+    """Each part's cost: rounds with and without its stub, alternating."""
+    for name, (stub, real) in stubs(access_log).items():
+        saved = []
+        for turn in range(ROUNDS):
+            costs = {}
+            for stubbed in (False, True) if turn % 2 else (True, False):
+                (stub if stubbed else real)()
+                costs[stubbed] = await cpu_per_request(runner, REQUEST)
+            real()
+            saved.append(costs[False] - costs[True])
+        print(
+            f"{name}: {statistics.median(saved):.1f} µs a request "
+            f"(rounds: {' '.join(f'{s:.1f}' for s in saved)})",
+            flush=True,
+        )
+
+
+async def time_s10(runner: web.AppRunner) -> None:
+    """An S10 request of one series against ours: rounds of each, alternating."""
+    ours, s10 = [], []
+    for turn in range(ROUNDS):
+        for request in (REQUEST, S10_REQUEST) if turn % 2 else (S10_REQUEST, REQUEST):
+            cost = await cpu_per_request(runner, request)
+            (ours if request is REQUEST else s10).append(cost)
+    extra = [s - o for s, o in zip(s10, ours, strict=True)]
+    print(
+        f"ours {statistics.median(ours):.1f} µs a request, S10 {statistics.median(s10):.1f}: "
+        f"S10 costs {statistics.median(extra):.1f} µs more "
+        f"(rounds: {' '.join(f'{e:.1f}' for e in extra)})",
+        flush=True,
+    )
+
+
+async def main(what: str) -> None:
     with tempfile.TemporaryDirectory(prefix="tn-parts-") as state:
         config = settings.load(["--config", "/dev/null", "--state-dir", state], env={})
         allocator = Allocator(open_store(config.store), 0)
@@ -145,23 +192,13 @@ async def main() -> None:
         runner = app_runner(app, access_log=None)
         await runner.setup()
         try:
-            await answer_requests(runner, 1000)  # warm up; the first blocks are leased
-            for name, (stub, real) in stubs(app[ACCESS_LOG]).items():
-                saved = []
-                for turn in range(ROUNDS):
-                    costs = {}
-                    for stubbed in (False, True) if turn % 2 else (True, False):
-                        (stub if stubbed else real)()
-                        started = time.process_time()
-                        await answer_requests(runner, REQUESTS)
-                        costs[stubbed] = (time.process_time() - started) / REQUESTS * 1e6
-                    real()
-                    saved.append(costs[False] - costs[True])
-                print(
-                    f"{name}: {statistics.median(saved):.1f} µs a request "
-                    f"(rounds: {' '.join(f'{s:.1f}' for s in saved)})",
-                    flush=True,
-                )
+            # Warm up: the first blocks are leased, and the S10 series turns hot.
+            await answer_requests(runner, 1000)
+            await answer_requests(runner, 1000, S10_REQUEST)
+            if what == "s10":
+                await time_s10(runner)
+            else:
+                await time_parts(runner, app[ACCESS_LOG])
         finally:
             await runner.cleanup()
             access_log.close()
@@ -170,4 +207,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    uvloop.run(main())
+    uvloop.run(main(sys.argv[1] if len(sys.argv) > 1 else "parts"))
