@@ -224,7 +224,7 @@ class S10Issuer:
     def _shed_quiet(self, now: float) -> None:
         """Every hot series that turned quiet loses its blocks. Looked for once a window, not
         at every request: a look at the least recently used hot series cost each request
-        0.4 µs, a tenth of the S10 issuer's share of it."""
+        0.4 µs (docs/performance.md, "S10 numbers at our numbers' cost")."""
         self._sweep_at = now + HOT_WINDOW
         quiet = [(key, series) for key, series in self._hot.items() if series.quiet(now)]
         for key, series in quiet:
